@@ -1,0 +1,108 @@
+"""The only module in ds_twophase that calls collectives.
+
+Every function works in a single process (no process group initialised, or world size 1) and
+is then a no-op or an identity, so library code can call these unconditionally instead of
+sprinkling rank checks. ``group`` is the data-parallel process group (``None`` = the default
+group, which is the data-parallel group for plain DeepSpeed data parallelism).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+
+def is_distributed() -> bool:
+    """True when a process group is initialised and has more than one rank."""
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+def get_world_size(group: Any = None) -> int:
+    """Number of ranks in ``group`` (1 without a process group)."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return 1
+    return tdist.get_world_size(group)
+
+
+def get_rank(group: Any = None) -> int:
+    """This process's rank in ``group`` (0 without a process group)."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return 0
+    return tdist.get_rank(group)
+
+
+def is_rank_zero(group: Any = None) -> bool:
+    """True on the rank that logs and writes files."""
+    return get_rank(group) == 0
+
+
+def barrier(group: Any = None) -> None:
+    """Wait for every rank of ``group``."""
+    if is_distributed():
+        tdist.barrier(group=group)
+
+
+def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
+    """Return rank ``src``'s ``obj`` on every rank (pickled; keep it small)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=_global_rank(src, group), group=group)
+    return box[0]
+
+
+def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size(group)
+    tdist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def all_reduce_sum_(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place and return it.
+
+    Collectives on gloo need CPU tensors and on nccl device tensors; the tensor is moved to the
+    backend's device for the reduction and the result copied back.
+    """
+    if not is_distributed():
+        return tensor
+    device = _backend_device(group)
+    if tensor.device == device:
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM, group=group)
+        return tensor
+    moved = tensor.to(device)
+    tdist.all_reduce(moved, op=tdist.ReduceOp.SUM, group=group)
+    tensor.copy_(moved)
+    return tensor
+
+
+def all_reduce_sums(values: list[float], group: Any = None) -> list[float]:
+    """Sum a short list of floats over ranks (float64) and return the sums."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return all_reduce_sum_(t, group).tolist()
+
+
+def all_reduce_max(value: float, group: Any = None) -> float:
+    """The maximum of a float over ranks."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_backend_device(group))
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=group)
+    return float(t.item())
+
+
+def _global_rank(group_rank: int, group: Any) -> int:
+    if group is None:
+        return group_rank
+    return tdist.get_global_rank(group, group_rank)
+
+
+def _backend_device(group: Any) -> torch.device:
+    backend = tdist.get_backend(group)
+    if backend == "nccl" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

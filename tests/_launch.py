@@ -1,0 +1,79 @@
+"""Run a script under the real ``deepspeed`` launcher for multi-process tests (gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_deepspeed(
+    args: list[str],
+    *,
+    num_ranks: int = 2,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+    module: bool = False,
+) -> subprocess.CompletedProcess:
+    """Launch ``args`` (a script path and its arguments, or a module with ``module=True``) on
+    ``num_ranks`` CPU ranks through the ``deepspeed`` launcher; returns the finished process with
+    stdout and stderr captured. A hang fails the test after ``timeout`` seconds."""
+    full_env = dict(os.environ)
+    full_env["OMP_NUM_THREADS"] = "1"
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(REPO), full_env.get("PYTHONPATH", "")] if p
+    )
+    full_env.update(env or {})
+    launcher = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(num_ranks),
+        "--master_port",
+        str(free_port()),
+    ]
+    if module:
+        launcher.append("--module")
+    return run_group(launcher + [str(a) for a in args], env=full_env, cwd=cwd, timeout=timeout)
+
+
+def run_group(
+    cmd: list[str], *, env: dict[str, str], cwd: Path | str | None, timeout: float
+) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (launcher and
+    ranks alike) and raise ``subprocess.TimeoutExpired``, so no rank outlives a failed test."""
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=cwd or REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
