@@ -2,8 +2,8 @@
 
 Three stages of ``n`` basic blocks with 16, 32 and 64 channels on 32x32 inputs, depth ``6n + 2``.
 The default shortcut is the paper's option A (identity with strided subsampling and zero-padded
-channels, no parameters): ResNet-20 has 272,474 parameters for 10 classes. Option B uses a
-1x1 convolution + BatchNorm projection where the shape changes.
+channels, no parameters): ResNet-20 has 269,722 parameters for 10 classes. Option B uses a
+1x1 convolution + BatchNorm projection where the shape changes (ResNet-20: 272,474).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class CifarResNet(nn.Module):
 
 
 def resnet20(num_classes: int = 10, **kwargs) -> CifarResNet:
-    """ResNet-20 (0.27M parameters with option A and 10 classes)."""
+    """ResNet-20: 269,722 parameters with option A and 10 classes (272,474 with option B)."""
     return CifarResNet(20, num_classes, **kwargs)
 
 
