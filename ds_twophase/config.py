@@ -1,0 +1,446 @@
+"""Load a run's JSON config, apply ``--set`` overrides, and validate it before any worker trains.
+
+A run config is a DeepSpeed config in which ``optimizer``/``scheduler`` may name ds_twophase
+types (``LARS``, ``TwoPhaseLR``, ``WarmupStepLR``), the probe settings sit under the scheduler's
+``params.probe``, and a ``trainer`` section holds what DeepSpeed does not know. Validation
+collects every problem as one line naming the key and the fix (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import config_tools
+from .errors import ConfigError, did_you_mean
+from .schedulers import SCHEDULERS
+
+# DeepSpeed's own optimizer names (deepspeed/runtime/config.py, matched case-insensitively);
+# anything else DeepSpeed looks up as torch.optim.<name>.
+DEEPSPEED_OPTIMIZERS = (
+    "adagrad",
+    "adam",
+    "adamw",
+    "lamb",
+    "onebitadam",
+    "onebitlamb",
+    "zerooneadam",
+    "muadam",
+    "muadamw",
+    "musgd",
+    "lion",
+    "muon",
+)
+# DeepSpeed's built-in schedules (deepspeed/runtime/lr_schedules.py); anything else DeepSpeed
+# looks up as torch.optim.lr_scheduler.<name>.
+DEEPSPEED_SCHEDULERS = ("LRRangeTest", "OneCycle", "WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
+# Schedulers whose step() takes a metric: DeepSpeed drives them once per optimizer step and,
+# without lr_kwargs, passes the batch size as the metric (verified on 0.19.8).
+METRIC_SCHEDULERS = ("ReduceLROnPlateau",)
+# Top-level keys DeepSpeed reads, used only to catch misspellings of them.
+KNOWN_TOP_LEVEL = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "optimizer",
+    "scheduler",
+    "fp16",
+    "bf16",
+    "amp",
+    "zero_optimization",
+    "gradient_clipping",
+    "steps_per_print",
+    "wall_clock_breakdown",
+    "dump_state",
+    "prescale_gradients",
+    "gradient_predivide_factor",
+    "sparse_gradients",
+    "zero_allow_untested_optimizer",
+    "activation_checkpointing",
+    "tensorboard",
+    "csv_monitor",
+    "wandb",
+    "comet",
+    "flops_profiler",
+    "communication_data_type",
+    "seq_parallel_communication_data_type",
+    "dataloader_drop_last",
+    "checkpoint",
+    "data_types",
+    "memory_breakdown",
+    "compression_training",
+    "data_efficiency",
+    "elasticity",
+    "aio",
+    "autotuning",
+    "pipeline",
+    "trainer",
+    "disable_allgather",
+    "zero_force_ds_cpu_optimizer",
+    "torch_autocast",
+    "compile",
+    "timers",
+    "weight_quantization",
+)
+
+
+@dataclass
+class ComponentSpec:
+    """A ds_twophase type named in the JSON, with its validated constructor arguments."""
+
+    type: str
+    """The registered type name, e.g. ``"TwoPhaseLR"`` or ``"LARS"``."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments from the JSON ``params`` (without ``probe`` for schedulers)."""
+
+
+@dataclass
+class RunConfig:
+    """A validated run config, split into what DeepSpeed gets and what ds_twophase owns."""
+
+    deepspeed: dict[str, Any]
+    """The config handed to ``deepspeed.initialize``: no ``trainer`` section, and without the
+    ``optimizer``/``scheduler`` sections when those name ds_twophase types."""
+    resolved: dict[str, Any]
+    """The whole config after overrides, as written to the run's output directory."""
+    optimizer: ComponentSpec | None = None
+    """Our optimizer type (LARS), or ``None`` when DeepSpeed/torch builds it."""
+    scheduler: ComponentSpec | None = None
+    """Our scheduler type, or ``None`` when DeepSpeed/torch builds it."""
+    probe: Any = None
+    """The validated ``ProbeConfig`` for TwoPhaseLR, else ``None``."""
+    trainer: Any = None
+    """The validated ``trainer`` section (``TrainerConfig``), or ``None`` when absent."""
+
+    @property
+    def zero_stage(self) -> int:
+        """``zero_optimization.stage`` (0 when absent)."""
+        return int(self.deepspeed.get("zero_optimization", {}).get("stage", 0))
+
+
+def load_config(
+    source: str | Path | dict[str, Any], overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """The config as a dict (a deep copy when given a dict), with ``--set`` overrides applied."""
+    cfg = copy.deepcopy(source) if isinstance(source, dict) else config_tools.load_json(source)
+    for item in overrides or []:
+        apply_override(cfg, item)
+    return cfg
+
+
+def apply_override(cfg: dict[str, Any], item: str) -> None:
+    """Apply one ``key.sub=value`` override; the value is JSON, or a plain string if not JSON."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(
+            f"--set '{item}': expected KEY=VALUE with a dotted key, e.g. trainer.epochs=30"
+        )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    node = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set '{item}': '{where}' is {type(child).__name__}, not an object")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(cfg: dict[str, Any], *, world_size: int | None = None) -> RunConfig:
+    """Check a whole run config; raises :class:`ConfigError` listing every problem found.
+
+    ``world_size`` is the data-parallel size used for the batch arithmetic (unknown: only the
+    checks that do not need it).
+    """
+    errors: list[str] = []
+    resolved = copy.deepcopy(cfg)
+    ds = copy.deepcopy(cfg)
+    ds.pop("trainer", None)
+    errors += _check_top_level(cfg)
+    errors += _check_batch(cfg, world_size)
+    errors += _check_precision(cfg)
+    zero_stage, zero_errors = _zero_stage(cfg)
+    errors += zero_errors
+
+    optimizer, opt_errors = _optimizer(cfg, zero_stage)
+    errors += opt_errors
+    if optimizer is not None:
+        ds.pop("optimizer", None)
+    scheduler, probe, sched_errors = _scheduler(cfg, zero_stage)
+    errors += sched_errors
+    if scheduler is not None:
+        ds.pop("scheduler", None)
+    trainer, trainer_errors = _trainer(cfg)
+    errors += trainer_errors
+    if errors:
+        raise ConfigError(errors)
+    return RunConfig(
+        deepspeed=ds,
+        resolved=resolved,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        probe=probe,
+        trainer=trainer,
+    )
+
+
+def _check_top_level(cfg: dict[str, Any]) -> list[str]:
+    errors = []
+    for key in cfg:
+        if key in KNOWN_TOP_LEVEL:
+            continue
+        hint = did_you_mean(key, KNOWN_TOP_LEVEL)
+        # DeepSpeed ignores keys it does not know; only a near-miss of a real key is an error.
+        if hint:
+            errors.append(f"{key}: unknown top-level key{hint}")
+    for key in ("optimizer", "scheduler", "zero_optimization", "fp16", "bf16", "trainer"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            errors.append(f"{key}: must be a JSON object, got {json.dumps(cfg[key])}")
+    return errors
+
+
+def _positive_int(cfg: dict[str, Any], key: str, errors: list[str]) -> int | None:
+    if key not in cfg:
+        return None
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        errors.append(f"{key}: must be a positive integer, got {json.dumps(value)}")
+        return None
+    return value
+
+
+def _check_batch(cfg: dict[str, Any], world_size: int | None) -> list[str]:
+    errors: list[str] = []
+    train = _positive_int(cfg, "train_batch_size", errors)
+    micro = _positive_int(cfg, "train_micro_batch_size_per_gpu", errors)
+    gas = _positive_int(cfg, "gradient_accumulation_steps", errors)
+    if errors:
+        return errors
+    if train is None and micro is None:
+        return ["train_batch_size: set train_batch_size or train_micro_batch_size_per_gpu"]
+    if world_size is None:
+        if train is not None and micro is not None and train % micro:
+            errors.append(
+                f"train_batch_size: {train} is not a multiple of train_micro_batch_size_per_gpu "
+                f"({micro}); it must equal micro batch x gradient_accumulation_steps x ranks"
+            )
+        if train is not None and micro is not None and gas is not None and train % (micro * gas):
+            errors.append(
+                f"train_batch_size: {train} is not divisible by micro batch x "
+                f"gradient_accumulation_steps ({micro} x {gas}); fix one of the three"
+            )
+        return errors
+    ranks = world_size
+    if train is not None and micro is not None and gas is not None:
+        if train != micro * gas * ranks:
+            errors.append(
+                f"train_batch_size: {train} != train_micro_batch_size_per_gpu x "
+                f"gradient_accumulation_steps x ranks = {micro} x {gas} x {ranks} = "
+                f"{micro * gas * ranks}; fix one of them"
+            )
+    elif train is not None and micro is not None:
+        if train % (micro * ranks):
+            errors.append(
+                f"train_batch_size: {train} is not divisible by "
+                f"train_micro_batch_size_per_gpu x ranks = {micro} x {ranks}"
+            )
+    elif train is not None and gas is not None:
+        if train % (gas * ranks):
+            errors.append(
+                f"train_batch_size: {train} is not divisible by "
+                f"gradient_accumulation_steps x ranks = {gas} x {ranks}"
+            )
+    elif train is not None and train % ranks:
+        errors.append(f"train_batch_size: {train} is not divisible by the {ranks} ranks")
+    return errors
+
+
+def _check_precision(cfg: dict[str, Any]) -> list[str]:
+    errors = []
+    fp16 = cfg.get("fp16") if isinstance(cfg.get("fp16"), dict) else {}
+    bf16 = cfg.get("bf16") if isinstance(cfg.get("bf16"), dict) else {}
+    for name, section in (("fp16", fp16), ("bf16", bf16)):
+        if "enabled" in section and not isinstance(section["enabled"], bool):
+            errors.append(
+                f"{name}.enabled: expected true or false, got {json.dumps(section['enabled'])}"
+            )
+    if fp16.get("enabled") is True:
+        if bf16.get("enabled") is True:
+            errors.append("fp16.enabled: fp16 and bf16 cannot both be enabled; keep one")
+        elif not torch.cuda.is_available():
+            errors.append(
+                "fp16.enabled: fp16 needs a GPU and this machine has none; use "
+                '"bf16": {"enabled": true} or fp32'
+            )
+    return errors
+
+
+def _zero_stage(cfg: dict[str, Any]) -> tuple[int, list[str]]:
+    zero = cfg.get("zero_optimization")
+    if not isinstance(zero, dict) or "stage" not in zero:
+        return 0, []
+    stage = zero["stage"]
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        return 0, [f"zero_optimization.stage: must be 0, 1, 2 or 3, got {json.dumps(stage)}"]
+    return int(stage), []
+
+
+def _section(cfg: dict[str, Any], name: str) -> tuple[str | None, dict[str, Any], list[str]]:
+    section = cfg.get(name)
+    if not isinstance(section, dict):
+        return None, {}, []
+    errors = config_tools.check_keys(section, ("type", "params"), f"{name}.")
+    type_name = section.get("type")
+    if not isinstance(type_name, str) or not type_name:
+        errors.append(f"{name}.type: required, a string naming the {name}")
+        type_name = None
+    params = section.get("params", {})
+    if not isinstance(params, dict):
+        errors.append(f"{name}.params: must be a JSON object, got {json.dumps(params)}")
+        params = {}
+    return type_name, params, errors
+
+
+def _optimizer(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | None, list[str]]:
+    from .optim import OPTIMIZERS, check_optimizer_config
+
+    type_name, params, errors = _section(cfg, "optimizer")
+    if type_name is None or errors:
+        return None, errors
+    if type_name in OPTIMIZERS:
+        try:
+            check_optimizer_config(type_name, params, zero_stage=zero_stage)
+        except ConfigError as exc:
+            return None, exc.messages
+        return ComponentSpec(type_name, dict(params)), []
+    if type_name.lower() in DEEPSPEED_OPTIMIZERS or hasattr(torch.optim, type_name):
+        return None, []
+    candidates = (
+        list(OPTIMIZERS)
+        + list(DEEPSPEED_OPTIMIZERS)
+        + [n for n in dir(torch.optim) if n[:1].isupper()]
+    )
+    return None, [
+        f"optimizer.type: unknown optimizer '{type_name}'{did_you_mean(type_name, candidates)}; "
+        f"ds_twophase has {', '.join(OPTIMIZERS)}, DeepSpeed has {', '.join(DEEPSPEED_OPTIMIZERS)}, "
+        "or name a torch.optim class"
+    ]
+
+
+def _scheduler(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | None, Any, list[str]]:
+    type_name, params, errors = _section(cfg, "scheduler")
+    if type_name is None or errors:
+        return None, None, errors
+    if type_name not in SCHEDULERS:
+        if type_name in METRIC_SCHEDULERS:
+            return (
+                None,
+                None,
+                [
+                    f"scheduler.type: '{type_name}' needs a metric, but DeepSpeed steps it once per "
+                    "optimizer step with the batch size as the metric; use TwoPhaseLR (plateau-aware) "
+                    "or WarmupStepLR"
+                ],
+            )
+        if type_name in DEEPSPEED_SCHEDULERS or hasattr(torch.optim.lr_scheduler, type_name):
+            return None, None, []
+        candidates = list(SCHEDULERS) + list(DEEPSPEED_SCHEDULERS)
+        return (
+            None,
+            None,
+            [
+                f"scheduler.type: unknown scheduler '{type_name}'{did_you_mean(type_name, candidates)}; "
+                f"ds_twophase has {', '.join(SCHEDULERS)}, DeepSpeed has "
+                f"{', '.join(DEEPSPEED_SCHEDULERS)}, or name a torch.optim.lr_scheduler class"
+            ],
+        )
+    params = dict(params)
+    probe_raw = params.pop("probe", None)
+    probe = None
+    if type_name == "TwoPhaseLR":
+        probe, probe_errors = _probe(probe_raw, zero_stage)
+        errors += probe_errors
+    elif probe_raw is not None:
+        errors.append(f"scheduler.params.probe: only TwoPhaseLR uses a probe, not {type_name}")
+    errors += _check_scheduler_params(type_name, params, cfg)
+    return ComponentSpec(type_name, params), probe, errors
+
+
+def _check_scheduler_params(
+    type_name: str, params: dict[str, Any], cfg: dict[str, Any]
+) -> list[str]:
+    """Validate by building the real scheduler against a stand-in optimizer."""
+    cls = SCHEDULERS[type_name]
+    opt_params = (cfg.get("optimizer") or {}).get("params") or {}
+    peak = opt_params.get("lr", 1.0) if isinstance(opt_params, dict) else 1.0
+    if isinstance(peak, bool) or not isinstance(peak, (int, float)) or peak <= 0:
+        peak = 1.0
+    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    epochs = trainer.get("epochs", 1)
+    filled = {
+        "steps_per_epoch": 1,
+        "total_epochs": epochs if isinstance(epochs, int) and epochs > 0 else 1,
+    }
+    filled.update(params)
+    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float(peak))
+    try:
+        _construct(cls, dummy, filled)
+    except ConfigError as exc:
+        return exc.messages
+    return []
+
+
+def _construct(cls: type, optimizer: torch.optim.Optimizer, kwargs: dict[str, Any]) -> Any:
+    def build(**kw: Any) -> Any:
+        return cls(optimizer, **kw)
+
+    build.__signature__ = _signature_without_optimizer(cls)  # type: ignore[attr-defined]
+    return config_tools.call_checked(build, kwargs, "scheduler.params.")
+
+
+def _signature_without_optimizer(cls: type) -> Any:
+    import inspect
+
+    sig = inspect.signature(cls)
+    return sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "optimizer"])
+
+
+def _probe(raw: Any, zero_stage: int) -> tuple[Any, list[str]]:
+    from .probe import ProbeConfig
+
+    try:
+        probe = config_tools.build_dataclass(ProbeConfig, raw or {}, "scheduler.params.probe.")
+    except ConfigError as exc:
+        return None, exc.messages
+    if zero_stage == 3 and probe.mode == "rank0":
+        return probe, [
+            'scheduler.params.probe.mode: "rank0" deadlocks under zero_optimization.stage 3 '
+            '(the forward pass must run on every rank); use "sharded"'
+        ]
+    return probe, []
+
+
+def _trainer(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
+    raw = cfg.get("trainer")
+    if raw is None:
+        return None, []
+    if not isinstance(raw, dict):
+        return None, []  # reported by _check_top_level
+    from .trainer_config import TrainerConfig
+
+    try:
+        return config_tools.build_dataclass(TrainerConfig, raw, "trainer."), []
+    except ConfigError as exc:
+        return None, exc.messages

@@ -1,0 +1,199 @@
+"""Turning JSON mappings into validated objects, with one-line errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file; a missing file or a syntax error is a one-line ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config: file '{p}' does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read '{p}': {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config: '{p}' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: '{p}' must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_keys(data: dict[str, Any], allowed: Iterable[str], prefix: str) -> list[str]:
+    """One message per key of ``data`` not in ``allowed`` (with a did-you-mean)."""
+    allowed = list(allowed)
+    return [
+        f"{prefix}{key}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}"
+        for key in data
+        if key not in allowed
+    ]
+
+
+def call_checked(
+    fn: Callable[..., Any], kwargs: dict[str, Any], prefix: str, *, skip: Iterable[str] = ()
+) -> Any:
+    """Call ``fn(**kwargs)`` after checking the keys against its signature.
+
+    Unknown keys, missing required arguments and the ``ValueError``/``TypeError`` that ``fn``
+    raises for a bad value become a :class:`ConfigError` whose message starts with
+    ``prefix + argument``. ``skip`` names parameters that are filled in by the caller.
+    """
+    params = {
+        name: p
+        for name, p in inspect.signature(fn).parameters.items()
+        if name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    errors = check_keys(kwargs, params, prefix)
+    errors += [
+        f"{prefix}{name}: required key is missing"
+        for name, p in params.items()
+        if p.default is p.empty and name not in kwargs
+    ]
+    if errors:
+        raise ConfigError(errors)
+    try:
+        return fn(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(_prefixed(prefix, str(exc), params)) from None
+
+
+def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a JSON mapping, recursing into dataclass-typed fields.
+
+    Unknown keys get a did-you-mean; field values are type-checked against the annotations
+    (int, float, str, bool, lists, dicts, ``X | None``, Literal); the class's own
+    ``__post_init__`` range checks (``ValueError`` starting with the field name) are reported
+    under ``prefix``.
+    """
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: must be a JSON object, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    errors = check_keys(data, fields, prefix)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        try:
+            kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+        except ConfigError as exc:
+            errors += exc.messages
+    errors += [
+        f"{prefix}{name}: required key is missing"
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if errors:
+        raise ConfigError(errors)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(_prefixed(prefix, str(exc), fields)) from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                problems.append(exc)
+        expected = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{key}: expected {expected}, got {_kind(value)} {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        hint_text = did_you_mean(str(value), [str(a) for a in args])
+        raise ConfigError(f"{key}: must be one of {choices}, got {value!r}{hint_text}")
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, key + ".")
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_kind(value)} {value!r}")
+        item = args[0] if args else Any
+        out = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if (origin or hint) is tuple else out
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a JSON object, got {_kind(value)} {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {_kind(value)} {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {_kind(value)} {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {_kind(value)} {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {_kind(value)} {value!r}")
+    return value
+
+
+def _prefixed(prefix: str, message: str, names: Iterable[str]) -> str:
+    message = message.splitlines()[0] if message else "invalid value"
+    first = message.split(" ", 1)[0].split("[", 1)[0].rstrip(":")
+    if first in set(names):
+        return f"{prefix}{message}"
+    return f"{prefix.rstrip('.')}: {message}"
+
+
+def _type_name(t: Any) -> str:
+    if t is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        t, getattr(t, "__name__", str(t))
+    )
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

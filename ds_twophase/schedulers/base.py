@@ -1,0 +1,157 @@
+"""What every ds_twophase LR scheduler shares: per-step linear warmup and the param-group writes.
+
+DeepSpeed calls ``step(**lr_kwargs)`` once per optimizer step (only at gradient-accumulation
+boundaries, and not when an fp16/bf16 overflow skipped the step) and reads the LR back from
+``optimizer.param_groups[*]["lr"]``. If ``step`` raised ``TypeError`` DeepSpeed would silently call
+``step(train_batch_size)``, so ``step`` takes and ignores any arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number in the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if integer and not float(value).is_integer():
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+
+
+def linear_warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
+    """LR factor for optimizer step ``step`` (1-based) of a linear warmup over ``warmup_steps``.
+
+    Step ``k`` of ``W`` uses ``start + (1 - start) * k / W``: the first step already moves
+    (``start_factor`` itself is never used as an LR) and step ``W`` reaches the peak.
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return start_factor + (1.0 - start_factor) * step / warmup_steps
+
+
+class EpochScheduler:
+    """Base class: an LR of ``peak * warmup * scale(epoch state)`` per param group.
+
+    Subclasses implement :meth:`_scale` (the multiplier after warmup) and may keep epoch-level
+    state updated by :meth:`end_epoch`. The peak LR of each group is its ``lr`` at construction.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        steps_per_epoch: int,
+        total_epochs: int,
+        warmup_epochs: float,
+        warmup_start_factor: float,
+    ) -> None:
+        check_number("steps_per_epoch", steps_per_epoch, low=1, integer=True)
+        check_number("total_epochs", total_epochs, low=1, integer=True)
+        check_number("warmup_epochs", warmup_epochs, low=0)
+        check_number("warmup_start_factor", warmup_start_factor, low=0, high=1)
+        if not optimizer.param_groups:
+            raise ValueError("optimizer has no param groups")
+        self.optimizer = optimizer
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_epochs = int(total_epochs)
+        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_start_factor = float(warmup_start_factor)
+        self.warmup_steps = round(self.warmup_epochs * self.steps_per_epoch)
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        # Number of optimizer steps taken so far; the LR in the groups is the one for step+1.
+        self.last_step = 0
+        self.apply_lr()
+
+    # -- the LR --------------------------------------------------------------------------
+    def _scale(self) -> float:
+        raise NotImplementedError
+
+    def _floor(self, lr: float) -> float:
+        return lr
+
+    def lrs(self) -> list[float]:
+        """The LR of every param group for the next optimizer step."""
+        warm = linear_warmup_factor(self.last_step + 1, self.warmup_steps, self.warmup_start_factor)
+        scale = self._scale()
+        return [self._floor(base * warm * scale) for base in self.base_lrs]
+
+    def apply_lr(self) -> None:
+        """Write the current LR into the optimizer's param groups.
+
+        Call this after anything else wrote them, e.g. after ``engine.load_checkpoint`` under ZeRO,
+        whose optimizer restores its own saved LR after the scheduler was loaded.
+        """
+        for group, lr in zip(self.optimizer.param_groups, self.lrs(), strict=True):
+            group["lr"] = lr
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        """Advance by one optimizer step. Arguments (DeepSpeed's ``lr_kwargs`` or its fallback
+        ``step(train_batch_size)``) are accepted and ignored."""
+        self.last_step += 1
+        self.apply_lr()
+
+    def get_last_lr(self) -> list[float]:
+        """The LRs currently in the param groups (torch scheduler API)."""
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def get_lr(self) -> list[float]:
+        """Same as :meth:`get_last_lr` (DeepSpeed scheduler API)."""
+        return self.get_last_lr()
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs as counted by :meth:`end_epoch`."""
+        raise NotImplementedError
+
+    def end_epoch(self, train_loss: float, hessian: Callable[[], float]) -> Any:
+        """Called once per epoch on every rank; see subclasses."""
+        raise NotImplementedError
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable state."""
+        return {
+            "type": type(self).__name__,
+            "last_step": self.last_step,
+            "base_lrs": list(self.base_lrs),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output and write the restored LR into the groups."""
+        self._check_state(state)
+        self.last_step = int(state["last_step"])
+        self.base_lrs = [float(x) for x in state["base_lrs"]]
+        self.apply_lr()
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        """Refuse state saved by another scheduler type or for other param groups."""
+        if state.get("type") != type(self).__name__:
+            raise ValueError(
+                f"scheduler state is for {state.get('type')!r}, not {type(self).__name__!r}"
+            )
+        if len(state["base_lrs"]) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"scheduler state has {len(state['base_lrs'])} param groups, "
+                f"the optimizer has {len(self.optimizer.param_groups)}"
+            )

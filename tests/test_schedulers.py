@@ -1,0 +1,399 @@
+"""Expected-value tables for TwoPhaseLR and WarmupStepLR on hand-written traces."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from ds_twophase.schedulers import TwoPhaseLR, WarmupStepLR
+from ds_twophase.schedulers.two_phase import resolve_patience
+
+
+def make_optimizer(lr: float = 1.0, groups: int = 1) -> torch.optim.Optimizer:
+    params = [
+        {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr * (i + 1)} for i in range(groups)
+    ]
+    return torch.optim.SGD(params, lr=lr)
+
+
+class Probe:
+    """A hessian callable that returns scripted values per epoch and records when it is called."""
+
+    def __init__(self, values: dict[int, float]):
+        self.values = values
+        self.calls: list[int] = []
+        self.epoch = 0
+
+    def __call__(self) -> float:
+        self.calls.append(self.epoch)
+        value = self.values[self.epoch]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def run(losses, hmax=None, **kw):
+    """Feed an epoch loss trace; returns (records, probe) after each epoch's end_epoch."""
+    kw.setdefault("warmup_epochs", 0)
+    kw.setdefault("total_epochs", 100)
+    sched = TwoPhaseLR(make_optimizer(), steps_per_epoch=1, **kw)
+    probe = Probe(hmax or {})
+    records = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for e, loss in enumerate(losses, start=1):
+            probe.epoch = e
+            sched.step()
+            records.append(sched.end_epoch(loss, probe))
+    return records, probe, sched
+
+
+def table(records):
+    return [(r.epoch, r.decision, r.phase[0], r.lr, r.hmax) for r in records]
+
+
+def test_no_plateau_never_probes():
+    losses = [1.0 - 0.05 * e for e in range(12)]
+    records, probe, sched = run(losses, plateau_patience=2)
+    assert [r.decision for r in records] == ["none"] * 12
+    assert probe.calls == []
+    assert sched.phase == "exploration"
+    assert all(r.lr == 1.0 for r in records)
+
+
+def test_plateau_then_switch_after_alpha_extra_epochs():
+    # best 0.7 at epoch 3; epochs 4 and 5 do not improve -> plateau at x=5 (patience 2);
+    # alpha = floor(5/3 + 0.5) = 2 -> switch at the end of epoch 7.
+    losses = [1.0, 0.8, 0.7, 0.7, 0.75, 0.72, 0.71, 0.69]
+    records, probe, sched = run(losses, {7: 3.0, 8: 2.0}, plateau_patience=2)
+    assert table(records) == [
+        (1, "none", "e", 1.0, None),
+        (2, "none", "e", 1.0, None),
+        (3, "none", "e", 1.0, None),
+        (4, "none", "e", 1.0, None),
+        (5, "plateau", "e", 1.0, None),
+        (6, "none", "e", 1.0, None),
+        (7, "switch", "c", 1.0, 3.0),
+        (8, "keep", "c", 1.0, 2.0),
+    ]
+    assert records[4].switch_epoch == 7
+    assert probe.calls == [7, 8]  # exactly once in each epoch that needs it
+
+
+@pytest.mark.parametrize(
+    "x,ratio,expected_switch",
+    [(3, 1 / 3, 4), (4, 1 / 3, 5), (5, 1 / 3, 7), (6, 1 / 3, 8), (9, 0.5, 14), (4, 0.0, 4)],
+)
+def test_alpha_rounding(x, ratio, expected_switch):
+    # patience 1: epoch 1 sets best, epochs 2.. are flat -> first plateau at the end of epoch 2.
+    # Make the plateau land at epoch x by improving until x - 1.
+    losses = [1.0 - 0.01 * e for e in range(x - 1)] + [2.0] * 20
+    hmax = {e: 1.0 for e in range(1, 40)}
+    records, probe, _ = run(losses, hmax, plateau_patience=1, extra_epochs_ratio=ratio)
+    assert records[x - 1].decision in ("plateau", "switch")
+    switch = [r.epoch for r in records if r.decision == "switch"]
+    assert switch == [expected_switch]
+    assert probe.calls[0] == expected_switch
+
+
+def test_decay_and_no_two_consecutive_decays():
+    # plateau at 2 (patience 1), alpha = floor(2/3 + .5) = 1 -> switch at 3.
+    losses = [1.0, 1.0, 0.9, 1.0, 1.1, 1.2, 1.1, 1.3]
+    hmax = {3: 1.0, 4: 2.0, 5: 3.0, 6: 4.0, 7: 5.0, 8: 6.0}
+    records, probe, _ = run(losses, hmax, plateau_patience=1, decay_factor=0.5)
+    assert table(records) == [
+        (1, "none", "e", 1.0, None),
+        (2, "plateau", "e", 1.0, None),
+        (3, "switch", "c", 1.0, 1.0),
+        (4, "decay", "c", 0.5, 2.0),  # h 1 -> 2 up, f .9 -> 1.0 up
+        (5, "keep", "c", 0.5, 3.0),  # h_prev was reset to 0: never two decays in a row
+        (6, "decay", "c", 0.25, 4.0),  # h 3 -> 4, f 1.1 -> 1.2
+        (7, "keep", "c", 0.25, 5.0),
+        (8, "decay", "c", 0.125, 6.0),  # h 5 -> 6, f 1.1 -> 1.3
+    ]
+    assert probe.calls == [3, 4, 5, 6, 7, 8]
+
+
+def test_no_decay_unless_both_rise():
+    losses = [1.0, 1.0, 0.9, 1.0, 0.95, 0.97, 0.96]
+    hmax = {3: 2.0, 4: 1.0, 5: 1.5, 6: 1.4, 7: 1.4}
+    records, _, _ = run(losses, hmax, plateau_patience=1)
+    # e4: h down, f up; e5: h up, f down; e6: h down, f up; e7: h equal (not a rise), f down.
+    assert [r.decision for r in records[3:]] == ["keep", "keep", "keep", "keep"]
+    assert records[-1].lr == 1.0
+
+
+@pytest.mark.parametrize("first_hmax", [0.0, -1.0])
+def test_non_positive_previous_eigenvalue_never_decays(first_hmax):
+    losses = [1.0, 1.0, 0.9, 1.0, 1.1]
+    hmax = {3: first_hmax, 4: 2.0, 5: 3.0}
+    records, _, _ = run(losses, hmax, plateau_patience=1)
+    assert [r.decision for r in records[2:]] == ["switch", "keep", "decay"]
+    assert [r.lr for r in records[2:]] == [1.0, 1.0, 0.5]
+
+
+def test_min_lr_floor():
+    losses = [1.0, 1.0, 0.9] + [1.0 + 0.1 * i for i in range(1, 9)]
+    hmax = {e: float(e) for e in range(3, 12)}
+    records, _, sched = run(losses, hmax, plateau_patience=1, decay_factor=0.5, min_lr=0.2)
+    lrs = [r.lr for r in records]
+    # decays at 4, 6, 8, 10: 0.5, 0.25, 0.125 -> floored 0.2, 0.0625 -> 0.2
+    assert lrs[2:] == [1.0, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2]
+    assert sched.get_last_lr() == [0.2]
+
+
+def test_forced_switch_without_plateau():
+    losses = [1.0 - 0.05 * e for e in range(8)]
+    records, probe, _ = run(
+        losses, {4: 2.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0}, max_exploration_epochs=4
+    )
+    assert [r.decision for r in records] == ["none"] * 3 + ["switch"] + ["keep"] * 4
+    assert probe.calls == [4, 5, 6, 7, 8]
+
+
+def test_forced_switch_cuts_long_extra_phase():
+    # plateau at 5 (patience 2) would switch at 7; the limit forces it at 6.
+    losses = [1.0, 0.8, 0.7, 0.7, 0.75, 0.72, 0.71]
+    records, _, _ = run(losses, {6: 1.0, 7: 1.0}, plateau_patience=2, max_exploration_epochs=6)
+    assert [r.decision for r in records] == ["none"] * 4 + ["plateau", "switch", "keep"]
+
+
+def test_non_finite_loss_makes_no_decision_and_keeps_state():
+    losses = [1.0, 0.9, math.nan, 0.9, math.inf, 0.9, 0.95]
+    # patience 2: nan/inf epochs neither improve nor count as bad: bad epochs at 4 and 6 -> plateau at 6
+    records, probe, sched = run(losses, {}, plateau_patience=2, extra_epochs_ratio=5)
+    assert [r.decision for r in records] == [
+        "none",
+        "none",
+        "skipped",
+        "none",
+        "skipped",
+        "plateau",
+        "none",
+    ]
+    assert records[2].warning and "nan" in records[2].warning
+    assert sched.decision.best_loss == 0.9
+    assert probe.calls == []
+
+
+def test_non_finite_or_failing_probe_in_convergence():
+    losses = [1.0, 1.0, 0.9, 1.0, 1.1, 1.2]
+    hmax = {3: 1.0, 4: math.nan, 5: RuntimeError("probe died"), 6: 2.0}
+    records, probe, sched = run(losses, hmax, plateau_patience=1)
+    assert [r.decision for r in records[2:]] == ["switch", "skipped", "skipped", "decay"]
+    assert "nan" in records[3].warning and "probe died" in records[4].warning
+    assert records[3].hmax is None
+    # e6 compares with the last good epoch (3): h 1 -> 2, f 0.9 -> 1.2
+    assert sched.get_last_lr() == [0.5]
+    assert sched.decision.h_prev == 0.0
+
+
+def test_non_finite_probe_postpones_the_switch():
+    losses = [1.0, 1.0, 0.9, 0.9, 0.9]
+    records, probe, _ = run(losses, {3: math.inf, 4: 1.5, 5: 1.0}, plateau_patience=1)
+    assert [r.decision for r in records] == ["none", "plateau", "skipped", "switch", "keep"]
+    assert records[3].phase == "convergence"
+    assert probe.calls == [3, 4, 5]
+
+
+def test_non_finite_warns():
+    sched = TwoPhaseLR(make_optimizer(), steps_per_epoch=1, total_epochs=10)
+    with pytest.warns(RuntimeWarning, match="training loss is nan"):
+        sched.end_epoch(math.nan, lambda: 1.0)
+
+
+def test_warmup_step_by_step():
+    opt = make_optimizer(lr=0.8, groups=2)
+    sched = TwoPhaseLR(opt, steps_per_epoch=2, total_epochs=10, warmup_epochs=2)
+    seen = [sched.get_last_lr()]
+    for _ in range(5):
+        sched.step()
+        seen.append(sched.get_last_lr())
+    expected = [[0.8 * f, 1.6 * f] for f in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)]
+    assert [lr for pair in seen for lr in pair] == pytest.approx(
+        [lr for pair in expected for lr in pair]
+    )
+
+
+def test_warmup_start_factor_and_fractional_epochs():
+    sched = TwoPhaseLR(
+        make_optimizer(),
+        steps_per_epoch=4,
+        total_epochs=10,
+        warmup_epochs=1.25,
+        warmup_start_factor=0.5,
+    )
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        sched.step()
+    assert lrs == pytest.approx([0.6, 0.7, 0.8, 0.9, 1.0, 1.0])
+
+
+def test_decay_during_warmup_multiplies():
+    sched = TwoPhaseLR(
+        make_optimizer(),
+        steps_per_epoch=2,
+        total_epochs=10,
+        warmup_epochs=4,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+    )
+    sched.step()
+    sched.step()
+    sched.end_epoch(1.0, lambda: 1.0)
+    sched.end_epoch(1.0, lambda: 1.0)  # plateau + switch (alpha 0)
+    sched.end_epoch(1.1, lambda: 2.0)  # decay
+    assert sched.get_last_lr() == pytest.approx([0.5 * 3 / 8])
+
+
+def test_step_accepts_deepspeed_arguments():
+    sched = TwoPhaseLR(make_optimizer(), steps_per_epoch=1, total_epochs=10, warmup_epochs=4)
+    sched.step()
+    sched.step(256)  # DeepSpeed's fallback call
+    sched.step(increment=1)
+    assert sched.last_step == 3
+
+
+@pytest.mark.parametrize(
+    "patience,total,expected",
+    [(0.05, 100, 5), (0.05, 90, 5), (0.051, 100, 6), (0.05, 30, 2), (0.01, 10, 1), (7, 100, 7)],
+)
+def test_patience_resolution(patience, total, expected):
+    assert resolve_patience(patience, total) == expected
+    sched = TwoPhaseLR(
+        make_optimizer(), steps_per_epoch=1, total_epochs=total, plateau_patience=patience
+    )
+    assert sched.patience == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"decay_factor": 1.0}, "decay_factor"),
+        ({"decay_factor": 0.0}, "decay_factor"),
+        ({"plateau_patience": -1}, "plateau_patience"),
+        ({"plateau_patience": 2.5}, "plateau_patience"),
+        ({"extra_epochs_ratio": -0.1}, "extra_epochs_ratio"),
+        ({"min_lr": 2.0}, "min_lr"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"warmup_start_factor": 1.5}, "warmup_start_factor"),
+        ({"max_exploration_epochs": 0}, "max_exploration_epochs"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch"),
+        ({"total_epochs": "90"}, "total_epochs"),
+        ({"plateau_threshold": 1.0}, "plateau_threshold"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    args = {"steps_per_epoch": 1, "total_epochs": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        TwoPhaseLR(make_optimizer(), **args)
+
+
+def test_state_dict_round_trip_mid_convergence_continues_identically():
+    losses = [1.0, 1.0, 0.9, 1.0, 1.1, 1.05, 1.2, 1.3, 1.25, 1.4]
+    hmax = {e: 1.0 + 0.5 * e for e in range(3, 11)}
+    kw = dict(steps_per_epoch=3, total_epochs=20, warmup_epochs=2, plateau_patience=1)
+    a = TwoPhaseLR(make_optimizer(groups=2), **kw)
+
+    def epoch(s, e):
+        for _ in range(3):
+            s.step()
+        return s.end_epoch(losses[e - 1], lambda: hmax[e])
+
+    for e in range(1, 6):
+        epoch(a, e)
+    assert a.phase == "convergence"
+    state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
+    b = TwoPhaseLR(make_optimizer(groups=2), **kw)
+    b.load_state_dict(state)
+    assert b.get_last_lr() == a.get_last_lr()
+    assert b.phase == "convergence" and b.epoch == 5
+    for e in range(6, 11):
+        ra, rb = epoch(a, e), epoch(b, e)
+        assert ra == rb
+        assert a.get_last_lr() == b.get_last_lr()
+    assert a.state_dict() == b.state_dict()
+    assert a.decision.num_decays == 3  # decays at epochs 4, 7 and 10: two after the resume
+
+
+def test_load_state_dict_rejects_other_scheduler_state():
+    a = WarmupStepLR(make_optimizer(), steps_per_epoch=1, total_epochs=10)
+    b = TwoPhaseLR(make_optimizer(), steps_per_epoch=1, total_epochs=10)
+    with pytest.raises(ValueError, match="WarmupStepLR"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_warmup_step_table():
+    sched = WarmupStepLR(make_optimizer(), steps_per_epoch=2, total_epochs=8, warmup_epochs=1)
+    lrs = []
+    for _ in range(8 * 2):
+        lrs.append(round(sched.get_last_lr()[0], 10))
+        sched.step()
+    # warmup 0.5, 1.0; epochs 1-4 at 1.0; decay x0.1 after epoch 4 (50%) and 6 (75%)
+    assert lrs == [
+        0.5,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        0.1,
+        0.1,
+        0.1,
+        0.1,
+        0.01,
+        0.01,
+        0.01,
+        0.01,
+    ]
+
+
+def test_warmup_step_explicit_epochs_and_records():
+    sched = WarmupStepLR(
+        make_optimizer(),
+        steps_per_epoch=1,
+        total_epochs=10,
+        warmup_epochs=0,
+        milestones=[2, 5],
+        gamma=0.5,
+    )
+    calls = []
+    recs = []
+    for _ in range(6):
+        sched.step()
+        recs.append(sched.end_epoch(1.0, lambda: calls.append(1) or 1.0))
+    assert [r.lr for r in recs] == [1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert [r.decision for r in recs] == ["none", "decay", "none", "none", "decay", "none"]
+    assert calls == []
+    state = sched.state_dict()
+    other = WarmupStepLR(
+        make_optimizer(),
+        steps_per_epoch=1,
+        total_epochs=10,
+        warmup_epochs=0,
+        milestones=[2, 5],
+        gamma=0.5,
+    )
+    other.load_state_dict(json.loads(json.dumps(state)))
+    assert other.get_last_lr() == [0.25] and other.epoch == 6
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"gamma": 1.5}, "gamma"),
+        ({"milestones": [5, 2]}, "increasing"),
+        ({"milestones": [0]}, r"milestones\[0\]"),
+        ({"milestones": "50"}, "milestones"),
+    ],
+)
+def test_warmup_step_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WarmupStepLR(make_optimizer(), steps_per_epoch=1, total_epochs=10, **kwargs)
