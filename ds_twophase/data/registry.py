@@ -1,0 +1,113 @@
+"""Datasets by name: what each one needs from the config and the function that builds it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .cifar import build_cifar10, build_cifar100, missing_cifar_files
+from .mnist1d import build_mnist1d
+from .splits import DatasetSplits
+from .synthetic import build_synthetic
+
+if TYPE_CHECKING:
+    from .config import DatasetConfig
+
+__all__ = ["DATASETS", "PLANNED_DATASETS", "DatasetSpec", "build_datasets", "register_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build one named dataset and which config fields it understands."""
+
+    builder: Callable[[DatasetConfig], DatasetSplits]
+    """Builds the splits from a validated config."""
+    description: str
+    """One line for docs and error messages."""
+    default_sizes: tuple[int | None, int | None]
+    """``(train_size, test_size)`` used when the config leaves them unset; ``None`` means all."""
+    options: frozenset[str] = frozenset()
+    """Dataset-specific config fields this dataset accepts (e.g. ``shape`` for synthetic)."""
+    needs_root: bool = False
+    """Whether ``root`` must point at existing data files (real datasets)."""
+    check_root: Callable[[str], str | None] | None = None
+    """Returns why ``root`` does not hold the data (one line), or ``None`` when it does."""
+    default_augment: bool = False
+    """Whether training-time augmentation is on when ``augment`` is unset."""
+
+
+def _cifar_root_check(name: str) -> Callable[[str], str | None]:
+    def check(root: str) -> str | None:
+        missing = missing_cifar_files(name, root)
+        if not missing:
+            return None
+        return (
+            f"no {name} data under '{root}' ('{missing[0]}' is missing); unpack the official "
+            f"python-version archive there ({missing[0].parent.name}/) - nothing is downloaded"
+        )
+
+    return check
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+"""Available datasets by name."""
+
+PLANNED_DATASETS: dict[str, str] = {
+    "svhn": "SVHN (train + extra) from the official .mat files",
+    "imagenet": "ImageNet as an ImageFolder (root/train, root/val)",
+}
+"""Datasets the design names that cannot be built yet: a clear error instead of 'unknown'."""
+
+
+def register_dataset(name: str, spec: DatasetSpec) -> None:
+    """Add a dataset under ``name`` (later registrations replace earlier ones)."""
+    DATASETS[name] = spec
+    PLANNED_DATASETS.pop(name, None)
+
+
+register_dataset(
+    "mnist1d",
+    DatasetSpec(
+        build_mnist1d,
+        "MNIST-1D (Greydanus 2020), generated locally and cached under root; inputs (1, 40)",
+        default_sizes=(4000, 1000),
+        options=frozenset({"mnist1d_args"}),
+    ),
+)
+register_dataset(
+    "synthetic",
+    DatasetSpec(
+        build_synthetic,
+        "Gaussian noise around class-dependent means, deterministic from the seed; inputs (3, 32, 32)",
+        default_sizes=(2048, 512),
+        options=frozenset({"shape", "num_classes"}),
+    ),
+)
+for _name, _builder, _label in (
+    ("cifar10", build_cifar10, "CIFAR-10"),
+    ("cifar100", build_cifar100, "CIFAR-100"),
+):
+    register_dataset(
+        _name,
+        DatasetSpec(
+            _builder,
+            f"{_label} from root in the python-pickle format; inputs (3, 32, 32)",
+            default_sizes=(None, None),
+            options=frozenset({"augment"}),
+            needs_root=True,
+            check_root=_cifar_root_check(_name),
+            default_augment=True,
+        ),
+    )
+
+
+def build_datasets(cfg: DatasetConfig) -> DatasetSplits:
+    """Build the train and validation splits named by ``cfg``.
+
+    Raises:
+        FileNotFoundError: the data files disappeared after the config was validated.
+    """
+    splits = DATASETS[cfg.name].builder(cfg)
+    splits.input_shape = tuple(int(d) for d in splits.input_shape)
+    return splits
