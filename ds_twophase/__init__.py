@@ -1,3 +1,30 @@
-"""ds_twophase: the two-phase Hessian-aware learning-rate schedule and LARS for DeepSpeed."""
+"""ds_twophase: the two-phase Hessian-aware learning-rate schedule and LARS for DeepSpeed.
+
+Public API: :func:`initialize` (drop-in for ``deepspeed.initialize``), :func:`load_checkpoint`,
+:class:`TwoPhaseLR`, :class:`WarmupStepLR`, :class:`LARS`. Importing the package does not import
+DeepSpeed; the names that need it are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import ConfigError
+from .schedulers import TwoPhaseLR, WarmupStepLR
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "initialize": "ds_twophase.engine",
+    "load_checkpoint": "ds_twophase.engine",
+    "LARS": "ds_twophase.optim",
+}
+
+__all__ = ["ConfigError", "LARS", "TwoPhaseLR", "WarmupStepLR", "initialize", "load_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ds_twophase' has no attribute {name!r}")

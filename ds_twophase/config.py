@@ -196,6 +196,25 @@ def validate_config(cfg: dict[str, Any], *, world_size: int | None = None) -> Ru
     )
 
 
+def resolve_batch(cfg: dict[str, Any], world_size: int) -> tuple[int, int, int]:
+    """``(train_batch_size, micro_batch_per_rank, gradient_accumulation_steps)`` filled in the
+    way DeepSpeed fills the missing ones (call on a validated config)."""
+    train = cfg.get("train_batch_size")
+    micro = cfg.get("train_micro_batch_size_per_gpu")
+    gas = cfg.get("gradient_accumulation_steps")
+    if train is not None and micro is not None and gas is None:
+        gas = train // (micro * world_size)
+    elif train is not None and gas is not None and micro is None:
+        micro = train // (gas * world_size)
+    elif train is None and micro is not None:
+        gas = gas or 1
+        train = micro * gas * world_size
+    elif micro is None and gas is None:
+        gas = 1
+        micro = train // world_size
+    return int(train), int(micro), int(gas)
+
+
 def _check_top_level(cfg: dict[str, Any]) -> list[str]:
     errors = []
     for key in cfg:

@@ -1,0 +1,66 @@
+"""The ``ds-twophase`` command: ``check-config`` (and ``train``, see ds_twophase.train)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import ConfigError
+
+
+def report(exc: ConfigError) -> int:
+    """Print each message of ``exc`` as one ``error:`` line on stderr; the exit status (2)."""
+    for message in exc.messages:
+        print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_config(argv: Sequence[str]) -> int:
+    """``ds-twophase check-config FILE [--set KEY=VALUE ...] [--world-size N]``."""
+    parser = argparse.ArgumentParser(
+        prog="ds-twophase check-config",
+        description="Validate a run config without training; exit status 2 on any error.",
+    )
+    parser.add_argument("config", help="path of the JSON run config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key by dotted path")
+    parser.add_argument("--world-size", type=int, default=None,
+                        help="number of data-parallel ranks to check the batch arithmetic for")
+    args = parser.parse_args(argv)
+    from .config import load_config, validate_config
+
+    try:
+        if args.world_size is not None and args.world_size < 1:
+            raise ConfigError(f"--world-size: must be a positive integer, got {args.world_size}")
+        run = validate_config(load_config(args.config, args.overrides), world_size=args.world_size)
+    except ConfigError as exc:
+        return report(exc)
+    parts = [f"ok: {args.config}"]
+    if run.optimizer is not None:
+        parts.append(f"optimizer {run.optimizer.type}")
+    if run.scheduler is not None:
+        parts.append(f"scheduler {run.scheduler.type}")
+    print(", ".join(parts))
+    return 0
+
+
+COMMANDS = {"check-config": check_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ds-twophase`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = COMMANDS
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        names = ", ".join(commands)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command '{argv[0]}'; commands: {names}", file=sys.stderr)
+            return 2
+        print(f"usage: ds-twophase {{{names}}} ...", file=sys.stderr)
+        return 0 if argv else 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""``ds_twophase.initialize``: ``deepspeed.initialize`` that understands our JSON types.
+
+DeepSpeed has no registry for custom optimizer or scheduler names, so this reads the JSON,
+validates it, builds factories for the types ds_twophase owns (``optimizer=callable(params)``,
+``lr_scheduler=callable(optimizer)``), removes those sections and the ``trainer`` section, and
+hands everything else to DeepSpeed unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.accelerator import get_accelerator
+from deepspeed.constants import TORCH_DISTRIBUTED_DEFAULT_PORT
+
+from . import dist
+from .config import RunConfig, load_config, resolve_batch, validate_config
+from .errors import ConfigError
+from .schedulers import SCHEDULERS, EpochScheduler
+
+
+def initialize(
+    args: Any = None,
+    model: torch.nn.Module | None = None,
+    optimizer: Any = None,
+    model_parameters: Any = None,
+    training_data: torch.utils.data.Dataset | None = None,
+    lr_scheduler: Any = None,
+    distributed_port: int = TORCH_DISTRIBUTED_DEFAULT_PORT,
+    mpu: Any = None,
+    dist_init_required: bool | None = None,
+    collate_fn: Callable | None = None,
+    config: str | Path | dict[str, Any] | None = None,
+    mesh_param: Any = None,
+    config_params: str | Path | dict[str, Any] | None = None,
+    *,
+    total_epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> tuple[Any, Any, Any, Any]:
+    """Drop-in for ``deepspeed.initialize`` (same arguments, same return value).
+
+    ``config`` may be a path or a dict (or come from ``args.deepspeed_config``). Sections naming
+    ds_twophase types (``"optimizer": {"type": "LARS"}``, ``"scheduler": {"type": "TwoPhaseLR" |
+    "WarmupStepLR"}``) are built here; everything else is DeepSpeed's. For our schedulers,
+    ``total_epochs`` and ``steps_per_epoch`` come from the JSON params, else from these
+    arguments, else ``trainer.epochs`` and the length of ``training_data`` with the batch sizes.
+
+    The validated :class:`~ds_twophase.config.RunConfig` is attached to the engine as
+    ``engine.twophase_config``. Raises :class:`ConfigError` for invalid input.
+    """
+    if model is None:
+        raise ConfigError("initialize: model is required")
+    if config is None:
+        config = config_params
+    if config is None and getattr(args, "deepspeed_config", None) is not None:
+        config = args.deepspeed_config
+        args = copy.copy(args)
+        args.deepspeed_config = None  # we hand DeepSpeed the cleaned dict instead
+    if config is None:
+        raise ConfigError("config: pass config= (a JSON path or a dict) or args.deepspeed_config")
+    raw = load_config(config)
+
+    deepspeed.init_distributed(
+        dist_backend=get_accelerator().communication_backend_name(),
+        distributed_port=distributed_port,
+        dist_init_required=dist_init_required,
+    )
+    world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
+    run = validate_config(raw, world_size=world)
+
+    if run.optimizer is not None:
+        if optimizer is not None:
+            raise ConfigError(
+                f"optimizer.type: '{run.optimizer.type}' is in the config and an optimizer was "
+                "passed to initialize(); remove one of them"
+            )
+        from .optim import build_optimizer_factory
+
+        optimizer = build_optimizer_factory(run.optimizer.type, run.optimizer.params, model)
+    if run.scheduler is not None:
+        if lr_scheduler is not None:
+            raise ConfigError(
+                f"scheduler.type: '{run.scheduler.type}' is in the config and lr_scheduler was "
+                "passed to initialize(); remove one of them"
+            )
+        lr_scheduler = scheduler_factory(
+            run,
+            total_epochs=total_epochs,
+            steps_per_epoch=steps_per_epoch,
+            num_samples=None if training_data is None else len(training_data),
+            world_size=world,
+        )
+
+    engine, opt, loader, sched = deepspeed.initialize(
+        args=args,
+        model=model,
+        optimizer=optimizer,
+        model_parameters=model_parameters,
+        training_data=training_data,
+        lr_scheduler=lr_scheduler,
+        distributed_port=distributed_port,
+        mpu=mpu,
+        dist_init_required=dist_init_required,
+        collate_fn=collate_fn,
+        config=run.deepspeed,
+        mesh_param=mesh_param,
+    )
+    engine.twophase_config = run
+    return engine, opt, loader, sched
+
+
+def scheduler_factory(
+    run: RunConfig,
+    *,
+    total_epochs: int | None,
+    steps_per_epoch: int | None,
+    num_samples: int | None,
+    world_size: int,
+) -> Callable[[torch.optim.Optimizer], EpochScheduler]:
+    """A ``callable(optimizer)`` building the config's scheduler with resolved epoch lengths."""
+    assert run.scheduler is not None
+    params = dict(run.scheduler.params)
+    trainer_epochs = getattr(run.trainer, "epochs", None)
+    params["total_epochs"] = _pick(
+        "total_epochs", params.get("total_epochs"), total_epochs, trainer_epochs,
+        fix="write it in scheduler.params, pass total_epochs= or set trainer.epochs",
+    )
+    derived = None
+    if num_samples is not None:
+        derived = steps_per_epoch_for(run.deepspeed, num_samples, world_size)
+    params["steps_per_epoch"] = _pick(
+        "steps_per_epoch", params.get("steps_per_epoch"), steps_per_epoch, derived,
+        fix="write it in scheduler.params, pass steps_per_epoch= or training_data=",
+    )
+    cls = SCHEDULERS[run.scheduler.type]
+
+    def build(optimizer: torch.optim.Optimizer) -> EpochScheduler:
+        try:
+            return cls(optimizer, **params)
+        except ValueError as exc:
+            raise ConfigError(f"scheduler.params.{exc}") from None
+
+    return build
+
+
+def steps_per_epoch_for(ds_config: dict[str, Any], num_samples: int, world_size: int) -> int:
+    """Optimizer steps per epoch with DeepSpeed's own loader over ``num_samples`` samples.
+
+    DeepSpeed's DistributedSampler pads every rank to ``ceil(N / ranks)`` samples; its loader
+    keeps the last partial micro-batch unless ``dataloader_drop_last``; the engine steps once per
+    ``gradient_accumulation_steps`` micro-batches.
+    """
+    _, micro, gas = resolve_batch(ds_config, world_size)
+    per_rank = math.ceil(num_samples / world_size)
+    if ds_config.get("dataloader_drop_last", False):
+        micro_batches = per_rank // micro
+    else:
+        micro_batches = math.ceil(per_rank / micro)
+    steps = micro_batches // gas
+    if steps < 1:
+        raise ConfigError(
+            f"train_batch_size: {num_samples} training samples make no full optimizer step per "
+            "epoch at this batch size; use a smaller batch or more data"
+        )
+    return steps
+
+
+def load_checkpoint(engine: Any, load_dir: str | Path, tag: str | None = None, **kwargs: Any) -> Any:
+    """``engine.load_checkpoint`` that leaves our scheduler's LR in force afterwards.
+
+    Under ZeRO the optimizer partition is loaded after the scheduler and writes its own saved LR
+    into the param groups; this re-applies the scheduler's LR on every rank.
+    """
+    result = engine.load_checkpoint(str(load_dir), tag=tag, **kwargs)
+    if isinstance(engine.lr_scheduler, EpochScheduler):
+        engine.lr_scheduler.apply_lr()
+    return result
+
+
+def _pick(name: str, from_json: Any, from_arg: Any, derived: Any, *, fix: str) -> Any:
+    if from_json is not None and from_arg is not None and from_json != from_arg:
+        raise ConfigError(
+            f"scheduler.params.{name}: {from_json} in the config but {from_arg} passed to "
+            "initialize(); keep one"
+        )
+    for value in (from_json, from_arg, derived):
+        if value is not None:
+            return value
+    raise ConfigError(f"scheduler.params.{name}: unknown; {fix}")
