@@ -45,8 +45,12 @@ def make_engine(stage: int):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g))
-    engine, _, loader, sched = ds_twophase.initialize(model=model, training_data=data, config=config(stage))
+    data = torch.utils.data.TensorDataset(
+        torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+    )
+    engine, _, loader, sched = ds_twophase.initialize(
+        model=model, training_data=data, config=config(stage)
+    )
     return engine, loader, sched
 
 
@@ -93,7 +97,10 @@ def main() -> None:
             "loaded": loaded,
             "resumed": resumed,
             "params_equal": all(
-                torch.equal(a, b) for a, b in zip(engine.module.parameters(), engine2.module.parameters())
+                torch.equal(a, b)
+                for a, b in zip(
+                    engine.module.parameters(), engine2.module.parameters(), strict=True
+                )
             ),
         }
         (out / f"stage{stage}_rank{dist.get_rank()}.json").write_text(json.dumps(record))
