@@ -1,0 +1,380 @@
+"""principal_eigenvalue against dense Hessians, layer choice, and the no-side-effect promise."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ds_twophase.hessian import parametric_modules, principal_eigenvalue, resolve_layer
+
+CE = nn.CrossEntropyLoss()
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU x2, pooling, a classifier; dropout so mode handling matters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(5)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(self.drop(x.mean(dim=(2, 3))))
+
+
+def small_cnn(dtype: torch.dtype = torch.float64) -> nn.Module:
+    torch.manual_seed(1)
+    model = SmallCNN().to(dtype)
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(16, 3, 6, 6, dtype=dtype) * 2 + 0.5)
+    return model
+
+
+def data(n: int, shape: tuple[int, ...], classes: int, dtype=torch.float64, seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g, dtype=dtype), torch.randint(
+        0, classes, (n,), generator=g
+    )
+
+
+def dense_hessian_eigs(model, x, y, names, bn_train=False) -> torch.Tensor:
+    """Eigenvalues of the dense Hessian of the mean loss w.r.t. the named modules' params."""
+    model = copy.deepcopy(model).eval()
+    if bn_train:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.train()
+    mods = dict(model.named_modules())
+    wanted = {id(p) for n in names for p in mods[n].parameters()}
+    pnames = [n for n, p in model.named_parameters() if id(p) in wanted]
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in pnames]
+    flat0 = torch.cat([params[n].detach().reshape(-1) for n in pnames])
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        chunks = flat.split([s.numel() for s in shapes])
+        subst = {n: c.view(s) for n, c, s in zip(pnames, chunks, shapes, strict=True)}
+        return CE(functional_call(model, subst, (x,)), y)
+
+    h = torch.autograd.functional.hessian(loss, flat0)
+    return torch.linalg.eigvalsh((h + h.T) / 2)
+
+
+def largest_magnitude(eigs: torch.Tensor) -> float:
+    return float(eigs[eigs.abs().argmax()])
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def test_exact_matches_dense_hessian_mlp_with_unequal_microbatches():
+    model = mlp()
+    x, y = data(40, (6,), 4)
+    batches = [(x[:7], y[:7]), (x[7:30], y[7:30]), (x[30:], y[30:])]
+    res = principal_eigenvalue(model, CE, batches, "2", max_iters=400, tol=1e-12)
+    truth = largest_magnitude(dense_hessian_eigs(model, x, y, ["2"]))
+    assert rel(res.value, truth) < 1e-6
+    assert res.layer == ["2"] and res.num_params == 36 and res.num_samples == 40
+    assert res.converged and res.iterations < 400
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_exact_matches_dense_hessian_cnn_with_batchnorm(bn_mode):
+    model = small_cnn()
+    x, y = data(24, (3, 6, 6), 3)
+    res = principal_eigenvalue(
+        model, CE, [(x, y)], "auto", max_iters=500, tol=1e-12, bn_mode=bn_mode
+    )
+    assert res.layer == ["conv2"]
+    eigs = dense_hessian_eigs(model, x, y, ["conv2"], bn_train=bn_mode == "train")
+    assert rel(res.value, largest_magnitude(eigs)) < 1e-3
+
+
+def test_finite_difference_matches_dense_hessian():
+    model = mlp()
+    x, y = data(40, (6,), 4)
+    truth = largest_magnitude(dense_hessian_eigs(model, x, y, ["2"]))
+    res64 = principal_eigenvalue(
+        model, CE, [(x, y)], "2", max_iters=300, tol=1e-10, method="finite_difference"
+    )
+    assert rel(res64.value, truth) < 1e-5
+    model32, x32 = model.float(), x.float()
+    res32 = principal_eigenvalue(
+        model32, CE, [(x32, y)], "2", max_iters=300, tol=1e-8, method="finite_difference"
+    )
+    assert rel(res32.value, truth) < 2e-2
+
+
+def test_microbatch_split_does_not_change_eval_answer():
+    model = small_cnn(torch.float32)
+    x, y = data(30, (3, 6, 6), 3, dtype=torch.float32)
+    whole = principal_eigenvalue(model, CE, [(x, y)], max_iters=30, tol=0)
+    split = principal_eigenvalue(
+        model, CE, [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])], max_iters=30, tol=0
+    )
+    assert rel(split.value, whole.value) < 1e-5
+    assert split.iterations == whole.iterations == 30
+
+
+@pytest.mark.parametrize("budget", [0, 1])
+def test_graph_budget_recomputes_with_same_answer(budget):
+    model = small_cnn(torch.float64)
+    x, y = data(30, (3, 6, 6), 3)
+    batches = [(x[:10], y[:10]), (x[10:20], y[10:20]), (x[20:], y[20:])]
+    kept = principal_eigenvalue(model, CE, batches, max_iters=15, tol=0, max_graph_bytes=None)
+    # budget 1 byte keeps nothing; 0 likewise: every micro-batch is recomputed per iteration
+    spilled = principal_eigenvalue(model, CE, batches, max_iters=15, tol=0, max_graph_bytes=budget)
+    assert rel(spilled.value, kept.value) < 1e-10
+
+
+def test_tol_and_max_iters_control_the_iteration_count():
+    model = mlp()
+    x, y = data(40, (6,), 4)
+    assert principal_eigenvalue(model, CE, [(x, y)], "2", max_iters=7, tol=0).iterations == 7
+    early = principal_eigenvalue(model, CE, [(x, y)], "2", max_iters=500, tol=1e-3)
+    assert early.converged and early.iterations < 100
+
+
+def test_nonfinite_loss_gives_nan_and_stops():
+    model = mlp()
+    x, y = data(10, (6,), 4)
+    res = principal_eigenvalue(
+        model, lambda o, t: CE(o, t) * float("nan"), [(x, y)], "2", max_iters=20
+    )
+    assert res.value != res.value and res.iterations == 1
+
+
+def test_bf16_model_gives_an_fp32_estimate_close_to_the_fp32_value():
+    model = small_cnn(torch.float32)
+    x, y = data(32, (3, 6, 6), 3, dtype=torch.float32)
+    ref = principal_eigenvalue(model, CE, [(x, y)], max_iters=50, tol=1e-6)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    res = principal_eigenvalue(bf16, CE, [(x.to(torch.bfloat16), y)], max_iters=50, tol=1e-6)
+    assert isinstance(res.value, float) and res.value > 0
+    assert rel(res.value, ref.value) < 0.05
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+
+
+def test_hvp_reduce_hook_sums_processes():
+    model = mlp()
+    x, y = data(40, (6,), 4)
+    plain = principal_eigenvalue(model, CE, [(x, y)], "2", max_iters=10, tol=0)
+    calls = []
+
+    def two_identical_ranks(vec, count):
+        calls.append(count)
+        return vec * 2, count * 2
+
+    hooked = principal_eigenvalue(
+        model, CE, [(x, y)], "2", max_iters=10, tol=0, hvp_reduce=two_identical_ranks
+    )
+    assert rel(hooked.value, plain.value) < 1e-12 and hooked.num_samples == 80
+    assert calls == [40.0] * 10
+
+
+def test_hook_is_told_about_a_local_failure_and_nothing_else():
+    model = mlp()
+    x, y = data(10, (6,), 4)
+    seen = []
+
+    def reduce(vec, count):
+        seen.append(vec is None)
+        if vec is None:
+            raise RuntimeError("peer failure")
+        return vec, count
+
+    def fail_at_3(k):
+        if k == 3:
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        principal_eigenvalue(model, CE, [(x, y)], "2", hvp_reduce=reduce, iteration_hook=fail_at_3)
+    assert seen == [False, False, True]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer choice
+
+
+class ForwardOrder(nn.Module):
+    """Registration order differs from forward order; the rule must follow the forward."""
+
+    def __init__(self, head_out: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(10, head_out)  # registered first, runs last
+        self.big = nn.Linear(4, 50)  # the largest, but not among the last three
+        self.mid = nn.Linear(50, 10)
+        self.norm = nn.LayerNorm(10)  # 20 parameters
+        self.proj = nn.Linear(10, 10)  # 110 parameters
+        self.unused = nn.Linear(30, 30)  # never runs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.proj(self.norm(self.mid(self.big(x)))))
+
+
+@pytest.mark.parametrize(
+    ("head_out", "expected"),
+    [(2, "proj"), (20, "head"), (10, "head")],  # 22 < 110; 220 > 110; 110 == 110: later wins
+)
+def test_auto_picks_largest_of_last_three_in_forward_order(head_out, expected):
+    assert resolve_layer(ForwardOrder(head_out), "auto", torch.randn(3, 4)) == [expected]
+
+
+def test_auto_tie_goes_to_the_module_nearer_the_output():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3))
+    assert resolve_layer(model, "auto", torch.randn(2, 3)) == ["2"]
+
+
+def test_auto_logs_its_choice(caplog):
+    caplog.set_level("INFO", logger="ds_twophase.hessian")
+    resolve_layer(small_cnn(), "auto", torch.randn(2, 3, 6, 6, dtype=torch.float64))
+    assert "conv2" in caplog.text and "185 parameters" in caplog.text
+
+
+def test_names_override_and_lists_combine_blocks():
+    model = small_cnn()
+    x, y = data(8, (3, 6, 6), 3)
+    assert resolve_layer(model, "fc") == ["fc"]
+    res = principal_eigenvalue(model, CE, [(x, y)], ["bn2", "fc", "fc"], max_iters=3)
+    assert res.layer == ["bn2", "fc"] and res.num_params == 10 + 18
+
+
+def test_unknown_layer_lists_the_candidates():
+    model = small_cnn()
+    with pytest.raises(ValueError) as err:
+        resolve_layer(model, ["fc", "conv3"])
+    msg = str(err.value)
+    assert "'conv3'" in msg and "did you mean 'conv2'" in msg
+    assert all(n in msg for n in parametric_modules(model)) and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"method": "newton"}, "method"),
+        ({"bn_mode": "frozen"}, "bn_mode"),
+        ({"max_iters": 0}, "max_iters"),
+        ({"tol": -1.0}, "tol"),
+        ({"seed": -3}, "seed"),
+        ({"max_graph_bytes": -1}, "max_graph_bytes"),
+    ],
+)
+def test_invalid_arguments_name_the_argument(kwargs, field):
+    x, y = data(4, (6,), 4)
+    with pytest.raises(ValueError, match=field):
+        principal_eigenvalue(mlp(), CE, [(x, y)], "2", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# No side effects
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "tensors": {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "grads": {
+            n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()
+        },
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "modes": {n: m.training for n, m in model.named_modules()},
+        "ids": {n: id(p) for n, p in model.named_parameters()},
+        "torch_rng": torch.get_rng_state(),
+        "py_rng": random.getstate(),
+        "np_rng": np.random.get_state()[1].copy(),
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    for k, v in before["tensors"].items():
+        assert torch.equal(after["tensors"][k], v), k
+        assert after["tensors"][k].dtype == v.dtype, k
+    for k, g in before["grads"].items():
+        assert (after["grads"][k] is None) == (g is None), k
+        assert g is None or torch.equal(after["grads"][k], g), k
+    for key in ("requires_grad", "modes", "ids", "py_rng"):
+        assert after[key] == before[key], key
+    assert torch.equal(after["torch_rng"], before["torch_rng"])
+    assert np.array_equal(after["np_rng"], before["np_rng"])
+
+
+def prepared_cnn() -> nn.Module:
+    """Train mode, a frozen parameter, some .grad set and some None: everything must survive."""
+    model = small_cnn(torch.float32).train()
+    model.bn1.eval()  # a mixed-mode model
+    model.conv1.weight.requires_grad_(False)
+    x, y = data(6, (3, 6, 6), 3, dtype=torch.float32, seed=9)
+    CE(model(x), y).backward()
+    model.bn2.bias.grad = None
+    return model
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+def test_probe_leaves_no_trace(bn_mode, method):
+    model = prepared_cnn()
+    x, y = data(20, (3, 6, 6), 3, dtype=torch.float32)
+    torch.manual_seed(5)
+    before = snapshot(model)
+    res = principal_eigenvalue(
+        model, CE, [(x[:10], y[:10]), (x[10:], y[10:])], max_iters=4, bn_mode=bn_mode, method=method
+    )
+    assert res.value == res.value
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+@pytest.mark.parametrize("fail_at", [0, 2])
+def test_probe_leaves_no_trace_after_an_exception(bn_mode, fail_at):
+    model = prepared_cnn()
+    x, y = data(20, (3, 6, 6), 3, dtype=torch.float32)
+    before = snapshot(model)
+
+    def fail(k):
+        if k == fail_at:
+            torch.rand(3)  # consume RNG before failing: it must be restored anyway
+            raise RuntimeError("injected")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        principal_eigenvalue(model, CE, [(x, y)], bn_mode=bn_mode, iteration_hook=fail)
+    assert_unchanged(model, before)
+
+
+def test_probe_leaves_no_trace_when_the_loss_raises_mid_forward():
+    model = prepared_cnn()
+    x, y = data(20, (3, 6, 6), 3, dtype=torch.float32)
+    before = snapshot(model)
+    calls = []
+
+    def loss(o, t):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("loss broke")
+        return CE(o, t)
+
+    with pytest.raises(ValueError, match="loss broke"):
+        principal_eigenvalue(model, loss, [(x[:10], y[:10]), (x[10:], y[10:])], bn_mode="train")
+    assert_unchanged(model, before)
