@@ -1,0 +1,442 @@
+"""The epoch-end Hessian probe across ranks: settings, probe-batch choice, rank0/sharded modes.
+
+``measure_hmax`` is called by every rank of the data-parallel group and returns the same
+``ProbeOutcome`` on all of them; it never raises for a failure inside the probe and never leaves
+a rank waiting.
+
+* ``"rank0"``: rank 0 builds the micro-batches from ``dataset[indices]`` and runs
+  ``principal_eigenvalue``; its value or its error is broadcast. The other ranks wait in the
+  broadcast (for as long as the process group's timeout allows).
+* ``"sharded"``: micro-batch ``j`` of the probe batch goes to rank ``j % world_size`` (so both
+  modes see the same micro-batches and agree even with ``bn_mode="train"``); every HVP and the
+  sample count are summed over ranks, so all ranks follow the same power iteration. Failure
+  protocol: each HVP reduction is preceded by a small all-reduce of ``[failed, count]``. A rank
+  whose local work raises (while building its micro-batches, during setup or in an iteration)
+  still takes part in that control all-reduce with ``failed = 1``; every rank then sees the
+  failure in the same round and stops, so the number of collectives matches on all ranks. The
+  stopping decision (``tol``, ``max_iters``, non-finite values) depends only on all-reduced
+  values, which are identical on every rank. A final ``all_gather_object`` of each rank's
+  outcome gives every rank the same value and the full list of errors.
+
+Fault injection for reliability tests, read in one place (``fault_hook_from_env``):
+``DS_TWOPHASE_PROBE_FAIL`` = ``rank<k>`` (raise on rank k; in "rank0" mode only rank 0 computes,
+so only ``rank0`` has an effect there), ``all`` (raise on every computing rank) or ``nan`` (the
+probe loss is NaN on every computing rank), optionally followed by ``@<iteration>`` (default 0 =
+during setup, before the first HVP; k >= 1 = just before the k-th HVP). The ``fail_hook``
+argument of ``measure_hmax`` does the same from code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from ds_twophase import dist
+from ds_twophase.errors import did_you_mean
+from ds_twophase.hessian import (
+    BN_MODES,
+    METHODS,
+    EigenResult,
+    LossFn,
+    preserve_rng_state,
+    principal_eigenvalue,
+    resolve_layer,
+)
+
+MODES = ("rank0", "sharded")
+FAULT_ENV = "DS_TWOPHASE_PROBE_FAIL"
+
+
+@dataclasses.dataclass
+class ProbeConfig:
+    """Settings of the Hessian probe (JSON: the scheduler's ``params.probe`` object).
+
+    Construct with ``ProbeConfig(**d)`` or ``ProbeConfig.from_dict(d)``; invalid values raise a
+    one-line ``ValueError`` naming the field (``probe.<field>``) and the allowed values.
+    """
+
+    layer: str | list[str] = "auto"
+    """``"auto"`` (largest of the last three parametric layers), a module name, or a list of
+    module names whose parameters form the probed Hessian block."""
+    mode: str = "rank0"
+    """``"rank0"`` (rank 0 probes, result broadcast) or ``"sharded"`` (probe batch split over
+    ranks, HVPs all-reduced)."""
+    batch_size: int | None = None
+    """Samples in the probe batch; ``None`` = the global train batch size (the caller fills it)."""
+    micro_batch_size: int | None = None
+    """Samples per forward pass of the probe; ``None`` = DeepSpeed's
+    ``train_micro_batch_size_per_gpu`` (the caller fills it)."""
+    max_iters: int = 20
+    """Most power iterations (Hessian-vector products)."""
+    tol: float = 1e-3
+    """Stop when the relative change of the estimate is below this (0 = always max_iters)."""
+    method: str = "exact"
+    """``"exact"`` (double backward) or ``"finite_difference"`` (the paper's Eq. 8)."""
+    bn_mode: str = "eval"
+    """``"eval"`` (BatchNorm running statistics) or ``"train"`` (batch statistics)."""
+    redraw: bool = False
+    """Draw new probe samples at every probe instead of one fixed set for the whole run."""
+    seed: int | None = None
+    """Seed for the probe samples and the start vector; ``None`` = the run's seed."""
+    max_graph_mb: float | None = 2048
+    """Memory (MiB) for autograd graphs kept between power iterations; micro-batches beyond it
+    are recomputed each iteration. ``None`` = no limit."""
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer)
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("method", self.method, METHODS)
+        _check_choice("bn_mode", self.bn_mode, BN_MODES)
+        for name in ("batch_size", "micro_batch_size"):
+            _check_int(name, getattr(self, name), minimum=1, optional=True)
+        _check_int("max_iters", self.max_iters, minimum=1)
+        _check_int("seed", self.seed, minimum=0, optional=True)
+        if not _is_number(self.tol) or not (0 <= self.tol < math.inf):
+            raise ValueError(f"probe.tol must be a number >= 0, got {self.tol!r}")
+        if not isinstance(self.redraw, bool):
+            raise ValueError(f"probe.redraw must be true or false, got {self.redraw!r}")
+        if self.max_graph_mb is not None and (
+            not _is_number(self.max_graph_mb) or not (0 <= self.max_graph_mb < math.inf)
+        ):
+            raise ValueError(
+                f"probe.max_graph_mb must be a number >= 0 or null, got {self.max_graph_mb!r}"
+            )
+        if isinstance(self.layer, tuple):
+            self.layer = list(self.layer)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
+        """Build from a JSON object; an unknown key raises one ``ValueError`` line with a hint."""
+        if not isinstance(d, dict):
+            raise ValueError(f"probe must be a JSON object, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in known:
+                raise ValueError(
+                    f"probe: unknown key {key!r}{did_you_mean(key, known)}; "
+                    f"known keys: {', '.join(known)}"
+                )
+        return cls(**d)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        choices = " or ".join(repr(a) for a in allowed)
+        raise ValueError(f"probe.{name} must be {choices}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise ValueError(f"probe.{name} must be {what}, got {value!r}")
+
+
+def _check_layer(layer: Any) -> None:
+    ok = (isinstance(layer, str) and layer) or (
+        isinstance(layer, (list, tuple))
+        and layer
+        and all(isinstance(n, str) and n and n != "auto" for n in layer)
+    )
+    if not ok:
+        raise ValueError(
+            f'probe.layer must be "auto", a module name or a non-empty list of module names, '
+            f"got {layer!r}"
+        )
+
+
+def select_probe_indices(num_samples: int, size: int, seed: int, draw: int = 0) -> list[int]:
+    """``min(size, num_samples)`` distinct sample indices, sorted, chosen from ``seed``.
+
+    The same arguments always give the same indices (fixed probe batch); ``redraw`` mode passes
+    a different ``draw`` (e.g. the probe count) to get a different set each time.
+    """
+    for name, value, minimum in (("num_samples", num_samples, 1), ("size", size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    for name, value in (("seed", seed), ("draw", draw)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    # A private generator keyed by (seed, draw): independent of the global RNG streams.
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + draw)
+    chosen = torch.randperm(num_samples, generator=gen)[: min(size, num_samples)]
+    return sorted(chosen.tolist())
+
+
+@dataclasses.dataclass
+class ProbeOutcome:
+    """What every rank gets back from ``measure_hmax`` (identical on all ranks)."""
+
+    value: float
+    """hmax, or ``nan`` when the probe failed or its estimate was not finite."""
+    seconds: float
+    """Wall time of the probe (the slowest rank in sharded mode)."""
+    error: str | None
+    """``None`` when ``value`` is usable; otherwise one line per failing rank, ``; ``-joined."""
+    layer: list[str] | None
+    """Module name(s) probed (``None`` if the probe failed before choosing them)."""
+    iterations: int
+    """Power iterations performed."""
+    num_samples: int = 0
+    """Samples in the probe batch."""
+
+    @property
+    def ok(self) -> bool:
+        """True when ``value`` is a finite eigenvalue estimate."""
+        return self.error is None
+
+
+class ProbePeerFailure(RuntimeError):
+    """Raised on the ranks of a sharded probe when some rank announced a failure."""
+
+
+class _ShardedReduce:
+    """The ``hvp_reduce`` hook of sharded mode: a control all-reduce ``[failed, count]``, then,
+    if nobody failed, the all-reduce of the HVP vector."""
+
+    def __init__(self, group: Any):
+        self.group = group
+
+    def __call__(self, vector: torch.Tensor | None, count: float) -> tuple[torch.Tensor, float]:
+        failed, total = dist.all_reduce_sums([float(vector is None), float(count)], self.group)
+        if failed > 0:
+            raise ProbePeerFailure(f"probe failed on {int(failed)} rank(s)")
+        return dist.all_reduce_sum_(vector, self.group), total
+
+
+FailHook = Callable[[int, int], None]
+"""``fail_hook(rank, iteration)``: called on every computing rank before iteration ``iteration``
+(0 = setup); raising there injects a failure."""
+
+
+def fault_hook_from_env() -> tuple[FailHook | None, bool]:
+    """``(fail_hook, nan_loss)`` from ``DS_TWOPHASE_PROBE_FAIL`` (see the module docstring)."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return None, False
+    m = re.fullmatch(r"(rank(\d+)|all|nan)(?:@(\d+))?", spec)
+    if m is None:
+        raise ValueError(
+            f"{FAULT_ENV} must be rank<k>, all or nan, optionally @<iteration>; got {spec!r}"
+        )
+    when = int(m.group(3) or 0)
+    if m.group(1) == "nan":
+        return None, True
+    target = None if m.group(1) == "all" else int(m.group(2))
+
+    def hook(rank: int, iteration: int) -> None:
+        if iteration == when and (target is None or rank == target):
+            raise RuntimeError(f"injected probe failure ({FAULT_ENV}={spec}) on rank {rank}")
+
+    return hook, False
+
+
+def measure_hmax(
+    model: nn.Module,
+    loss_fn: LossFn,
+    dataset: Any,
+    indices: Sequence[int],
+    cfg: ProbeConfig,
+    *,
+    device: torch.device | str,
+    collate: Callable[[list[Any]], Any] | None = None,
+    group: Any = None,
+    zero_stage: int = 0,
+    fail_hook: FailHook | None = None,
+) -> ProbeOutcome:
+    """Measure hmax on the probe samples ``dataset[indices]``; call on every rank of ``group``.
+
+    ``model`` is the plain module (``engine.module`` under DeepSpeed); ``dataset[i]`` must give
+    an ``(input, target)`` pair, and ``collate`` (default ``torch.utils.data.default_collate``)
+    turns a list of them into batched ``(inputs, targets)``. Pass the training set preferably
+    without random augmentation; any augmentation that is applied is drawn from ``cfg.seed``,
+    so it is the same at every probe, and the training RNG streams are not consumed.
+    ``cfg.micro_batch_size`` must be set (the trainer fills it from the DeepSpeed config).
+    Returns the same ``ProbeOutcome`` on every rank. Raises ``ValueError`` (on every rank, before
+    any collective) only for invalid arguments, e.g. mode "rank0" under ZeRO stage 3.
+    """
+    if not isinstance(cfg, ProbeConfig):
+        raise ValueError(f"cfg must be a ProbeConfig, got {type(cfg).__name__}")
+    if cfg.micro_batch_size is None:
+        raise ValueError("probe.micro_batch_size is None: set it (DeepSpeed's micro-batch size)")
+    if not indices:
+        raise ValueError("indices is empty: the probe needs at least one sample")
+    if zero_stage == 3 and cfg.mode == "rank0":
+        raise ValueError(
+            'probe.mode "rank0" cannot run under ZeRO stage 3 (a forward on rank 0 alone '
+            'deadlocks): use "sharded"'
+        )
+    env_hook, nan_loss = fault_hook_from_env()
+    fail_hook = fail_hook or env_hook
+    if nan_loss:
+        loss_fn = _nan_loss(loss_fn)
+    job = _ProbeJob(
+        model, loss_fn, dataset, list(indices), cfg, torch.device(device), collate, fail_hook
+    )
+    if cfg.mode == "rank0":
+        return _rank0(job, group)
+    return _sharded(job, group)
+
+
+@dataclasses.dataclass
+class _ProbeJob:
+    model: nn.Module
+    loss_fn: LossFn
+    dataset: Any
+    indices: list[int]
+    cfg: ProbeConfig
+    device: torch.device
+    collate: Callable[[list[Any]], Any] | None
+    fail_hook: FailHook | None
+
+    def chunks(self) -> list[list[int]]:
+        mb = self.cfg.micro_batch_size
+        return [self.indices[i : i + mb] for i in range(0, len(self.indices), mb)]
+
+    def load(self, chunk: list[int]) -> tuple[Any, Any]:
+        inputs, targets = (self.collate or default_collate)([self.dataset[i] for i in chunk])
+        return _to_device(inputs, self.device), _to_device(targets, self.device)
+
+    def prepare(self, chunks: list[list[int]]) -> tuple[list[tuple[Any, Any]], list[str]]:
+        """Load this rank's micro-batches and resolve the layer (no collectives)."""
+        with preserve_rng_state():
+            # Augmentation (if any) is drawn from the probe seed: the same batch at every probe.
+            _seed_all(self.seed)
+            batches = [self.load(c) for c in chunks]
+            auto = isinstance(self.cfg.layer, str) and self.cfg.layer == "auto"
+            example = self.load(self.indices[:2])[0] if auto else None
+        return batches, resolve_layer(self.model, self.cfg.layer, example)
+
+    def probe(
+        self, batches: list[tuple[Any, Any]], layer: list[str], rank: int, hvp_reduce: Any = None
+    ) -> EigenResult:
+        """Run ``principal_eigenvalue`` with the config's settings."""
+        cfg = self.cfg
+        fail = self.fail_hook
+        hook = None if fail is None else (lambda k: fail(rank, k))
+        budget = None if cfg.max_graph_mb is None else int(cfg.max_graph_mb * 2**20)
+        return principal_eigenvalue(
+            self.model, self.loss_fn, batches, layer, max_iters=cfg.max_iters, tol=cfg.tol,
+            method=cfg.method, bn_mode=cfg.bn_mode, seed=self.seed, hvp_reduce=hvp_reduce,
+            max_graph_bytes=budget, iteration_hook=hook,
+        )  # fmt: skip
+
+    @property
+    def seed(self) -> int:
+        """The probe seed (the caller fills ``cfg.seed`` with the run's seed)."""
+        return self.cfg.seed or 0
+
+
+def _rank0(job: _ProbeJob, group: Any) -> ProbeOutcome:
+    outcome = None
+    if dist.get_rank(group) == 0:
+        start = time.perf_counter()
+        try:
+            res = job.probe(*job.prepare(job.chunks()), 0)
+            outcome = _outcome(res.value, time.perf_counter() - start, None, res)
+        except Exception as e:  # reported to every rank, never raised
+            outcome = _outcome(
+                math.nan, time.perf_counter() - start, f"rank 0: {_describe(e)}", None
+            )
+    return dist.broadcast_object(outcome, src=0, group=group)
+
+
+def _sharded(job: _ProbeJob, group: Any) -> ProbeOutcome:
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    reduce = _ShardedReduce(group)
+    start = time.perf_counter()
+    try:
+        batches, layer = job.prepare(job.chunks()[rank::world])
+    except Exception as e:
+        # Peers are (or will be) in the first control all-reduce: join it as failed.
+        try:
+            reduce(None, 0.0)
+        except ProbePeerFailure:
+            pass
+        local = _outcome(
+            math.nan, time.perf_counter() - start, f"rank {rank}: {_describe(e)}", None
+        )
+        return _merge(dist.all_gather_object(local, group=group))
+    try:
+        # From here principal_eigenvalue announces its own failures to the peers.
+        res = job.probe(batches, layer, rank, hvp_reduce=reduce)
+        local = _outcome(res.value, time.perf_counter() - start, None, res)
+    except ProbePeerFailure:
+        local = _outcome(math.nan, time.perf_counter() - start, None, None)
+    except Exception as e:
+        local = _outcome(
+            math.nan, time.perf_counter() - start, f"rank {rank}: {_describe(e)}", None
+        )
+    return _merge(dist.all_gather_object(local, group=group))
+
+
+def _outcome(value: float, seconds: float, error: str | None, res: Any) -> ProbeOutcome:
+    if error is None and not math.isfinite(value):
+        error = f"non-finite eigenvalue estimate ({value})"
+    return ProbeOutcome(
+        value=value if error is None else math.nan,
+        seconds=seconds,
+        error=error,
+        layer=None if res is None else list(res.layer),
+        iterations=0 if res is None else res.iterations,
+        num_samples=0 if res is None else res.num_samples,
+    )
+
+
+def _merge(outcomes: list[ProbeOutcome]) -> ProbeOutcome:
+    errors = [o.error for o in outcomes if o.error]
+    if not errors and any(o.layer is None for o in outcomes):
+        errors = ["probe failed on a peer rank without a message"]
+    first = outcomes[0]
+    return ProbeOutcome(
+        value=math.nan if errors else first.value,
+        seconds=max(o.seconds for o in outcomes),
+        error="; ".join(dict.fromkeys(errors)) if errors else None,
+        layer=first.layer,
+        iterations=first.iterations,
+        num_samples=first.num_samples,
+    )
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _describe(e: BaseException) -> str:
+    text = " ".join(str(e).split())  # one line
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _nan_loss(loss_fn: LossFn) -> LossFn:
+    def poisoned(outputs: Any, targets: Any) -> torch.Tensor:
+        return loss_fn(outputs, targets) * math.nan
+
+    return poisoned
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x
