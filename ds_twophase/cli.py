@@ -23,10 +23,20 @@ def check_config(argv: Sequence[str]) -> int:
         description="Validate a run config without training; exit status 2 on any error.",
     )
     parser.add_argument("config", help="path of the JSON run config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config key by dotted path")
-    parser.add_argument("--world-size", type=int, default=None,
-                        help="number of data-parallel ranks to check the batch arithmetic for")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key by dotted path",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="number of data-parallel ranks to check the batch arithmetic for",
+    )
     args = parser.parse_args(argv)
     from .config import load_config, validate_config
 
@@ -45,7 +55,14 @@ def check_config(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"check-config": check_config}
+def train(argv: Sequence[str]) -> int:
+    """``ds-twophase train [--config FILE] [--set KEY=VALUE ...] [--resume auto|PATH]``."""
+    from .train import main as train_main
+
+    return train_main(argv)
+
+
+COMMANDS = {"check-config": check_config, "train": train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

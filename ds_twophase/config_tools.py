@@ -173,9 +173,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 
 def _prefixed(prefix: str, message: str, names: Iterable[str]) -> str:
     message = message.splitlines()[0] if message else "invalid value"
-    first = message.split(" ", 1)[0].split("[", 1)[0].rstrip(":")
+    head, _, rest = message.partition(" ")
+    # "name: ..." or "section.name must ...": report under the config's own key path.
+    first = head.split("[", 1)[0].rstrip(":").rsplit(".", 1)[-1]
     if first in set(names):
-        return f"{prefix}{message}"
+        return f"{prefix}{first}{head[head.find(first) + len(first) :]} {rest}".rstrip()
     return f"{prefix.rstrip('.')}: {message}"
 
 

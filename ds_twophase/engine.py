@@ -65,7 +65,6 @@ def initialize(
     if config is None:
         raise ConfigError("config: pass config= (a JSON path or a dict) or args.deepspeed_config")
     raw = load_config(config)
-
     deepspeed.init_distributed(
         dist_backend=get_accelerator().communication_backend_name(),
         distributed_port=distributed_port,
@@ -73,7 +72,38 @@ def initialize(
     )
     world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
     run = validate_config(raw, world_size=world)
+    return initialize_run(
+        run,
+        args=args,
+        model=model,
+        optimizer=optimizer,
+        model_parameters=model_parameters,
+        training_data=training_data,
+        lr_scheduler=lr_scheduler,
+        distributed_port=distributed_port,
+        mpu=mpu,
+        dist_init_required=dist_init_required,
+        collate_fn=collate_fn,
+        mesh_param=mesh_param,
+        total_epochs=total_epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
 
+
+def initialize_run(
+    run: RunConfig,
+    *,
+    model: torch.nn.Module,
+    optimizer: Any = None,
+    lr_scheduler: Any = None,
+    training_data: torch.utils.data.Dataset | None = None,
+    total_epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    mpu: Any = None,
+    **deepspeed_kwargs: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """:func:`initialize` for an already validated :class:`RunConfig` (the trainer's path)."""
+    world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
     if run.optimizer is not None:
         if optimizer is not None:
             raise ConfigError(
@@ -96,20 +126,14 @@ def initialize(
             num_samples=None if training_data is None else len(training_data),
             world_size=world,
         )
-
     engine, opt, loader, sched = deepspeed.initialize(
-        args=args,
         model=model,
         optimizer=optimizer,
-        model_parameters=model_parameters,
         training_data=training_data,
         lr_scheduler=lr_scheduler,
-        distributed_port=distributed_port,
         mpu=mpu,
-        dist_init_required=dist_init_required,
-        collate_fn=collate_fn,
         config=run.deepspeed,
-        mesh_param=mesh_param,
+        **deepspeed_kwargs,
     )
     engine.twophase_config = run
     return engine, opt, loader, sched
@@ -128,14 +152,20 @@ def scheduler_factory(
     params = dict(run.scheduler.params)
     trainer_epochs = getattr(run.trainer, "epochs", None)
     params["total_epochs"] = _pick(
-        "total_epochs", params.get("total_epochs"), total_epochs, trainer_epochs,
+        "total_epochs",
+        params.get("total_epochs"),
+        total_epochs,
+        trainer_epochs,
         fix="write it in scheduler.params, pass total_epochs= or set trainer.epochs",
     )
     derived = None
     if num_samples is not None:
         derived = steps_per_epoch_for(run.deepspeed, num_samples, world_size)
     params["steps_per_epoch"] = _pick(
-        "steps_per_epoch", params.get("steps_per_epoch"), steps_per_epoch, derived,
+        "steps_per_epoch",
+        params.get("steps_per_epoch"),
+        steps_per_epoch,
+        derived,
         fix="write it in scheduler.params, pass steps_per_epoch= or training_data=",
     )
     cls = SCHEDULERS[run.scheduler.type]
@@ -171,7 +201,9 @@ def steps_per_epoch_for(ds_config: dict[str, Any], num_samples: int, world_size:
     return steps
 
 
-def load_checkpoint(engine: Any, load_dir: str | Path, tag: str | None = None, **kwargs: Any) -> Any:
+def load_checkpoint(
+    engine: Any, load_dir: str | Path, tag: str | None = None, **kwargs: Any
+) -> Any:
     """``engine.load_checkpoint`` that leaves our scheduler's LR in force afterwards.
 
     Under ZeRO the optimizer partition is loaded after the scheduler and writes its own saved LR

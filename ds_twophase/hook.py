@@ -1,0 +1,158 @@
+"""The epoch-end call: run the probe when the schedule needs it and apply the decision on every rank.
+
+Library users with their own DeepSpeed loop call :func:`epoch_end` once per epoch on every rank;
+the trainer does the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from . import dist
+from .probe import ProbeConfig, ProbeOutcome, measure_hmax, select_probe_indices
+from .schedulers import EpochRecord, EpochScheduler
+
+
+class RankDisagreement(RuntimeError):
+    """Ranks hold different LRs or scheduler states after an epoch end."""
+
+
+class HessianProbe:
+    """The epoch-end Hessian probe of a run: probe samples fixed from the seed, and settings.
+
+    Args:
+        dataset: the training set (``dataset[i]`` gives ``(input, target)``).
+        loss_fn: ``loss_fn(outputs, targets)``, a mean over the micro-batch.
+        config: the probe settings; ``batch_size``/``micro_batch_size``/``seed`` left ``None``
+            are filled from the arguments below.
+        batch_size: default probe batch size (the global train batch size).
+        micro_batch_size: default probe micro-batch size (DeepSpeed's micro batch per rank).
+        seed: default seed (the run's seed).
+        zero_stage: the DeepSpeed ZeRO stage (rank0 mode is refused under stage 3).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        config: ProbeConfig,
+        *,
+        batch_size: int,
+        micro_batch_size: int,
+        seed: int,
+        zero_stage: int = 0,
+        group: Any = None,
+    ) -> None:
+        self.dataset = dataset
+        self.loss_fn = loss_fn
+        self.config = replace(
+            config,
+            batch_size=config.batch_size or batch_size,
+            micro_batch_size=config.micro_batch_size or micro_batch_size,
+            seed=config.seed if config.seed is not None else seed,
+        )
+        self.zero_stage = zero_stage
+        self.group = group
+        self.draws = 0
+        self.indices = self._draw()
+
+    def _draw(self) -> list[int]:
+        return select_probe_indices(
+            len(self.dataset), self.config.batch_size, self.config.seed, self.draws
+        )
+
+    def __call__(self, model: torch.nn.Module, device: torch.device | str) -> ProbeOutcome:
+        """Measure hmax on every rank (same outcome everywhere); never raises for a failed probe."""
+        if self.config.redraw:
+            self.draws += 1
+            self.indices = self._draw()
+        return measure_hmax(
+            model,
+            self.loss_fn,
+            self.dataset,
+            self.indices,
+            self.config,
+            device=device,
+            group=self.group,
+            zero_stage=self.zero_stage,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: the probe indices and the draw counter."""
+        return {"indices": list(self.indices), "draws": self.draws}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.indices = [int(i) for i in state["indices"]]
+        self.draws = int(state["draws"])
+
+
+@dataclass
+class EpochEnd:
+    """The result of :func:`epoch_end` (identical on every rank)."""
+
+    record: EpochRecord
+    """The scheduler's decision record."""
+    probe: ProbeOutcome | None
+    """The probe's outcome when it ran this epoch, else ``None``."""
+
+
+def epoch_end(
+    engine: Any,
+    train_loss: float,
+    probe: HessianProbe | None = None,
+    *,
+    group: Any = None,
+) -> EpochEnd:
+    """Apply the schedule's epoch-end decision on every rank; call once per epoch on all ranks.
+
+    ``train_loss`` must be the epoch's mean training loss over all ranks and samples (e.g. from
+    ``ds_twophase.dist.all_reduce_sums([loss_sum, count])``). The probe runs only when the
+    schedule needs hmax; a failed probe makes no decision that epoch (the scheduler warns). After
+    the decision every rank checks that all ranks hold the same LR and scheduler state and raises
+    :class:`RankDisagreement` if not.
+    """
+    scheduler = engine.lr_scheduler
+    if not isinstance(scheduler, EpochScheduler):
+        raise TypeError(
+            "epoch_end needs a ds_twophase scheduler (TwoPhaseLR or WarmupStepLR) on the engine, "
+            f"got {type(scheduler).__name__}"
+        )
+    outcome: ProbeOutcome | None = None
+
+    def hessian() -> float:
+        nonlocal outcome
+        if probe is None:
+            raise RuntimeError("the schedule needs hmax but no HessianProbe was given to epoch_end")
+        outcome = probe(engine.module, engine.device)
+        if not outcome.ok:
+            raise RuntimeError(outcome.error)
+        return outcome.value
+
+    record = scheduler.end_epoch(train_loss, hessian)
+    check_ranks_agree(scheduler, group=group)
+    return EpochEnd(record, outcome)
+
+
+def schedule_digest(scheduler: EpochScheduler) -> int:
+    """A 52-bit digest of the scheduler state and the LRs in force (exact in a float64)."""
+    text = json.dumps([scheduler.state_dict(), scheduler.get_last_lr()], sort_keys=True)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:13], 16)
+
+
+def check_ranks_agree(scheduler: EpochScheduler, *, group: Any = None) -> None:
+    """Raise :class:`RankDisagreement` unless every rank holds the same schedule state."""
+    if not dist.is_distributed():
+        return
+    digest = float(schedule_digest(scheduler))
+    if dist.all_reduce_max(digest, group) != -dist.all_reduce_max(-digest, group):
+        raise RankDisagreement(
+            f"ranks disagree on the LR schedule after epoch {scheduler.epoch} "
+            f"(this rank: lr {scheduler.get_last_lr()}); stopping"
+        )

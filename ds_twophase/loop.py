@@ -1,0 +1,308 @@
+"""The trainer's epoch loop: data, DeepSpeed engine, epoch-end decision, evaluation, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
+
+from . import checkpoint, dist
+from .config import RunConfig, resolve_batch
+from .data import build_datasets
+from .engine import initialize_run, load_checkpoint
+from .errors import ConfigError
+from .hook import HessianProbe, epoch_end
+from .metrics import MetricsLog
+from .models import build_model
+from .schedulers import EpochScheduler
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (non-finite loss, ranks disagreeing); the message says why."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    epochs: int
+    """Epochs completed (including those before a resume)."""
+    val_accuracy: float | None
+    """Validation accuracy after the last epoch."""
+    output_dir: Path
+    """Where the run's files are."""
+
+
+def log(message: str) -> None:
+    """Print on rank 0 only."""
+    if dist.is_rank_zero():
+        print(message, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and accelerators) deterministically."""
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset: Any, sampler: DistributedSampler, micro: int, workers: int) -> DataLoader:
+    """Micro-batches of ``micro`` samples from ``sampler``; tensor datasets are indexed a whole
+    batch at a time (one gather per tensor instead of one Python call per sample)."""
+    if isinstance(dataset, TensorDataset):
+        batches = BatchSampler(sampler, micro, drop_last=True)
+        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers)
+    return DataLoader(
+        dataset, sampler=sampler, batch_size=micro, drop_last=True, num_workers=workers
+    )
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy computed in fp32 (bf16 logits are upcast)."""
+    return F.cross_entropy(outputs.float(), targets)
+
+
+def to_engine(engine: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move ``(inputs, targets)`` to the engine's device and floating inputs to its dtype."""
+    x, y = batch
+    dtype = next(engine.module.parameters()).dtype
+    x = x.to(engine.device, dtype=dtype if x.is_floating_point() else x.dtype, non_blocking=True)
+    return x, y.to(engine.device, non_blocking=True)
+
+
+def evaluate(engine: Any, dataset: Any, batch_size: int) -> tuple[float, float]:
+    """Validation loss and accuracy over the whole split, sharded over ranks without padding."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    indices = list(range(rank, len(dataset), world))
+    model = engine.module
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+    correct = torch.zeros((), dtype=torch.float64, device=engine.device)
+    with torch.no_grad():
+        for batch in _full_batches(dataset, indices, batch_size):
+            x, y = to_engine(engine, batch)
+            out = model(x).float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(dim=1) == y).sum().double()
+    model.train(was_training)
+    total_loss, total_correct, count = dist.all_reduce_sums(
+        [loss_sum.item(), correct.item(), float(len(indices))]
+    )
+    return total_loss / count, total_correct / count
+
+
+def _full_batches(dataset: Any, indices: list[int], batch_size: int):
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        if isinstance(dataset, TensorDataset):
+            yield dataset[chunk]
+        else:
+            yield torch.utils.data.default_collate([dataset[i] for i in chunk])
+
+
+class Trainer:
+    """Runs one validated config end to end on every rank (see :func:`run_training`)."""
+
+    def __init__(self, run: RunConfig):
+        if run.trainer is None:
+            raise ConfigError(
+                "trainer: the config has no trainer section; add one (dataset, model, epochs)"
+            )
+        self.run = run
+        self.tc = run.trainer
+        self.out = Path(self.tc.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        world = dist.get_world_size()
+        self.train_batch, self.micro, self.gas = resolve_batch(run.deepspeed, world)
+        seed_everything(self.tc.seed)
+        self.splits = self._build_data()
+        self.model = build_model(self.tc.model, self.splits.num_classes, self.splits.input_shape)
+        self.sampler = DistributedSampler(
+            self.splits.train,
+            num_replicas=world,
+            rank=dist.get_rank(),
+            shuffle=True,
+            seed=self.tc.seed,
+            drop_last=True,
+        )
+        self.steps_per_epoch = (len(self.sampler) // self.micro) // self.gas
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"train_batch_size: {len(self.splits.train)} training samples give no full step of "
+                f"{self.train_batch} samples per epoch; lower the batch size or raise trainer.dataset.train_size"
+            )
+        self.loader = make_loader(self.splits.train, self.sampler, self.micro, self.tc.num_workers)
+        self.engine, _, _, self.scheduler = initialize_run(
+            run, model=self.model, total_epochs=self.tc.epochs, steps_per_epoch=self.steps_per_epoch
+        )
+        self.probe = None
+        if run.probe is not None:
+            self.probe = HessianProbe(
+                self.splits.train,
+                cross_entropy,
+                run.probe,
+                batch_size=self.train_batch,
+                micro_batch_size=self.micro,
+                seed=self.tc.seed,
+                zero_stage=run.zero_stage,
+            )
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+
+    def _build_data(self):
+        # Rank 0 generates and caches the data set first so the other ranks only read it.
+        if dist.is_rank_zero():
+            splits = build_datasets(self.tc.dataset)
+        dist.barrier()
+        if not dist.is_rank_zero():
+            splits = build_datasets(self.tc.dataset)
+        return splits
+
+    # -- resume --------------------------------------------------------------------------
+    def resume(self, target: str) -> int:
+        """Load a checkpoint (``auto``: newest complete one in the run's directory); returns the
+        epoch it holds, or 0 when ``auto`` finds none."""
+        if target == "auto":
+            found = checkpoint.newest_complete(self.ckpt_dir)
+            if found is None:
+                if checkpoint.complete_checkpoints(self.ckpt_dir):
+                    raise ConfigError(
+                        f"--resume: no complete checkpoint in {self.ckpt_dir} (all were interrupted "
+                        "while saving); remove the directory to start over"
+                    )
+                log(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
+                return 0
+            epoch, path = found
+        else:
+            path = Path(target)
+            if not checkpoint.is_complete(path):
+                raise ConfigError(
+                    f"--resume: '{target}' is not a complete ds_twophase checkpoint directory"
+                )
+            epoch = checkpoint.read_state(path)["epoch"]
+        state = checkpoint.read_state(path)
+        load_checkpoint(self.engine, path.parent, tag=path.name)
+        if self.probe is not None and state.get("probe") is not None:
+            self.probe.load_state_dict(state["probe"])
+        self.metrics.truncate(epoch)
+        log(f"resume: continuing after epoch {epoch} from {path}")
+        return epoch
+
+    # -- the loop ------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch of exactly ``steps_per_epoch`` optimizer steps; the mean loss over all ranks."""
+        self.sampler.set_epoch(epoch)
+        # Per-epoch seeds make a resumed run draw the same random numbers (dropout, augmentation).
+        torch.manual_seed(self.tc.seed * 100_003 + epoch * 1009 + dist.get_rank())
+        engine = self.engine
+        engine.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+        micro_batches = self.steps_per_epoch * self.gas
+        bar = self._progress(epoch, micro_batches)
+        for i, batch in enumerate(self.loader):
+            if i == micro_batches:
+                break
+            x, y = to_engine(engine, batch)
+            loss = cross_entropy(engine(x), y)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().double()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        total, count = dist.all_reduce_sums([loss_sum.item(), float(micro_batches)])
+        return total / count
+
+    def _progress(self, epoch: int, total: int):
+        show = self.tc.progress == "on" or (self.tc.progress == "auto" and sys.stderr.isatty())
+        if not show or not dist.is_rank_zero():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}", leave=False, mininterval=2.0, delay=3.0)
+
+    def fit(self, resume: str | None = None) -> RunResult:
+        """Train to ``trainer.epochs``; returns the final validation accuracy."""
+        if dist.is_rank_zero():
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
+        start = self.resume(resume) if resume else 0
+        if not resume:
+            self.metrics.truncate(0)
+        val_acc = None
+        last = self.tc.epochs
+        for epoch in range(start + 1, last + 1):
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            if not math.isfinite(train_loss):
+                raise TrainingStopped(
+                    f"epoch {epoch}: training loss is {train_loss}; stopping without saving (the "
+                    "newest checkpoint is the last good one); lower the LR or enable gradient_clipping"
+                )
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            probe_seconds = 0.0
+            if isinstance(self.scheduler, EpochScheduler):
+                end = epoch_end(self.engine, train_loss, self.probe)
+                rec = end.record
+                if end.probe is not None:
+                    probe_seconds = end.probe.seconds
+                row.update(
+                    phase=rec.phase,
+                    hmax=rec.hmax,
+                    decision=rec.decision,
+                    warning=rec.warning,
+                    probe_error=None if end.probe is None else end.probe.error,
+                )
+            else:
+                row.update(phase=None, hmax=None, decision=None)
+            row["lr"] = self.engine.get_lr()[0]
+            if epoch % self.tc.eval_every == 0 or epoch == last:
+                row["val_loss"], row["val_accuracy"] = evaluate(
+                    self.engine, self.splits.val, 4 * self.micro
+                )
+                val_acc = row["val_accuracy"]
+            else:
+                row["val_loss"] = row["val_accuracy"] = None
+            row["probe_seconds"] = probe_seconds
+            row["epoch_seconds"] = time.perf_counter() - t0
+            if dist.is_rank_zero():
+                self.metrics.append(row)
+            log(_epoch_line(row, last))
+            if epoch == last or (
+                self.tc.checkpoint_every and epoch % self.tc.checkpoint_every == 0
+            ):
+                state = {
+                    "epoch": epoch,
+                    "probe": None if self.probe is None else self.probe.state_dict(),
+                    "scheduler": self.scheduler.state_dict()
+                    if isinstance(self.scheduler, EpochScheduler)
+                    else None,
+                }
+                checkpoint.save(
+                    self.engine, self.ckpt_dir, epoch, state, keep=self.tc.keep_checkpoints
+                )
+        if val_acc is None and start >= last:
+            val_acc = evaluate(self.engine, self.splits.val, 4 * self.micro)[1]
+        log(f"done: {last} epochs, final test accuracy {val_acc:.4f} ({self.out})")
+        return RunResult(epochs=last, val_accuracy=val_acc, output_dir=self.out)
+
+
+def _epoch_line(row: dict[str, Any], last: int) -> str:
+    parts = [f"epoch {row['epoch']}/{last}", f"loss {row['train_loss']:.4f}", f"lr {row['lr']:.4g}"]
+    if row.get("val_accuracy") is not None:
+        parts.append(f"val_acc {row['val_accuracy']:.4f}")
+    if row.get("phase"):
+        parts.append(row["phase"])
+    if row.get("decision") not in (None, "none"):
+        parts.append(row["decision"])
+    if row.get("hmax") is not None:
+        parts.append(f"hmax {row['hmax']:.4g}")
+    parts.append(f"{row['epoch_seconds']:.2f}s")
+    return "  ".join(parts)

@@ -1,0 +1,96 @@
+"""``python -m ds_twophase.train`` / ``deepspeed --module ds_twophase.train``: one JSON drives a run.
+
+Given no ``--config`` it runs the embedded default: MNIST-1D, two-phase schedule + LARS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = "mnist1d.json"
+
+
+def default_config_path() -> str:
+    """Path of the embedded default config (MNIST-1D, two-phase + LARS)."""
+    return str(resources.files("ds_twophase") / "defaults" / DEFAULT_CONFIG)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The trainer's command line."""
+    parser = argparse.ArgumentParser(
+        prog="ds-twophase train",
+        description="Train from one JSON config (DeepSpeed config + ds_twophase sections).",
+    )
+    parser.add_argument("--config", help="JSON run config (default: the embedded MNIST-1D run)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key by dotted path, e.g. trainer.epochs=30",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="continue from the newest complete checkpoint in the output directory "
+        "(auto) or from a checkpoint directory",
+    )
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def single_process_env() -> None:
+    """Without a launcher, describe a one-rank job so DeepSpeed does not go looking for MPI."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from . import dist
+    from .cli import report
+    from .config import load_config, validate_config
+
+    try:
+        raw = load_config(args.config or default_config_path(), args.overrides)
+        validate_config(raw)  # everything that does not need the process group, before starting it
+        import deepspeed
+
+        single_process_env()
+        from deepspeed.accelerator import get_accelerator
+
+        deepspeed.init_distributed(
+            dist_backend=get_accelerator().communication_backend_name(), verbose=False
+        )
+        run = validate_config(raw, world_size=dist.get_world_size())
+        from .loop import Trainer, TrainingStopped
+
+        try:
+            Trainer(run).fit(resume=args.resume)
+        except TrainingStopped as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    except ConfigError as exc:
+        return report(exc) if dist.is_rank_zero() else 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

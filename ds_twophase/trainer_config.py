@@ -1,0 +1,58 @@
+"""``TrainerConfig``: the ``trainer`` section of a run config (what DeepSpeed does not know)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .data import DatasetConfig
+from .models import ModelConfig
+
+
+@dataclass
+class TrainerConfig:
+    """Dataset, model, epoch budget and run bookkeeping for ``ds_twophase.train``.
+
+    ds_twophase removes this section before DeepSpeed sees the config.
+    """
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    """The training and validation data (``trainer.dataset``; default MNIST-1D)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network (``trainer.model``; default the small MNIST-1D CNN)."""
+    epochs: int = 30
+    """The epoch budget E (also the schedulers' ``total_epochs`` unless given there)."""
+    seed: int = 0
+    """Seed of model initialisation, data order and the probe batch."""
+    eval_every: int = 1
+    """Evaluate on the validation split every N epochs (and always after the last)."""
+    output_dir: str = "runs/default"
+    """Where the resolved config, ``metrics.jsonl`` and checkpoints go."""
+    checkpoint_every: int = 0
+    """Save a DeepSpeed checkpoint every N epochs (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many complete checkpoints to keep (older ones are deleted after a new one is saved)."""
+    num_workers: int = 0
+    """Data-loader worker processes per rank (0: load in the training process)."""
+    progress: Literal["auto", "on", "off"] = "auto"
+    """Progress bar on rank 0: ``auto`` shows it on a terminal for epochs longer than a few
+    seconds."""
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """A NaN/Inf training loss: ``stop`` the run (nothing poisoned is saved) or ``skip`` the
+    step (no update) and go on."""
+
+    def __post_init__(self) -> None:
+        for name, low in (
+            ("epochs", 1),
+            ("eval_every", 1),
+            ("checkpoint_every", 0),
+            ("keep_checkpoints", 1),
+            ("num_workers", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
