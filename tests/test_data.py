@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ds_twophase import config_tools
-from ds_twophase.data import DATASETS, DatasetConfig, build_datasets
+from ds_twophase.data import DATASETS, PLANNED_DATASETS, DatasetConfig, build_datasets
 from ds_twophase.data.cache import cache_path
 from ds_twophase.data.mnist1d import generation_args, generation_count
 from ds_twophase.errors import ConfigError
@@ -250,6 +250,88 @@ def test_cifar100_and_subsets(tmp_path):
         build_datasets(DatasetConfig(name="cifar100", root=str(tmp_path), train_size=50))
 
 
+# --- SVHN in the official .mat format ---------------------------------------------------------
+
+
+def write_svhn(root: Path, counts: dict[str, int]) -> None:
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(1)
+    for split, n in counts.items():
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n) % 10 + 1).astype(np.uint8).reshape(n, 1)  # 1..10, 10 is the digit 0
+        savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
+
+
+def test_svhn_train_plus_extra(tmp_path):
+    write_svhn(tmp_path, {"train": 12, "extra": 8, "test": 5})
+    splits = build_datasets(DatasetConfig(name="svhn", root=str(tmp_path)))
+    assert len(splits.train) == 20 and len(splits.val) == 5
+    assert splits.num_classes == 10 and splits.input_shape == (3, 32, 32)
+    assert [int(splits.val[i][1]) for i in range(5)] == [1, 2, 3, 4, 5]
+    assert int(splits.train[9][1]) == 0  # label 10 means the digit 0
+
+    from scipy.io import loadmat
+
+    raw = loadmat(tmp_path / "train_32x32.mat")["X"]
+    x, _ = splits.train[3]
+    expected = (
+        torch.from_numpy(raw[:, :, :, 3]).permute(2, 0, 1).float() / 255 - splits.train.mean
+    ) / splits.train.std
+    torch.testing.assert_close(x, expected)
+    assert torch.equal(splits.train[3][0], splits.train[3][0])  # no augmentation
+
+    without = build_datasets(DatasetConfig(name="svhn", root=str(tmp_path), extra=False))
+    assert len(without.train) == 12
+
+
+def test_svhn_missing_extra_suggests_turning_it_off(tmp_path):
+    write_svhn(tmp_path, {"train": 3, "test": 2})
+    with pytest.raises(ValueError, match=r"'extra_32x32.mat' is missing \(or set extra: false\)"):
+        DatasetConfig(name="svhn", root=str(tmp_path))
+    assert DatasetConfig(name="svhn", root=str(tmp_path), extra=False).resolved_extra() is False
+
+
+# --- ImageNet as image folders --------------------------------------------------------------
+
+
+def write_image_folders(root: Path, per_class: int = 3) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for split in ("train", "val"):
+        for cls in ("n01440764", "n01443537"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(40 + i, 50, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{cls}_{i}.JPEG")
+
+
+def test_imagenet_folders(tmp_path):
+    write_image_folders(tmp_path)
+    splits = build_datasets(DatasetConfig(name="imagenet", root=str(tmp_path)))
+    assert splits.num_classes == 2 and splits.input_shape == (3, 224, 224)
+    assert len(splits.train) == 6 and len(splits.val) == 6
+    x, y = splits.train[4]
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and int(y) == 1
+    assert torch.equal(splits.val[0][0], splits.val[0][0])  # evaluation is deterministic
+    torch.manual_seed(0)
+    assert not torch.equal(splits.train[0][0], splits.train[0][0])  # training is augmented
+    batch = next(iter(DataLoader(splits.val, batch_size=4)))
+    assert batch[0].shape == (4, 3, 224, 224) and batch[1].tolist() == [0, 0, 0, 1]
+
+    subset = build_datasets(DatasetConfig(name="imagenet", root=str(tmp_path), train_size=2))
+    assert sorted(int(subset.train[i][1]) for i in range(2)) == [0, 1]
+
+
+def test_imagenet_root_needs_train_and_val(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"root: '.*/val' is missing; expected"):
+        DatasetConfig(name="imagenet", root=str(tmp_path))
+
+
 # --- validation -----------------------------------------------------------------------------
 
 
@@ -260,8 +342,9 @@ def test_cifar100_and_subsets(tmp_path):
             {"name": "mnist1e"},
             "name: unknown dataset 'mnist1e' (did you mean 'mnist1d'?); choose one of",
         ),
-        ({"name": "svhn"}, "name: dataset 'svhn' (SVHN"),
-        ({"name": "imagenet"}, "is not available yet"),
+        ({"name": "svhn"}, "root: dataset 'svhn' reads local files"),
+        ({"name": "svhn", "extra": 1}, "extra: must be true, false or null"),
+        ({"extra": False}, "extra: does not apply to dataset 'mnist1d' (only to svhn)"),
         ({"name": "cifar10"}, "root: dataset 'cifar10' reads local files"),
         (
             {"name": "cifar10", "root": "/nonexistent/dir"},
@@ -292,6 +375,15 @@ def test_config_errors(kwargs, message):
     text = str(info.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_planned_dataset_is_not_available_yet(monkeypatch):
+    monkeypatch.setitem(PLANNED_DATASETS, "places365", "Places365 from local files")
+    with pytest.raises(ValueError) as info:
+        DatasetConfig(name="places365")
+    assert str(info.value).startswith(
+        "name: dataset 'places365' (Places365 from local files) is not available yet; choose one of"
+    )
 
 
 def test_config_error_for_root_without_files(tmp_path):

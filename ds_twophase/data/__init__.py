@@ -1,4 +1,4 @@
-"""Datasets by name: MNIST-1D (generated locally), synthetic data and CIFAR-10/100 from disk.
+"""Datasets by name: MNIST-1D (generated locally), synthetic data, CIFAR-10/100, SVHN, ImageNet.
 
 Typical use::
 

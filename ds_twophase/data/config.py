@@ -19,6 +19,7 @@ _OPTION_UNSET: dict[str, Any] = {
     "shape": None,
     "num_classes": None,
     "augment": None,
+    "extra": None,
     "mnist1d_args": {},
 }
 
@@ -36,7 +37,8 @@ class DatasetConfig:
     """
 
     name: str = "mnist1d"
-    """Dataset name: ``mnist1d`` (default), ``synthetic``, ``cifar10`` or ``cifar100``."""
+    """Dataset name: ``mnist1d`` (default), ``synthetic``, ``cifar10``, ``cifar100``, ``svhn`` or
+    ``imagenet``."""
     root: str | None = None
     """For real datasets, the directory holding the files (required; nothing is downloaded).
     For ``mnist1d``, the cache directory (default ``$XDG_CACHE_HOME/ds_twophase`` or
@@ -53,8 +55,12 @@ class DatasetConfig:
     """Standardise inputs with training-split statistics (mnist1d: one mean/std; images: per
     channel)."""
     augment: bool | None = None
-    """Training augmentation for CIFAR (random 32x32 crop of the 4-pixel zero-padded image and a
-    horizontal flip). ``None``: on for CIFAR. Other datasets have none."""
+    """Training augmentation. CIFAR: random 32x32 crop of the 4-pixel zero-padded image and a
+    horizontal flip. ImageNet: the paper's scale, crop, flip and colour augmentation. ``None``:
+    on for both. Other datasets have none."""
+    extra: bool | None = None
+    """``svhn`` only: add the 531,131 ``extra`` images to the training split (``None``: yes, as
+    in the paper)."""
     shape: list[int] | None = None
     """``synthetic`` only: input shape without the batch dimension, ``[C, L]`` or ``[C, H, W]``
     (default ``[3, 32, 32]``)."""
@@ -76,8 +82,10 @@ class DatasetConfig:
             raise ValueError(f"seed: must be an integer, got {self.seed!r}")
         if not isinstance(self.normalize, bool):
             raise ValueError(f"normalize: must be true or false, got {self.normalize!r}")
-        if self.augment is not None and not isinstance(self.augment, bool):
-            raise ValueError(f"augment: must be true, false or null, got {self.augment!r}")
+        for key in ("augment", "extra"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{key}: must be true, false or null, got {value!r}")
         self._check_root(spec)
         if self.shape is not None:
             shape = self.shape
@@ -129,7 +137,7 @@ class DatasetConfig:
             )
         if not Path(self.root).expanduser().is_dir():
             raise ValueError(f"root: directory '{self.root}' does not exist")
-        problem = spec.check_root(self.root) if spec.check_root else None
+        problem = spec.check_root(self) if spec.check_root else None
         if problem:
             raise ValueError(f"root: {problem}")
 
@@ -181,6 +189,10 @@ class DatasetConfig:
     def resolved_num_classes(self) -> int:
         """The synthetic number of classes (default 10)."""
         return _DEFAULT_NUM_CLASSES if self.num_classes is None else self.num_classes
+
+    def resolved_extra(self) -> bool:
+        """Whether SVHN's extra images are part of the training split."""
+        return True if self.extra is None else self.extra
 
     def resolved_augment(self) -> bool:
         """Whether the training split is augmented."""

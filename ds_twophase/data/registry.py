@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .cifar import build_cifar10, build_cifar100, missing_cifar_files
+from .imagenet import build_imagenet, imagenet_root_problem
 from .mnist1d import build_mnist1d
 from .splits import DatasetSplits
+from .svhn import build_svhn, missing_svhn_files
 from .synthetic import build_synthetic
 
 if TYPE_CHECKING:
@@ -31,14 +33,15 @@ class DatasetSpec:
     """Dataset-specific config fields this dataset accepts (e.g. ``shape`` for synthetic)."""
     needs_root: bool = False
     """Whether ``root`` must point at existing data files (real datasets)."""
-    check_root: Callable[[str], str | None] | None = None
-    """Returns why ``root`` does not hold the data (one line), or ``None`` when it does."""
+    check_root: Callable[[DatasetConfig], str | None] | None = None
+    """Returns why ``cfg.root`` does not hold the data (one line), or ``None`` when it does."""
     default_augment: bool = False
     """Whether training-time augmentation is on when ``augment`` is unset."""
 
 
-def _cifar_root_check(name: str) -> Callable[[str], str | None]:
-    def check(root: str) -> str | None:
+def _cifar_root_check(name: str) -> Callable[[DatasetConfig], str | None]:
+    def check(cfg: DatasetConfig) -> str | None:
+        root = cfg.root
         missing = missing_cifar_files(name, root)
         if not missing:
             return None
@@ -53,10 +56,7 @@ def _cifar_root_check(name: str) -> Callable[[str], str | None]:
 DATASETS: dict[str, DatasetSpec] = {}
 """Available datasets by name."""
 
-PLANNED_DATASETS: dict[str, str] = {
-    "svhn": "SVHN (train + extra) from the official .mat files",
-    "imagenet": "ImageNet as an ImageFolder (root/train, root/val)",
-}
+PLANNED_DATASETS: dict[str, str] = {}
 """Datasets the design names that cannot be built yet: a clear error instead of 'unknown'."""
 
 
@@ -100,6 +100,39 @@ for _name, _builder, _label in (
             default_augment=True,
         ),
     )
+
+
+def _svhn_root_check(cfg: DatasetConfig) -> str | None:
+    missing = missing_svhn_files(cfg.root, cfg.resolved_extra())
+    if not missing:
+        return None
+    hint = " (or set extra: false)" if missing[0].name.startswith("extra") else ""
+    return f"no svhn data under '{cfg.root}': '{missing[0].name}' is missing{hint}"
+
+
+register_dataset(
+    "svhn",
+    DatasetSpec(
+        build_svhn,
+        "SVHN from root (train_32x32.mat + extra_32x32.mat, test_32x32.mat); inputs (3, 32, 32)",
+        default_sizes=(None, None),
+        options=frozenset({"extra"}),
+        needs_root=True,
+        check_root=_svhn_root_check,
+    ),
+)
+register_dataset(
+    "imagenet",
+    DatasetSpec(
+        build_imagenet,
+        "ImageNet as ImageFolders root/train and root/val; inputs (3, 224, 224)",
+        default_sizes=(None, None),
+        options=frozenset({"augment"}),
+        needs_root=True,
+        check_root=lambda cfg: imagenet_root_problem(cfg.root),
+        default_augment=True,
+    ),
+)
 
 
 def build_datasets(cfg: DatasetConfig) -> DatasetSplits:
