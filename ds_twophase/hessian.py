@@ -150,7 +150,10 @@ def _auto_layer(model: nn.Module, candidates: dict[str, nn.Module], example_inpu
     ]
     try:
         with _probe_modes(model, "eval"), preserve_rng_state(), torch.no_grad():
-            model(_shrink(example_inputs))
+            # The model runs as it is here: feed floating inputs in its own dtype.
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+            inputs = _shrink(example_inputs)
+            model(inputs if dtype is None else _cast_tree(inputs, dtype))
     finally:
         for h in handles:
             h.remove()
@@ -230,7 +233,13 @@ class _Functional:
     """Runs the model on substitute tensors: detached parameters (fresh leaves for the layer),
     cloned buffers, all in the compute dtype; nothing of the model is written."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, layer: list[str]):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        layer: list[str],
+        buffers: dict[str, torch.Tensor] | None = None,
+    ):
         self.model = model
         self.loss_fn = loss_fn
         self.dtype = _compute_dtype(model)
@@ -247,6 +256,8 @@ class _Functional:
             else:
                 self.base[name] = t
         for name, b in model.named_buffers():
+            if buffers is not None and name in buffers:
+                b = buffers[name].to(b.device)
             # Clones, so running-stat updates in bn_mode="train" never reach the model.
             self.base[name] = _cast(b.detach(), self.dtype).clone()
         self.numels = [t.numel() for t in self.layer_values]
@@ -502,6 +513,7 @@ def principal_eigenvalue(
     hvp_reduce: HVPReduce | None = None,
     max_graph_bytes: int | None = DEFAULT_MAX_GRAPH_BYTES,
     iteration_hook: Callable[[int], None] | None = None,
+    buffers: dict[str, torch.Tensor] | None = None,
 ) -> EigenResult:
     """Largest-magnitude eigenvalue of the Hessian of the mean loss w.r.t. one layer's params.
 
@@ -519,8 +531,10 @@ def principal_eigenvalue(
     When given, ``batches`` may be empty on some processes, and a failure on this process is
     announced through the hook before the exception propagates. ``max_graph_bytes`` bounds the
     memory of kept graphs (``None``: no bound; ``0``: recompute every micro-batch each
-    iteration). ``iteration_hook(k)`` is called before the local work of iteration ``k``
-    (0 = setup) and may raise (progress reporting, fault injection).
+    iteration). ``buffers`` (by ``named_buffers`` name) replaces buffer values for the probe
+    only, e.g. rank 0's BatchNorm statistics on every rank in sharded mode.
+    ``iteration_hook(k)`` is called before the local work of iteration ``k`` (0 = setup) and
+    may raise (progress reporting, fault injection).
 
     The model is left exactly as found (see the module docstring), also on exceptions.
     """
@@ -537,7 +551,7 @@ def principal_eigenvalue(
         with _probe_modes(model, bn_mode), preserve_rng_state():
             result = _power_iteration(
                 model, loss_fn, batches, names, max_iters, tol, method, seed, reducer,
-                max_graph_bytes, iteration_hook,
+                max_graph_bytes, iteration_hook, buffers,
             )  # fmt: skip
     except Exception:
         reducer.announce_failure()
@@ -581,8 +595,9 @@ def _power_iteration(
     reducer: _Reducer,
     max_graph_bytes: int | None,
     iteration_hook: Callable[[int], None] | None,
+    buffers: dict[str, torch.Tensor] | None,
 ) -> EigenResult:
-    fn = _Functional(model, loss_fn, names)
+    fn = _Functional(model, loss_fn, names, buffers)
     local_count = float(sum(_batch_size(x, y) for x, y in batches))
     gen = torch.Generator().manual_seed(seed)  # private: global RNG streams are not consumed
     v = torch.randn(fn.num_params, generator=gen, dtype=torch.float64).to(fn.device, fn.dtype)

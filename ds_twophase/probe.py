@@ -15,7 +15,8 @@ a rank waiting.
   still takes part in that control all-reduce with ``failed = 1``; every rank then sees the
   failure in the same round and stops, so the number of collectives matches on all ranks. The
   stopping decision (``tol``, ``max_iters``, non-finite values) depends only on all-reduced
-  values, which are identical on every rank. A final ``all_gather_object`` of each rank's
+  values, which are identical on every rank. BatchNorm running statistics, which data
+  parallelism does not synchronise, are broadcast from rank 0 first. A final ``all_gather_object`` of each rank's
   outcome gives every rank the same value and the full list of errors.
 
 Fault injection for reliability tests, read in one place (``fault_hook_from_env``):
@@ -324,7 +325,12 @@ class _ProbeJob:
         return batches, resolve_layer(self.model, self.cfg.layer, example)
 
     def probe(
-        self, batches: list[tuple[Any, Any]], layer: list[str], rank: int, hvp_reduce: Any = None
+        self,
+        batches: list[tuple[Any, Any]],
+        layer: list[str],
+        rank: int,
+        hvp_reduce: Any = None,
+        buffers: dict[str, torch.Tensor] | None = None,
     ) -> EigenResult:
         """Run ``principal_eigenvalue`` with the config's settings."""
         cfg = self.cfg
@@ -334,7 +340,7 @@ class _ProbeJob:
         return principal_eigenvalue(
             self.model, self.loss_fn, batches, layer, max_iters=cfg.max_iters, tol=cfg.tol,
             method=cfg.method, bn_mode=cfg.bn_mode, seed=self.seed, hvp_reduce=hvp_reduce,
-            max_graph_bytes=budget, iteration_hook=hook,
+            max_graph_bytes=budget, iteration_hook=hook, buffers=buffers,
         )  # fmt: skip
 
     @property
@@ -361,6 +367,12 @@ def _sharded(job: _ProbeJob, group: Any) -> ProbeOutcome:
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     reduce = _ShardedReduce(group)
     start = time.perf_counter()
+    # Data parallelism does not synchronise BatchNorm running statistics: every rank probes with
+    # rank 0's, as rank0 mode (and a checkpoint, which stores rank 0's) would.
+    buffers = None
+    if world > 1:
+        local = {k: v.detach().cpu() for k, v in job.model.named_buffers()}
+        buffers = dist.broadcast_object(local, src=0, group=group)
     try:
         batches, layer = job.prepare(job.chunks()[rank::world])
     except Exception as e:
@@ -375,7 +387,7 @@ def _sharded(job: _ProbeJob, group: Any) -> ProbeOutcome:
         return _merge(dist.all_gather_object(local, group=group))
     try:
         # From here principal_eigenvalue announces its own failures to the peers.
-        res = job.probe(batches, layer, rank, hvp_reduce=reduce)
+        res = job.probe(batches, layer, rank, hvp_reduce=reduce, buffers=buffers)
         local = _outcome(res.value, time.perf_counter() - start, None, res)
     except ProbePeerFailure:
         local = _outcome(math.nan, time.perf_counter() - start, None, None)
@@ -387,7 +399,7 @@ def _sharded(job: _ProbeJob, group: Any) -> ProbeOutcome:
 
 
 def _outcome(value: float, seconds: float, error: str | None, res: Any) -> ProbeOutcome:
-    if error is None and not math.isfinite(value):
+    if error is None and res is not None and not math.isfinite(value):
         error = f"non-finite eigenvalue estimate ({value})"
     return ProbeOutcome(
         value=value if error is None else math.nan,

@@ -378,3 +378,10 @@ def test_probe_leaves_no_trace_when_the_loss_raises_mid_forward():
     with pytest.raises(ValueError, match="loss broke"):
         principal_eigenvalue(model, loss, [(x[:10], y[:10]), (x[10:], y[10:])], bn_mode="train")
     assert_unchanged(model, before)
+
+
+def test_auto_layer_accepts_inputs_in_another_dtype():
+    # float32 data with a float64 (or bf16) model: the order-finding forward casts the inputs
+    x32 = torch.randn(2, 3, 6, 6)
+    assert resolve_layer(small_cnn(torch.float64), "auto", x32) == ["conv2"]
+    assert resolve_layer(small_cnn(torch.float32).to(torch.bfloat16), "auto", x32) == ["conv2"]

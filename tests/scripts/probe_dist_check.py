@@ -1,0 +1,129 @@
+"""Run under the deepspeed launcher (2 ranks): the probe's rank0 and sharded modes on a real engine.
+
+Every rank prints one line ``PROBE_DIST_RESULT <json>`` with the outcomes of a sequence of probes:
+both modes and both BatchNorm modes, injected failures (rank 0, rank 1 during setup and in the
+middle of the power iteration, a data-loading failure on rank 1), NaN losses, and a final probe
+showing the collectives are still in step after all the failures. The test compares the lines.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+
+import deepspeed
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ds_twophase import dist
+from ds_twophase.hessian import principal_eigenvalue
+from ds_twophase.probe import FAULT_ENV, ProbeConfig, measure_hmax, select_probe_indices
+
+CE = nn.CrossEntropyLoss()
+
+
+class FlakyOnRank1(TensorDataset):
+    """Loading fails on rank 1 only (before the probe's first HVP collective)."""
+
+    def __getitem__(self, i):
+        if dist.get_rank() == 1:
+            raise OSError(f"unreadable sample {i}")
+        return super().__getitem__(i)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    config = {
+        "train_batch_size": 16,
+        "train_micro_batch_size_per_gpu": 8,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "zero_optimization": {"stage": 1},
+        "zero_allow_untested_optimizer": True,
+    }
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=config
+    )
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 3, 6, 6, generator=g), torch.randint(0, 4, (64,), generator=g)
+    ds = TensorDataset(x, y)
+    # One real training step so running stats and .grad are what an epoch end sees; the ranks'
+    # BatchNorm running statistics now differ (data parallelism does not synchronise them).
+    rank = dist.get_rank()
+    loss = CE(engine(x[rank * 8 : rank * 8 + 8]), y[rank * 8 : rank * 8 + 8])
+    engine.backward(loss)
+    engine.step()
+    module = engine.module
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    grads_before = [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+    indices = select_probe_indices(len(ds), 44, seed=3)  # 6 micro-batches of 8 (last: 4)
+    cfg = ProbeConfig(micro_batch_size=8, max_iters=12, tol=0, seed=3)
+    sel_x, sel_y = x[indices], y[indices]
+    batches = [(sel_x[i : i + 8], sel_y[i : i + 8]) for i in range(0, 44, 8)]
+    # The single-process reference on this rank's own model (the test uses rank 0's).
+    ref = principal_eigenvalue(module, CE, batches, seed=3, max_iters=12, tol=0)
+    ref_train = principal_eigenvalue(
+        module, CE, batches, seed=3, max_iters=12, tol=0, bn_mode="train"
+    )
+
+    # Finite differences are only as good as the gradients' precision (and ReLU kinks make fp32
+    # difference quotients jump), so that method is compared in float64.
+    module64 = copy.deepcopy(module).double()
+    batches64 = [(bx.double(), by) for bx, by in batches]
+    ref64 = principal_eigenvalue(module64, CE, batches64, seed=3, max_iters=12, tol=0)
+
+    def probe(mode: str, dataset=ds, model=module, **changes) -> dict:
+        cfg_mode = dataclasses.replace(cfg, mode=mode, **changes)
+        out = measure_hmax(model, CE, dataset, indices, cfg_mode, device="cpu")
+        return dataclasses.asdict(out)
+
+    def injected(spec: str, mode: str) -> dict:
+        os.environ[FAULT_ENV] = spec
+        try:
+            return probe(mode)
+        finally:
+            del os.environ[FAULT_ENV]
+
+    results = {
+        "rank": rank,
+        "ref": ref.value,
+        "ref_train": ref_train.value,
+        "rank0": probe("rank0"),
+        "sharded": probe("sharded"),
+        "rank0_train": probe("rank0", bn_mode="train"),
+        "sharded_train": probe("sharded", bn_mode="train"),
+        "ref64": ref64.value,
+        "sharded_fd64": probe("sharded", model=module64, method="finite_difference"),
+        "rank0_fail": injected("rank0", "rank0"),
+        "sharded_rank1_setup": injected("rank1", "sharded"),
+        "sharded_rank1_iter3": injected("rank1@3", "sharded"),
+        "sharded_all_iter2": injected("all@2", "sharded"),
+        "rank0_nan": injected("nan", "rank0"),
+        "sharded_nan": injected("nan", "sharded"),
+        "sharded_load_fail": probe("sharded", dataset=FlakyOnRank1(x, y)),
+        "after": probe("sharded"),
+    }
+    grads_after = [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+    results["unchanged"] = all(
+        torch.equal(v, module.state_dict()[k]) for k, v in before.items()
+    ) and all(
+        (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+        for a, b in zip(grads_before, grads_after, strict=True)
+    )
+    print("PROBE_DIST_RESULT " + json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
