@@ -12,7 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from ds_twophase import config_tools
-from ds_twophase.data import DATASETS, PLANNED_DATASETS, DatasetConfig, build_datasets
+from ds_twophase.data import (
+    DATASETS,
+    PLANNED_DATASETS,
+    DatasetConfig,
+    build_datasets,
+    describe_dataset,
+)
 from ds_twophase.data.cache import cache_path
 from ds_twophase.data.mnist1d import generation_args, generation_count
 from ds_twophase.errors import ConfigError
@@ -25,21 +31,33 @@ def small_mnist1d(root: Path, **kw) -> DatasetConfig:
 # --- MNIST-1D -------------------------------------------------------------------------------
 
 
-def test_mnist1d_default_is_the_standard_dataset(tmp_path):
-    """Defaults reproduce the package's own 4000/1000 dataset, standardised, with a channel dim."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
+def test_mnist1d_defaults(tmp_path):
     splits = build_datasets(DatasetConfig(root=str(tmp_path)))
     assert splits.num_classes == 10
     assert splits.input_shape == (1, 40)
+    assert describe_dataset(DatasetConfig(root=str(tmp_path))) == (10, (1, 40))
     x_train, y_train = splits.train.tensors
     x_val, y_val = splits.val.tensors
     assert x_train.shape == (4000, 1, 40) and x_val.shape == (1000, 1, 40)
     assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    assert y_val.shape == (1000,)
+
+
+def test_mnist1d_matches_the_package_generator(tmp_path):
+    """Default arguments are the package's; the split is the package's train/test split."""
+    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.utils import ObjectView
+
+    package = get_dataset_args(as_dict=True)
+    del package["url"]  # never used: only make_dataset is called
+    assert generation_args(DatasetConfig()) == {**package, "train_split": 1.0}
 
     state = np.random.get_state()
-    ref = make_dataset(get_dataset_args())
+    ref = make_dataset(ObjectView({**package, "num_samples": 500, "train_split": 0.8}))
     np.random.set_state(state)
+    splits = build_datasets(DatasetConfig(root=str(tmp_path), train_size=400, test_size=100))
+    x_train, y_train = splits.train.tensors
+    x_val, y_val = splits.val.tensors
     ref_x = torch.from_numpy(ref["x"]).float()
     mean, std = ref_x.mean(), ref_x.std()
     torch.testing.assert_close(x_train[:, 0], (ref_x - mean) / std, atol=1e-5, rtol=1e-5)
@@ -126,6 +144,7 @@ def test_mnist1d_sizes_and_generator_args(tmp_path):
     splits = build_datasets(cfg)
     assert len(splits.train) == 1234 and len(splits.val) == 56
     assert splits.input_shape == (1, 60)
+    assert describe_dataset(cfg) == (10, (1, 60))
     assert generation_args(cfg)["num_samples"] == 1290  # rounded up to whole classes
 
 
@@ -162,10 +181,10 @@ def test_synthetic_deterministic_shapes_and_learnable():
 
 
 def test_synthetic_custom_shape_and_classes():
-    splits = build_datasets(
-        DatasetConfig(name="synthetic", shape=[2, 16], num_classes=3, train_size=30, test_size=9)
-    )
+    cfg = DatasetConfig(name="synthetic", shape=[2, 16], num_classes=3, train_size=30, test_size=9)
+    splits = build_datasets(cfg)
     assert splits.input_shape == (2, 16) and splits.num_classes == 3
+    assert describe_dataset(cfg) == (3, (2, 16))
     x, y = splits.val[0]
     assert x.shape == (2, 16) and 0 <= int(y) < 3
 
@@ -216,6 +235,7 @@ def test_cifar10_reads_pickle_batches(tmp_path):
     splits = build_datasets(cfg)
     assert len(splits.train) == 20 and len(splits.val) == 6
     assert splits.num_classes == 10 and splits.input_shape == (3, 32, 32)
+    assert describe_dataset(cfg) == (10, (3, 32, 32))
 
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         raw = pickle.load(f, encoding="latin1")
@@ -242,9 +262,9 @@ def test_cifar_augmentation_only_on_train(tmp_path):
 
 def test_cifar100_and_subsets(tmp_path):
     write_cifar(tmp_path, "cifar100", n_train_per_file=12, n_test=5)
-    splits = build_datasets(
-        DatasetConfig(name="cifar100", root=str(tmp_path), train_size=10, test_size=3)
-    )
+    cfg = DatasetConfig(name="cifar100", root=str(tmp_path), train_size=10, test_size=3)
+    splits = build_datasets(cfg)
+    assert describe_dataset(cfg) == (100, (3, 32, 32))
     assert splits.num_classes == 100 and len(splits.train) == 10 and len(splits.val) == 3
     with pytest.raises(ValueError, match="dataset.train_size: 50 is more than the 12"):
         build_datasets(DatasetConfig(name="cifar100", root=str(tmp_path), train_size=50))
@@ -265,7 +285,9 @@ def write_svhn(root: Path, counts: dict[str, int]) -> None:
 
 def test_svhn_train_plus_extra(tmp_path):
     write_svhn(tmp_path, {"train": 12, "extra": 8, "test": 5})
-    splits = build_datasets(DatasetConfig(name="svhn", root=str(tmp_path)))
+    cfg = DatasetConfig(name="svhn", root=str(tmp_path))
+    splits = build_datasets(cfg)
+    assert describe_dataset(cfg) == (10, (3, 32, 32))
     assert len(splits.train) == 20 and len(splits.val) == 5
     assert splits.num_classes == 10 and splits.input_shape == (3, 32, 32)
     assert [int(splits.val[i][1]) for i in range(5)] == [1, 2, 3, 4, 5]
@@ -310,7 +332,9 @@ def write_image_folders(root: Path, per_class: int = 3) -> None:
 
 def test_imagenet_folders(tmp_path):
     write_image_folders(tmp_path)
-    splits = build_datasets(DatasetConfig(name="imagenet", root=str(tmp_path)))
+    cfg = DatasetConfig(name="imagenet", root=str(tmp_path))
+    splits = build_datasets(cfg)
+    assert describe_dataset(cfg) == (2, (3, 224, 224))
     assert splits.num_classes == 2 and splits.input_shape == (3, 224, 224)
     assert len(splits.train) == 6 and len(splits.val) == 6
     x, y = splits.train[4]

@@ -9,7 +9,7 @@ from torchvision.models.resnet import Bottleneck
 
 from ds_twophase import config_tools
 from ds_twophase.errors import ConfigError
-from ds_twophase.models import MODELS, ModelConfig, build_model
+from ds_twophase.models import MODELS, ModelConfig, build_model, check_model
 from ds_twophase.models.cifar_resnet import BasicBlock, resnet20
 
 
@@ -180,6 +180,22 @@ def test_input_rank_mismatch(name, shape, message):
     assert str(info.value) == f"trainer.model.name: {message}" or str(info.value).startswith(
         f"trainer.model.name: {message}"
     )
+
+
+def test_check_model_on_meta_device():
+    for name in MODELS:
+        shape = (1, 40) if name == "mnist1d_cnn" else IMAGE
+        check_model(ModelConfig(name), 10, shape)
+    check_model(ModelConfig("resnet50"), 1000, (3, 224, 224))
+    check_model(ModelConfig("timm:test_resnet"), 10, IMAGE)
+    with pytest.raises(ConfigError, match=r"'resnet20' takes images \(C, H, W\) but"):
+        check_model(ModelConfig("resnet20"), 10, (1, 40), dataset_name="mnist1d")
+    with pytest.raises(ConfigError, match="cannot take inputs of shape"):
+        check_model(ModelConfig("timm:vit_tiny_patch16_224"), 10, IMAGE)
+    with pytest.raises(ConfigError, match="trainer.model.kwargs: wide_resnet: depth"):
+        check_model(ModelConfig("wide_resnet", {"depth": 17}), 10, IMAGE)
+    with pytest.raises(ConfigError, match="num_classes must be an integer >= 1"):
+        check_model(ModelConfig("resnet20"), 0, IMAGE)
 
 
 def test_bad_kwarg_value_is_a_config_error():

@@ -9,7 +9,14 @@ Typical use::
 """
 
 from .config import DatasetConfig
-from .registry import DATASETS, PLANNED_DATASETS, DatasetSpec, build_datasets, register_dataset
+from .registry import (
+    DATASETS,
+    PLANNED_DATASETS,
+    DatasetSpec,
+    build_datasets,
+    describe_dataset,
+    register_dataset,
+)
 from .splits import DatasetSplits
 
 __all__ = [
@@ -19,5 +26,6 @@ __all__ = [
     "DatasetSpec",
     "DatasetSplits",
     "build_datasets",
+    "describe_dataset",
     "register_dataset",
 ]

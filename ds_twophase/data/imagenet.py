@@ -19,7 +19,13 @@ from .splits import DatasetSplits
 if TYPE_CHECKING:
     from .config import DatasetConfig
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_imagenet", "imagenet_root_problem"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "build_imagenet",
+    "imagenet_num_classes",
+    "imagenet_root_problem",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """Per-channel mean of the ImageNet training set (RGB, [0, 1] units)."""
@@ -37,6 +43,11 @@ def imagenet_root_problem(root: str | Path) -> str | None:
         if not any(p.is_dir() for p in folder.iterdir()):
             return f"'{folder}' has no class folders"
     return None
+
+
+def imagenet_num_classes(root: str | Path) -> int:
+    """Number of class folders under ``root/train``."""
+    return sum(1 for p in (Path(root).expanduser() / "train").iterdir() if p.is_dir())
 
 
 def _transforms(train: bool, augment: bool, normalize: bool) -> T.Compose:

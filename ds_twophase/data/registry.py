@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .cifar import build_cifar10, build_cifar100, missing_cifar_files
-from .imagenet import build_imagenet, imagenet_root_problem
+from .imagenet import build_imagenet, imagenet_num_classes, imagenet_root_problem
 from .mnist1d import build_mnist1d
 from .splits import DatasetSplits
 from .svhn import build_svhn, missing_svhn_files
@@ -16,7 +16,14 @@ from .synthetic import build_synthetic
 if TYPE_CHECKING:
     from .config import DatasetConfig
 
-__all__ = ["DATASETS", "PLANNED_DATASETS", "DatasetSpec", "build_datasets", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "PLANNED_DATASETS",
+    "DatasetSpec",
+    "build_datasets",
+    "describe_dataset",
+    "register_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class DatasetSpec:
     """One line for docs and error messages."""
     default_sizes: tuple[int | None, int | None]
     """``(train_size, test_size)`` used when the config leaves them unset; ``None`` means all."""
+    describe: Callable[[DatasetConfig], tuple[int, tuple[int, ...]]]
+    """``(num_classes, input_shape)`` without building the data (cheap; used by validation)."""
     options: frozenset[str] = frozenset()
     """Dataset-specific config fields this dataset accepts (e.g. ``shape`` for synthetic)."""
     needs_root: bool = False
@@ -72,6 +81,7 @@ register_dataset(
         build_mnist1d,
         "MNIST-1D (Greydanus 2020), generated locally and cached under root; inputs (1, 40)",
         default_sizes=(4000, 1000),
+        describe=lambda cfg: (10, (1, int(cfg.mnist1d_args.get("final_seq_length", 40)))),
         options=frozenset({"mnist1d_args"}),
     ),
 )
@@ -81,12 +91,13 @@ register_dataset(
         build_synthetic,
         "Gaussian noise around class-dependent means, deterministic from the seed; inputs (3, 32, 32)",
         default_sizes=(2048, 512),
+        describe=lambda cfg: (cfg.resolved_num_classes(), cfg.resolved_shape()),
         options=frozenset({"shape", "num_classes"}),
     ),
 )
-for _name, _builder, _label in (
-    ("cifar10", build_cifar10, "CIFAR-10"),
-    ("cifar100", build_cifar100, "CIFAR-100"),
+for _name, _builder, _label, _classes in (
+    ("cifar10", build_cifar10, "CIFAR-10", 10),
+    ("cifar100", build_cifar100, "CIFAR-100", 100),
 ):
     register_dataset(
         _name,
@@ -94,6 +105,7 @@ for _name, _builder, _label in (
             _builder,
             f"{_label} from root in the python-pickle format; inputs (3, 32, 32)",
             default_sizes=(None, None),
+            describe=lambda cfg, n=_classes: (n, (3, 32, 32)),
             options=frozenset({"augment"}),
             needs_root=True,
             check_root=_cifar_root_check(_name),
@@ -116,6 +128,7 @@ register_dataset(
         build_svhn,
         "SVHN from root (train_32x32.mat + extra_32x32.mat, test_32x32.mat); inputs (3, 32, 32)",
         default_sizes=(None, None),
+        describe=lambda cfg: (10, (3, 32, 32)),
         options=frozenset({"extra"}),
         needs_root=True,
         check_root=_svhn_root_check,
@@ -127,6 +140,7 @@ register_dataset(
         build_imagenet,
         "ImageNet as ImageFolders root/train and root/val; inputs (3, 224, 224)",
         default_sizes=(None, None),
+        describe=lambda cfg: (imagenet_num_classes(cfg.root), (3, 224, 224)),
         options=frozenset({"augment"}),
         needs_root=True,
         check_root=lambda cfg: imagenet_root_problem(cfg.root),
@@ -144,3 +158,13 @@ def build_datasets(cfg: DatasetConfig) -> DatasetSplits:
     splits = DATASETS[cfg.name].builder(cfg)
     splits.input_shape = tuple(int(d) for d in splits.input_shape)
     return splits
+
+
+def describe_dataset(cfg: DatasetConfig) -> tuple[int, tuple[int, ...]]:
+    """``(num_classes, input_shape)`` of the dataset ``cfg`` names, without building it.
+
+    Lets config validation check that the model fits the data before anything is generated or
+    loaded; ``build_datasets(cfg)`` returns the same values.
+    """
+    num_classes, shape = DATASETS[cfg.name].describe(cfg)
+    return int(num_classes), tuple(int(d) for d in shape)

@@ -7,8 +7,8 @@ Typical use::
     model = build_model(ModelConfig(name="resnet20"), num_classes=10, input_shape=(3, 32, 32))
 """
 
-from .build import build_model
+from .build import build_model, check_model
 from .config import ModelConfig
 from .registry import MODELS, ModelSpec, register_model
 
-__all__ = ["MODELS", "ModelConfig", "ModelSpec", "build_model", "register_model"]
+__all__ = ["MODELS", "ModelConfig", "ModelSpec", "build_model", "check_model", "register_model"]

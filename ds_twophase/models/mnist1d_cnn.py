@@ -56,5 +56,5 @@ class Mnist1dCNN(nn.Module):
 
 
 def mnist1d_cnn(num_classes: int = 10, **kwargs) -> Mnist1dCNN:
-    """The default MNIST-1D CNN (about 22k parameters for 10 classes and length 40)."""
+    """The default MNIST-1D CNN: 25,322 parameters for 10 classes and length 40."""
     return Mnist1dCNN(num_classes, **kwargs)
