@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .image_tensor import ImageTensorDataset, channel_stats
 from .splits import DatasetSplits
 
@@ -65,9 +66,9 @@ def _build(name: str, cfg: DatasetConfig) -> DatasetSplits:
     folder, train_files, test_files, label_key, num_classes = CIFAR_LAYOUTS[name]
     missing = missing_cifar_files(name, cfg.root)
     if missing:
-        raise FileNotFoundError(
-            f"dataset.root: {name} file '{missing[0]}' is missing; unpack the official "
-            f"python-version archive so that '{folder}/' lies directly under dataset.root"
+        raise ConfigError(
+            f"trainer.dataset.root: {name} file '{missing[0]}' is missing; unpack the official "
+            f"python-version archive so that '{folder}/' lies directly under trainer.dataset.root"
         )
     base = Path(cfg.root).expanduser() / folder
     x_train, y_train = _read_batches(base, train_files, label_key)
@@ -78,8 +79,8 @@ def _build(name: str, cfg: DatasetConfig) -> DatasetSplits:
         ("test_size", test_size, len(y_test)),
     ):
         if size is not None and size > available:
-            raise ValueError(
-                f"dataset.{key}: {size} is more than the {available} samples of {name}"
+            raise ConfigError(
+                f"trainer.dataset.{key}: {size} is more than the {available} samples of {name}"
             )
     if train_size is not None:
         x_train, y_train = x_train[:train_size], y_train[:train_size]

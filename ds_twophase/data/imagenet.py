@@ -14,6 +14,7 @@ import torch
 from torchvision import datasets
 from torchvision.transforms import v2 as T
 
+from ..errors import ConfigError
 from .splits import DatasetSplits
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def build_imagenet(cfg: DatasetConfig) -> DatasetSplits:
     """ImageNet train/val folders with the paper's preprocessing; inputs ``(3, 224, 224)``."""
     problem = imagenet_root_problem(cfg.root)
     if problem:
-        raise FileNotFoundError(f"dataset.root: {problem}")
+        raise ConfigError(f"trainer.dataset.root: {problem}")
     base = Path(cfg.root).expanduser()
     augment = cfg.resolved_augment()
     train = datasets.ImageFolder(
@@ -96,15 +97,15 @@ def build_imagenet(cfg: DatasetConfig) -> DatasetSplits:
         target_transform=_label_tensor,
     )
     if val.classes != train.classes:
-        raise ValueError(
-            f"dataset.root: '{base / 'val'}' has {len(val.classes)} class folders, "
+        raise ConfigError(
+            f"trainer.dataset.root: '{base / 'val'}' has {len(val.classes)} class folders, "
             f"'{base / 'train'}' has {len(train.classes)}; they must match"
         )
     train_size, test_size = cfg.resolved_sizes()
     splits = []
     for key, data, size in (("train_size", train, train_size), ("test_size", val, test_size)):
         if size is not None and size > len(data):
-            raise ValueError(f"dataset.{key}: {size} is more than the {len(data)} images")
+            raise ConfigError(f"trainer.dataset.{key}: {size} is more than the {len(data)} images")
         if size is not None:
             # A strided subset keeps every class represented (files are sorted by class).
             step = len(data) / size

@@ -153,7 +153,8 @@ def build_datasets(cfg: DatasetConfig) -> DatasetSplits:
     """Build the train and validation splits named by ``cfg``.
 
     Raises:
-        FileNotFoundError: the data files disappeared after the config was validated.
+        ConfigError: the data files are missing or hold fewer samples than ``train_size`` /
+            ``test_size`` ask for (message starts with ``trainer.dataset.<field>``).
     """
     splits = DATASETS[cfg.name].builder(cfg)
     splits.input_shape = tuple(int(d) for d in splits.input_shape)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .image_tensor import ImageTensorDataset, channel_stats
 from .splits import DatasetSplits
 
@@ -52,7 +53,7 @@ def build_svhn(cfg: DatasetConfig) -> DatasetSplits:
     extra = cfg.resolved_extra()
     missing = missing_svhn_files(cfg.root, extra)
     if missing:
-        raise FileNotFoundError(f"dataset.root: svhn file '{missing[0]}' is missing")
+        raise ConfigError(f"trainer.dataset.root: svhn file '{missing[0]}' is missing")
     base = Path(cfg.root).expanduser()
     train_files, test_files = svhn_files(extra)
     parts = [_read(base / f) for f in train_files]
@@ -65,7 +66,9 @@ def build_svhn(cfg: DatasetConfig) -> DatasetSplits:
         ("test_size", test_size, len(y_test)),
     ):
         if size is not None and size > available:
-            raise ValueError(f"dataset.{key}: {size} is more than the {available} samples of svhn")
+            raise ConfigError(
+                f"trainer.dataset.{key}: {size} is more than the {available} samples of svhn"
+            )
     if train_size is not None:
         x_train, y_train = x_train[:train_size], y_train[:train_size]
     if test_size is not None:
