@@ -228,8 +228,8 @@ class Trainer:
 
         return tqdm(total=total, desc=f"epoch {epoch}", leave=False, mininterval=2.0, delay=3.0)
 
-    def fit(self, resume: str | None = None) -> RunResult:
-        """Train to ``trainer.epochs``; returns the final validation accuracy."""
+    def fit(self, resume: str | None = None, stop_after: int | None = None) -> RunResult:
+        """Train to ``trainer.epochs`` (or save and return after epoch ``stop_after``)."""
         if dist.is_rank_zero():
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
@@ -238,7 +238,8 @@ class Trainer:
             self.metrics.truncate(0)
         val_acc = None
         last = self.tc.epochs
-        for epoch in range(start + 1, last + 1):
+        end_at = last if stop_after is None else min(stop_after, last)
+        for epoch in range(start + 1, end_at + 1):
             t0 = time.perf_counter()
             train_loss = self.train_epoch(epoch)
             if not math.isfinite(train_loss):
@@ -275,9 +276,8 @@ class Trainer:
             if dist.is_rank_zero():
                 self.metrics.append(row)
             log(_epoch_line(row, last))
-            if epoch == last or (
-                self.tc.checkpoint_every and epoch % self.tc.checkpoint_every == 0
-            ):
+            every = self.tc.checkpoint_every
+            if epoch == end_at or (every and epoch % every == 0):
                 state = {
                     "epoch": epoch,
                     "probe": None if self.probe is None else self.probe.state_dict(),
@@ -288,10 +288,13 @@ class Trainer:
                 checkpoint.save(
                     self.engine, self.ckpt_dir, epoch, state, keep=self.tc.keep_checkpoints
                 )
-        if val_acc is None and start >= last:
-            val_acc = evaluate(self.engine, self.splits.val, 4 * self.micro)[1]
-        log(f"done: {last} epochs, final test accuracy {val_acc:.4f} ({self.out})")
-        return RunResult(epochs=last, val_accuracy=val_acc, output_dir=self.out)
+        if end_at < last:
+            log(f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self.out})")
+        else:
+            if val_acc is None:  # resumed after the last epoch: nothing was trained here
+                val_acc = evaluate(self.engine, self.splits.val, 4 * self.micro)[1]
+            log(f"done: {last} epochs, final test accuracy {val_acc:.4f} ({self.out})")
+        return RunResult(epochs=max(end_at, start), val_accuracy=val_acc, output_dir=self.out)
 
 
 def _epoch_line(row: dict[str, Any], last: int) -> str:

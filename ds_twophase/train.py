@@ -6,6 +6,7 @@ Given no ``--config`` it runs the embedded default: MNIST-1D, two-phase schedule
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -42,8 +43,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="continue from the newest complete checkpoint in the output directory "
         "(auto) or from a checkpoint directory",
     )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="save a checkpoint and exit after this epoch (e.g. to fit a job time "
+        "limit); continue later with --resume auto",
+    )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def set_threads() -> None:
+    """Without OMP_NUM_THREADS, split the cores between the ranks of this node (the deepspeed
+    launcher sets none, and two ranks with all cores each crawl on a small machine)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    ranks_here = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ranks_here)))
 
 
 def single_process_env() -> None:
@@ -63,16 +83,20 @@ def single_process_env() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    set_threads()
     from . import dist
     from .cli import report
     from .config import load_config, validate_config
 
     try:
+        if args.stop_after is not None and args.stop_after < 1:
+            raise ConfigError(f"--stop-after: must be an epoch >= 1, got {args.stop_after}")
         raw = load_config(args.config or default_config_path(), args.overrides)
         validate_config(raw)  # everything that does not need the process group, before starting it
         import deepspeed
+        from deepspeed.utils import logger as ds_logger
 
+        ds_logger.setLevel(logging.WARNING)  # no per-step INFO noise from any rank
         single_process_env()
         from deepspeed.accelerator import get_accelerator
 
@@ -83,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .loop import Trainer, TrainingStopped
 
         try:
-            Trainer(run).fit(resume=args.resume)
+            Trainer(run).fit(resume=args.resume, stop_after=args.stop_after)
         except TrainingStopped as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -1,0 +1,126 @@
+"""The trainer end to end: 2 ranks through the deepspeed launcher, one process, stop and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _launch import REPO, run_deepspeed, run_group
+
+TINY = "configs/tiny/mnist1d_2rank.json"
+TIMING = ("epoch_seconds", "probe_seconds")
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_single(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return run_group(
+        [sys.executable, "-m", "ds_twophase.train", *args], env=env, cwd=REPO, timeout=timeout
+    )
+
+
+def final_params(out: Path) -> dict[str, torch.Tensor]:
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(
+        out / "checkpoints" / latest / "mp_rank_00_model_states.pt", weights_only=False
+    )
+    return state["module"]
+
+
+def check_schedule_events(rows: list[dict]) -> None:
+    decisions = [r["decision"] for r in rows]
+    assert "plateau" in decisions and "switch" in decisions and "decay" in decisions, decisions
+    switch = decisions.index("switch")
+    assert decisions.index("plateau") <= switch < decisions.index("decay")
+    # hmax is measured exactly in the switch epoch and every convergence epoch after it
+    assert all(r["hmax"] is None for r in rows[:switch])
+    assert all(r["hmax"] is not None and r["probe_seconds"] > 0 for r in rows[switch:])
+    assert all(r["phase"] == "convergence" for r in rows[switch:])
+    decay = decisions.index("decay")
+    assert rows[decay]["lr"] == pytest.approx(rows[decay - 1]["lr"] * 0.5)
+    for key in (
+        "epoch",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "phase",
+        "hmax",
+        "decision",
+        "probe_seconds",
+        "epoch_seconds",
+    ):
+        assert all(key in r for r in rows), key
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_two_ranks_plateau_switch_decay(tmp_path):
+    proc = run_deepspeed(
+        ["ds_twophase.train", "--config", TINY, "--set", f"trainer.output_dir={tmp_path}"],
+        module=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == list(range(1, 15))
+    check_schedule_events(rows)
+    # the ranks agreed after every epoch end (the trainer stops otherwise), and only rank 0 logs
+    assert proc.stdout.count("epoch 14/14") == 1
+    assert "final test accuracy" in proc.stdout
+    assert json.loads((tmp_path / "config.json").read_text())["trainer"]["epochs"] == 14
+    ckpt = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["epoch0012", "epoch0014"]
+    assert (ckpt / "epoch0014" / "COMPLETE").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_one_process_same_config(tmp_path):
+    proc = run_single("--config", TINY, "--set", f"trainer.output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path)
+    assert len(rows) == 14
+    check_schedule_events(rows)
+
+
+@pytest.mark.timeout(400)
+def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    common = ["--config", TINY, "--set", "trainer.checkpoint_every=3"]
+    assert run_single(*common, "--set", f"trainer.output_dir={full}").returncode == 0
+    first = run_single(*common, "--set", f"trainer.output_dir={split}", "--stop-after", "5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "stopped after epoch 5" in first.stdout
+    assert len(metrics(split)) == 5
+    second = run_single(*common, "--set", f"trainer.output_dir={split}", "--resume", "auto")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "continuing after epoch 5" in second.stdout
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+    assert strip(metrics(split)) == strip(metrics(full))
+    a, b = final_params(full), final_params(split)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_own_loop_example(tmp_path):
+    proc = run_deepspeed(["examples/own_loop.py", "--epochs", "6", "--out", tmp_path])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((tmp_path / "records.json").read_text())
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[2]["decision"] == "switch" and records[2]["hmax"] is not None
+    assert all(r["phase"] == "convergence" and r["hmax"] is not None for r in records[3:])
+    assert proc.stdout.count("epoch 6 ") == 1
