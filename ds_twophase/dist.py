@@ -8,6 +8,8 @@ group, which is the data-parallel group for plain DeepSpeed data parallelism).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -93,6 +95,18 @@ def all_reduce_max(value: float, group: Any = None) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=_backend_device(group))
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=group)
     return float(t.item())
+
+
+@contextlib.contextmanager
+def gathered_parameters(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Full values of ZeRO stage 3 partitioned ``params`` on every rank inside the block,
+    partitioned again on exit. A collective: every rank of the data-parallel group must enter.
+    Only for parameters that ZeRO-3 manages; the values must not be modified inside."""
+    import deepspeed  # only ZeRO-3 callers need it
+
+    # modifier_rank=0 makes DeepSpeed free the gathered memory on exit (None would keep it).
+    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0):
+        yield
 
 
 def _global_rank(group_rank: int, group: Any) -> int:

@@ -17,7 +17,9 @@ a rank waiting.
   stopping decision (``tol``, ``max_iters``, non-finite values) depends only on all-reduced
   values, which are identical on every rank. BatchNorm running statistics, which data
   parallelism does not synchronise, are broadcast from rank 0 first. A final ``all_gather_object`` of each rank's
-  outcome gives every rank the same value and the full list of errors.
+  outcome gives every rank the same value and the full list of errors. Under ZeRO stage 3 the
+  parameters are gathered on every rank for the duration of the probe (full parameter memory)
+  and DeepSpeed's module hooks are set aside meanwhile.
 
 Fault injection for reliability tests, read in one place (``fault_hook_from_env``):
 ``DS_TWOPHASE_PROBE_FAIL`` = ``rank<k>`` (raise on rank k; in "rank0" mode only rank 0 computes,
@@ -29,13 +31,14 @@ argument of ``measure_hmax`` does the same from code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -269,6 +272,8 @@ def measure_hmax(
     without random augmentation; any augmentation that is applied is drawn from ``cfg.seed``,
     so it is the same at every probe, and the training RNG streams are not consumed.
     ``cfg.micro_batch_size`` must be set (the trainer fills it from the DeepSpeed config).
+    ``zero_stage``: DeepSpeed's ZeRO stage; under stage 3 only "sharded" works (it gathers the
+    partitioned parameters on every rank for the probe's duration).
     Returns the same ``ProbeOutcome`` on every rank. Raises ``ValueError`` (on every rank, before
     any collective) only for invalid arguments, e.g. mode "rank0" under ZeRO stage 3.
     """
@@ -292,7 +297,7 @@ def measure_hmax(
     )
     if cfg.mode == "rank0":
         return _rank0(job, group)
-    return _sharded(job, group)
+    return _sharded(job, group, zero_stage)
 
 
 @dataclasses.dataclass
@@ -363,7 +368,31 @@ def _rank0(job: _ProbeJob, group: Any) -> ProbeOutcome:
     return dist.broadcast_object(outcome, src=0, group=group)
 
 
-def _sharded(job: _ProbeJob, group: Any) -> ProbeOutcome:
+def _sharded(job: _ProbeJob, group: Any, zero_stage: int) -> ProbeOutcome:
+    if zero_stage != 3:
+        return _sharded_probe(job, group)
+    # ZeRO-3 partitions every parameter: gather full values on all ranks for the probe, and
+    # hide DeepSpeed's module hooks, which would try to fetch/release the substitute tensors
+    # the functional forward passes in. Costs the full parameter memory during the probe.
+    with dist.gathered_parameters(job.model.parameters()), _module_hooks_removed(job.model):
+        return _sharded_probe(job, group)
+
+
+@contextlib.contextmanager
+def _module_hooks_removed(model: nn.Module) -> Iterator[None]:
+    kinds = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+    saved = [(m, kind, dict(getattr(m, kind))) for m in model.modules() for kind in kinds]
+    try:
+        for m, kind, _ in saved:
+            getattr(m, kind).clear()
+        yield
+    finally:
+        for m, kind, hooks in saved:
+            getattr(m, kind).clear()
+            getattr(m, kind).update(hooks)
+
+
+def _sharded_probe(job: _ProbeJob, group: Any) -> ProbeOutcome:
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     reduce = _ShardedReduce(group)
     start = time.perf_counter()

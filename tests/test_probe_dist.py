@@ -63,6 +63,12 @@ def test_rank0_and_sharded_agree_and_failures_reach_every_rank():
         ):
             assert math.isnan(r[key]["value"]), key
         assert r["unchanged"]
+    # ZeRO-3: the sharded probe sees the full (gathered) parameters; rank0 mode is refused.
+    for r in (r0, r1):
+        z3 = r["zero3_sharded"]
+        assert z3["error"] is None and close(z3["value"], r0["zero3_ref"]), z3
+        assert r["zero3_partitioned_after"] and r["zero3_trains_after"]
+        assert 'use "sharded"' in r["zero3_rank0_refused"]
     # Every rank returned the identical outcome, value for value (seconds aside).
     for key in r0:
         if isinstance(r0[key], dict):

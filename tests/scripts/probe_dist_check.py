@@ -2,8 +2,9 @@
 
 Every rank prints one line ``PROBE_DIST_RESULT <json>`` with the outcomes of a sequence of probes:
 both modes and both BatchNorm modes, injected failures (rank 0, rank 1 during setup and in the
-middle of the power iteration, a data-loading failure on rank 1), NaN losses, and a final probe
-showing the collectives are still in step after all the failures. The test compares the lines.
+middle of the power iteration, a data-loading failure on rank 1), NaN losses, a final probe
+showing the collectives are still in step after all the failures, and the sharded probe on a
+ZeRO-3 engine. The test compares the lines.
 """
 
 import copy
@@ -32,6 +33,45 @@ class FlakyOnRank1(TensorDataset):
         return super().__getitem__(i)
 
 
+def zero3_checks(initial: nn.Module, ds: TensorDataset, indices: list[int]) -> dict:
+    """Sharded probe on a ZeRO-3 engine (partitioned parameters) against the unpartitioned model;
+    rank0 mode refused; the engine still trains afterwards."""
+    config = {
+        "train_batch_size": 16,
+        "train_micro_batch_size_per_gpu": 8,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "zero_allow_untested_optimizer": True,
+    }
+    reference = copy.deepcopy(initial)
+    model = copy.deepcopy(initial)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=config
+    )
+    x, y = ds.tensors[0][indices], ds.tensors[1][indices]
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, len(indices), 8)]
+    ref = principal_eigenvalue(reference, CE, batches, seed=3, max_iters=12, tol=0)
+    cfg = ProbeConfig(mode="sharded", micro_batch_size=8, max_iters=12, tol=0, seed=3)
+    out = measure_hmax(engine.module, CE, ds, indices, cfg, device="cpu", zero_stage=3)
+    partitioned = all(p.numel() == 0 for p in engine.module.parameters())
+    try:
+        rank0 = ProbeConfig(micro_batch_size=8)
+        measure_hmax(engine.module, CE, ds, indices, rank0, device="cpu", zero_stage=3)
+        refused = ""
+    except ValueError as e:
+        refused = str(e)
+    loss = CE(engine(x[:8]), y[:8])
+    engine.backward(loss)
+    engine.step()
+    return {
+        "zero3_ref": ref.value,
+        "zero3_sharded": dataclasses.asdict(out),
+        "zero3_partitioned_after": partitioned,
+        "zero3_rank0_refused": refused,
+        "zero3_trains_after": bool(torch.isfinite(loss)),
+    }
+
+
 def main() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -52,6 +92,7 @@ def main() -> None:
         "zero_optimization": {"stage": 1},
         "zero_allow_untested_optimizer": True,
     }
+    initial = copy.deepcopy(model)
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=config
     )
@@ -122,6 +163,7 @@ def main() -> None:
         (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
         for a, b in zip(grads_before, grads_after, strict=True)
     )
+    results.update(zero3_checks(initial, ds, indices))
     print("PROBE_DIST_RESULT " + json.dumps(results), flush=True)
 
 
