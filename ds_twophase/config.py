@@ -333,17 +333,19 @@ def _section(cfg: dict[str, Any], name: str) -> tuple[str | None, dict[str, Any]
 
 
 def _optimizer(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | None, list[str]]:
-    from .optim import OPTIMIZERS, check_optimizer_config
+    from .optim import OPTIMIZERS, build_optimizer_factory, check_zero_compatible, find_optimizer
 
     type_name, params, errors = _section(cfg, "optimizer")
     if type_name is None or errors:
         return None, errors
-    if type_name in OPTIMIZERS:
+    cls = find_optimizer(type_name)
+    if cls is not None:
         try:
-            check_optimizer_config(type_name, params, zero_stage=zero_stage)
+            build_optimizer_factory(type_name, params)  # validates every key and value
+            check_zero_compatible(zero_stage, type_name)
         except ConfigError as exc:
             return None, exc.messages
-        return ComponentSpec(type_name, dict(params)), []
+        return ComponentSpec(cls.__name__, dict(params)), []
     if type_name.lower() in DEEPSPEED_OPTIMIZERS or hasattr(torch.optim, type_name):
         return None, []
     candidates = (
@@ -353,8 +355,8 @@ def _optimizer(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | No
     )
     return None, [
         f"optimizer.type: unknown optimizer '{type_name}'{did_you_mean(type_name, candidates)}; "
-        f"ds_twophase has {', '.join(OPTIMIZERS)}, DeepSpeed has {', '.join(DEEPSPEED_OPTIMIZERS)}, "
-        "or name a torch.optim class"
+        f"ds_twophase has {', '.join(OPTIMIZERS)}, DeepSpeed has "
+        f"{', '.join(DEEPSPEED_OPTIMIZERS)}, or name a torch.optim class"
     ]
 
 
@@ -457,9 +459,14 @@ def _trainer(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
         return None, []
     if not isinstance(raw, dict):
         return None, []  # reported by _check_top_level
+    from .data import describe_dataset
+    from .models import check_model
     from .trainer_config import TrainerConfig
 
     try:
-        return config_tools.build_dataclass(TrainerConfig, raw, "trainer."), []
+        trainer = config_tools.build_dataclass(TrainerConfig, raw, "trainer.")
+        num_classes, shape = describe_dataset(trainer.dataset)
+        check_model(trainer.model, num_classes, shape, dataset_name=trainer.dataset.name)
     except ConfigError as exc:
         return None, exc.messages
+    return trainer, []
