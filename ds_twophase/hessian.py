@@ -77,6 +77,7 @@ vector) and its sample count over processes. ``vector=None`` announces that this
 the hook must then raise on every process (after taking part in its collectives)."""
 
 LossFn = Callable[[Any, Any], torch.Tensor]
+"""``loss_fn(outputs, targets)``: the mean loss of one micro-batch, as a scalar tensor."""
 
 
 @dataclasses.dataclass
