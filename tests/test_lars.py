@@ -1,0 +1,465 @@
+"""LARS against timm.optim.Lars and torch.optim.SGD, param groups, and the JSON registry."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+from timm.optim import Lars as TimmLars
+from torch import nn
+
+from ds_twophase.errors import ConfigError
+from ds_twophase.optim import (
+    LARS,
+    OPTIMIZERS,
+    build_optimizer_factory,
+    check_zero_compatible,
+    find_optimizer,
+    lars_param_groups,
+)
+
+# Small tensors take the multi-tensor path; tensors of 65536+ elements take the CPU per-tensor
+# path (lars._CPU_LARGE_NUMEL). Index 4 starts at zero weights, index 5 always gets zero grads.
+SHAPES = [(7,), (16, 3, 3, 3), (300, 300), (1 << 17,), (5,), (10, 20), (64, 64, 3, 3), (1,)]
+ZERO_WEIGHT, ZERO_GRAD = 4, 5
+
+
+def _params(shapes=SHAPES, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    params = [nn.Parameter(torch.randn(s, generator=gen, dtype=dtype) * 0.1) for s in shapes]
+    with torch.no_grad():
+        params[ZERO_WEIGHT].zero_()
+    return params
+
+
+def _set_grads(params, gen):
+    for i, p in enumerate(params):
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        if i == ZERO_GRAD:
+            p.grad.zero_()
+
+
+def _run(make_opt, steps=50, dtype=torch.float32, shapes=SHAPES):
+    params = _params(shapes, dtype=dtype)
+    opt = make_opt(params)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        _set_grads(params, gen)
+        opt.step()
+    return [p.detach() for p in params]
+
+
+CASES = [
+    dict(momentum=m, weight_decay=wd, nesterov=n, clip=c)
+    for m, wd, n, c in itertools.product([0.0, 0.9], [0.0, 5e-4], [False, True], [False, True])
+    if not (n and m == 0)
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_matches_timm_over_50_steps(case):
+    ours = _run(lambda ps: LARS(ps, lr=0.1, **case))
+    ref = _run(
+        lambda ps: TimmLars(
+            ps,
+            lr=0.1,
+            momentum=case["momentum"],
+            weight_decay=case["weight_decay"],
+            nesterov=case["nesterov"],
+            trust_clip=case["clip"],
+            always_adapt=True,
+            foreach=False,
+        )
+    )
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_matches_timm_float64_and_lars_hyperparameters():
+    kw = dict(momentum=0.8, weight_decay=1e-3, eps=1e-6)
+    ours = _run(lambda ps: LARS(ps, lr=0.5, trust_coefficient=0.02, **kw), dtype=torch.float64)
+    ref = _run(
+        lambda ps: TimmLars(ps, lr=0.5, trust_coeff=0.02, always_adapt=True, **kw),
+        dtype=torch.float64,
+    )
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_large_tensors_updated_in_slices_match_timm(nesterov):
+    # the CPU per-tensor path works in slices of 2**19 elements: 600 x 1000 is two
+    shapes = [(600, 1000), (3,), (7, 7), (70000,), (5,), (2, 2)]
+    kw = dict(momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    ours = _run(lambda ps: LARS(ps, lr=0.1, **kw), steps=10, shapes=shapes)
+    ref = _run(lambda ps: TimmLars(ps, lr=0.1, always_adapt=True, **kw), steps=10, shapes=shapes)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_many_small_tensors_span_several_buckets():
+    # 40 x 60000 floats exceed one CPU bucket (4 MiB of weights + grads): several buckets
+    shapes = [(60000,)] * 40 + [(3, 3)]
+    params = _params(shapes)
+    ref_params = [nn.Parameter(p.detach().clone()) for p in params]
+    opt = LARS(params, lr=0.2, weight_decay=1e-4)
+    ref = TimmLars(ref_params, lr=0.2, momentum=0.9, weight_decay=1e-4, always_adapt=True)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        _set_grads(params, gen)
+        for p, q in zip(params, ref_params, strict=True):
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    for a, b in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_memory_formats_match_timm():
+    # channels_last weights with contiguous grads: the fused kernel must not see them
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(8, 4, 3, 3), (64, 128, 3, 3), (32, 16, 3, 3)]
+    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    with torch.no_grad():
+        for p in params[:2]:
+            p.set_(p.contiguous(memory_format=torch.channels_last))
+    ref_params = [nn.Parameter(p.detach().clone()) for p in params]
+    opt = LARS(params, lr=0.1, weight_decay=5e-4, nesterov=True)
+    ref = TimmLars(ref_params, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    for _ in range(10):
+        for p, q in zip(params, ref_params, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)  # contiguous
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    assert params[1].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_first_step_by_hand():
+    p = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))  # ||p|| = 5
+    p.grad = torch.tensor([0.0, 2.0], dtype=torch.float64)  # ||g|| = 2
+    lr, wd, eta, eps = 0.1, 0.01, 0.001, 1e-8
+    LARS([p], lr=lr, weight_decay=wd, trust_coefficient=eta, eps=eps).step()
+    ratio = eta * 5.0 / (2.0 + wd * 5.0 + eps)
+    d = [ratio * (0.0 + wd * 3.0), ratio * (2.0 + wd * 4.0)]
+    expected = torch.tensor([3.0 - lr * d[0], 4.0 - lr * d[1]], dtype=torch.float64)
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-14, atol=0)
+
+
+def test_clip_caps_the_per_tensor_rate_at_lr():
+    # trust ratio eta * 1 / 1e-6 = 1000 >> 1: LARC clips ratio / lr to 1, i.e. plain SGD
+    p = nn.Parameter(torch.ones(1))
+    p.grad = torch.full((1,), 1e-6)
+    LARS([p], lr=0.5, momentum=0.0, clip=True).step()
+    torch.testing.assert_close(p.detach(), torch.ones(1) - 0.5 * 1e-6)
+
+
+@pytest.mark.parametrize("lr", [0.0, 0.1])
+@pytest.mark.parametrize("clip", [False, True])
+def test_zero_norms_never_give_nan_or_inf(lr, clip):
+    shapes = [(4,), (100000,), (3, 3)]
+    params = [nn.Parameter(torch.zeros(s)) for s in shapes]
+    opt = LARS(params, lr=lr, weight_decay=1e-4, eps=0.0, clip=clip)
+    for step in range(4):
+        for p in params:
+            # zero weights with zero grads, then zero weights with grads, then zero grads
+            p.grad = torch.zeros_like(p) if step % 2 == 0 else torch.ones_like(p)
+        opt.step()
+    for p in params:
+        assert torch.isfinite(p).all()
+        assert torch.isfinite(opt.state[p]["momentum_buffer"]).all()
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
+        nn.LayerNorm(5),
+    )
+
+
+def test_param_groups_exclude_biases_and_norms():
+    model = _tiny_model()
+    groups = lars_param_groups(model, weight_decay=5e-4)
+    assert [(g["adapt"], g["weight_decay"]) for g in groups] == [(True, 5e-4), (False, 0.0)]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in groups[0]["params"]) == ["0.weight", "4.weight"]
+    assert all(p.ndim < 2 for p in groups[1]["params"])
+    assert len(groups[1]["params"]) == 6
+
+
+def test_param_groups_options():
+    model = _tiny_model()
+    model[1].weight.requires_grad_(False)
+    (group,) = lars_param_groups(model, weight_decay=1e-4, exclude_bias_and_norm=False)
+    assert group["adapt"] and len(group["params"]) == 7
+    groups = lars_param_groups(model, weight_decay=1e-4, exclude=["4.*"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in groups[0]["params"]] == ["0.weight"]
+    assert "4.weight" in [names[id(p)] for p in groups[1]["params"]]
+    assert "1.weight" not in [names[id(p)] for g in groups for p in g["params"]]
+
+
+def test_excluded_group_is_plain_momentum_sgd_without_decay():
+    model = _tiny_model()
+    ref_model = copy.deepcopy(model)
+    opt = LARS(lars_param_groups(model, weight_decay=5e-4), lr=0.1, momentum=0.9)
+    ref_groups = lars_param_groups(ref_model, weight_decay=5e-4)
+    sgd = torch.optim.SGD(ref_groups[1]["params"], lr=0.1, momentum=0.9, weight_decay=0.0)
+    timm = TimmLars(ref_groups[0]["params"], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    for _ in range(20):
+        for m, optimizers in ((model, [opt]), (ref_model, [sgd, timm])):
+            for o in optimizers:
+                o.zero_grad()
+            m(x).square().mean().backward()
+            for o in optimizers:
+                o.step()
+    for a, b in zip(model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the excluded parameters really moved (so the comparison above is not vacuous)
+    assert not torch.equal(model[1].bias, _tiny_model()[1].bias)
+
+
+def test_adapt_false_with_weight_decay_is_torch_sgd():
+    params = _params()
+    ref_params = [nn.Parameter(p.detach().clone()) for p in params]
+    opt = LARS([{"params": params, "adapt": False}], lr=0.1, weight_decay=1e-3, nesterov=True)
+    ref = torch.optim.SGD(ref_params, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(10):
+        _set_grads(params, gen)
+        for p, q in zip(params, ref_params, strict=True):
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    for a, b in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+BAD = [
+    (dict(lr=-0.1), "lr"),
+    (dict(lr=float("nan")), "lr"),
+    (dict(lr=0.1, momentum=-0.5), "momentum"),
+    (dict(lr=0.1, momentum=1.0), "momentum"),
+    (dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
+    (dict(lr=0.1, trust_coefficient=0.0), "trust_coefficient"),
+    (dict(lr=0.1, eps=-1e-8), "eps"),
+    (dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov"),
+    (dict(lr=0.1, clip="yes"), "clip"),
+    (dict(lr="0.1"), "lr"),
+]
+
+
+@pytest.mark.parametrize("kwargs,name", BAD, ids=[name for _, name in BAD])
+def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}:"):
+        LARS([nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def test_bad_group_option_names_the_group():
+    good = {"params": [nn.Parameter(torch.ones(2))]}
+    bad = {"params": [nn.Parameter(torch.ones(2))], "weight_decay": -1.0}
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\.weight_decay"):
+        LARS([good, bad], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.adapt"):
+        LARS([{"params": good["params"], "adapt": 1}], lr=0.1)
+
+
+def test_params_without_grad_are_skipped_and_grads_untouched():
+    params = _params()
+    params[1].grad = None
+    frozen = params[1].detach().clone()
+    opt = LARS(params[1:3], lr=0.1, weight_decay=1e-4)
+    params[2].grad = torch.randn_like(params[2])
+    grad = params[2].grad.clone()
+    opt.step()
+    assert torch.equal(params[1], frozen)
+    assert params[1] not in opt.state
+    assert torch.equal(params[2].grad, grad)
+
+
+def test_closure_loss_is_returned():
+    p = nn.Parameter(torch.ones(3))
+
+    def closure():
+        loss = (p * 2).sum()
+        loss.backward()
+        return loss
+
+    assert LARS([p], lr=0.1).step(closure).item() == 6.0
+
+
+def test_sparse_gradients_are_refused():
+    p = nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3).to_sparse()
+    with pytest.raises(ValueError, match="sparse"):
+        LARS([p], lr=0.1).step()
+
+
+def test_state_dict_round_trip_continues_identically():
+    gen = torch.Generator().manual_seed(5)
+    grads = [[torch.randn(s, generator=gen) for s in SHAPES] for _ in range(12)]
+    params = _params()
+    opt = LARS(params, lr=0.1, weight_decay=5e-4, nesterov=True)
+    for step in grads[:6]:
+        for p, g in zip(params, step, strict=True):
+            p.grad = g
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = [nn.Parameter(t.clone()) for t in saved["params"]]
+    opt2 = LARS(resumed, lr=1.0)  # lr, nesterov, weight_decay come back from the state dict
+    opt2.load_state_dict(saved["opt"])
+    assert opt2.param_groups[0]["nesterov"] and opt2.param_groups[0]["lr"] == 0.1
+    for step in grads[6:]:
+        for p, q, g in zip(params, resumed, step, strict=True):
+            p.grad, q.grad = g, g.clone()
+        opt.step()
+        opt2.step()
+    for a, b in zip(params, resumed, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lr_change_between_steps_is_used():
+    # the scheduler writes param_groups[i]["lr"]; nothing may cache it
+    p, q = nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(4))
+    a, b = LARS([p], lr=0.1, momentum=0.0), LARS([q], lr=0.3, momentum=0.0)
+    a.param_groups[0]["lr"] = 0.3
+    p.grad, q.grad = torch.ones(4), torch.ones(4)
+    a.step()
+    b.step()
+    assert torch.equal(p, q)
+
+
+def test_compile_matches_timm_and_lr_changes_do_not_recompile():
+    from torch._dynamo.utils import counters
+
+    shapes = [(7,), (16, 3, 3, 3), (9,), (3,), (5,), (10, 20), (300, 300)]
+    params, ref_params = _params(shapes), _params(shapes)
+    opt = LARS(params, lr=0.1, weight_decay=5e-4, clip=True, compile=True)
+    ref = TimmLars(ref_params, lr=0.1, momentum=0.9, weight_decay=5e-4, trust_clip=True)
+    gen = torch.Generator().manual_seed(7)
+    for step in range(8):
+        lr = 0.1 * (1 + step)  # a scheduler changes lr every step
+        opt.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = lr
+        _set_grads(params, gen)
+        for p, q in zip(params, ref_params, strict=True):
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+        if step == 0:
+            graphs = counters["stats"]["unique_graphs"]
+    assert opt._compile, "compilation failed (see the warning)"
+    assert counters["stats"]["unique_graphs"] == graphs
+    for a, b in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_failure_warns_and_falls_back_to_eager():
+    # a real compiler failure: inductor pointed at a C++ compiler that does not exist (a shape
+    # no other test uses, so nothing is cached for it)
+    import torch._inductor.config as inductor_config
+
+    p, q = nn.Parameter(torch.ones(5, 13)), nn.Parameter(torch.ones(5, 13))
+    a, b = LARS([p], lr=0.1, compile=True), LARS([q], lr=0.1)
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}):
+        with pytest.warns(RuntimeWarning, match=r"LARS\(compile=True\): torch.compile failed"):
+            p.grad, q.grad = torch.full((5, 13), 0.5), torch.full((5, 13), 0.5)
+            a.step()
+            b.step()
+    assert not a._compile
+    p.grad, q.grad = torch.full((5, 13), 0.25), torch.full((5, 13), 0.25)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a.step()  # stays eager: no second attempt, no second warning
+    b.step()
+    assert not caught
+    assert torch.equal(p, q)
+
+
+# --- JSON registry ---------------------------------------------------------------------------
+
+
+def test_registry_and_factory_build_lars_with_groups():
+    assert OPTIMIZERS["LARS"] is LARS and find_optimizer("lars") is LARS
+    assert find_optimizer("Adam") is None
+    model = _tiny_model()
+    factory = build_optimizer_factory(
+        "LARS", {"lr": 0.2, "weight_decay": 1e-4, "clip": True, "exclude": ["4.*"]}, model
+    )
+    opt = factory(list(model.parameters()))
+    assert isinstance(opt, LARS)
+    adapted, excluded = opt.param_groups
+    assert adapted["adapt"] and adapted["weight_decay"] == 1e-4 and adapted["clip"]
+    assert not excluded["adapt"] and excluded["weight_decay"] == 0.0
+    assert [p.shape for p in adapted["params"]] == [model[0].weight.shape]
+    assert factory().param_groups[0]["lr"] == 0.2  # no parameters given: the model's
+
+
+def test_factory_keeps_callers_parameter_selection_and_groups():
+    model = _tiny_model()
+    factory = build_optimizer_factory("LARS", {"lr": 0.1, "exclude_bias_and_norm": True}, model)
+    opt = factory([model[0].weight, model[0].bias])
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
+    opt = factory([{"params": list(model[4].parameters()), "lr": 0.01}])
+    assert [(g["lr"], g["adapt"]) for g in opt.param_groups] == [(0.01, True), (0.01, False)]
+
+
+def test_factory_unknown_keys_one_line_each_with_did_you_mean():
+    with pytest.raises(ConfigError) as err:
+        build_optimizer_factory(
+            "LARS", {"lr": 0.1, "trust_coeff": 1e-3, "exclude_bias_and_nrom": False}, None
+        )
+    assert err.value.messages == [
+        "optimizer.params.trust_coeff: unknown key for LARS (did you mean 'trust_coefficient'?)",
+        "optimizer.params.exclude_bias_and_nrom: unknown key for LARS "
+        "(did you mean 'exclude_bias_and_norm'?)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({}, "optimizer.params.lr: required by LARS"),
+        ({"lr": -1}, "optimizer.params.lr: must be >= 0, got -1"),
+        ({"lr": 0.1, "momentum": 2}, "optimizer.params.momentum: must be in [0, 1), got 2"),
+        ({"lr": 0.1, "exclude_bias_and_norm": "no"}, "optimizer.params.exclude_bias_and_norm:"),
+        ({"lr": 0.1, "exclude": [1]}, "optimizer.params.exclude:"),
+    ],
+)
+def test_factory_bad_values_name_the_key(params, message):
+    with pytest.raises(ConfigError) as err:
+        build_optimizer_factory("LARS", params, _tiny_model())
+    assert len(err.value.messages) == 1 and "\n" not in err.value.messages[0]
+    assert err.value.messages[0].startswith(message)
+
+
+def test_factory_unknown_type():
+    with pytest.raises(ConfigError, match=r"optimizer.type: 'LRAS' .*did you mean 'LARS'"):
+        build_optimizer_factory("LRAS", {"lr": 0.1}, None)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stages_are_refused(stage):
+    with pytest.raises(ConfigError, match=rf"zero_optimization.stage {stage}.*use stage 0"):
+        check_zero_compatible(stage)
+
+
+def test_zero_stage_0_and_other_optimizers_pass():
+    check_zero_compatible(0)
+    check_zero_compatible(2, "Adam")
+    assert math.isclose(LARS([nn.Parameter(torch.ones(1))], lr=0.1).defaults["eps"], 1e-8)
