@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import dist
+from . import dist, faults
 
 STATE_FILE = "ds_twophase.json"
 COMPLETE_FILE = "COMPLETE"
@@ -48,6 +48,8 @@ def save(engine: Any, ckpt_dir: Path, epoch: int, state: dict[str, Any], *, keep
     """
     tag = tag_for(epoch)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ds_twophase_epoch": epoch})
+    if faults.crash_in_save(epoch, dist.get_rank(), dist.get_world_size()):
+        os._exit(17)  # test hook: die before the checkpoint is marked complete
     dist.barrier()  # every rank's files are on disk before we call it complete
     path = ckpt_dir / tag
     if dist.is_rank_zero():

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import dist
+from . import dist, faults
 from .probe import ProbeConfig, ProbeOutcome, measure_hmax, select_probe_indices
 from .schedulers import EpochRecord, EpochScheduler
 
@@ -68,16 +68,35 @@ class HessianProbe:
         )
 
     def __call__(self, model: torch.nn.Module, device: torch.device | str) -> ProbeOutcome:
-        """Measure hmax on every rank (same outcome everywhere); never raises for a failed probe."""
+        """Measure hmax on every rank (same outcome everywhere); never raises for a failed probe.
+
+        A probe that runs out of memory is retried once with half the micro-batch size (every
+        rank sees the same outcome, so every rank retries).
+        """
         if self.config.redraw:
             self.draws += 1
             self.indices = self._draw()
+        outcome = self._measure(model, device, self.config)
+        micro = self.config.micro_batch_size
+        if outcome.error and "OutOfMemoryError" in outcome.error and micro > 1:
+            retry = self._measure(model, device, replace(self.config, micro_batch_size=micro // 2))
+            if retry.ok:
+                return retry
+            retry.error = (
+                f"{outcome.error}; retried with micro_batch_size {micro // 2}: {retry.error}"
+            )
+            return retry
+        return outcome
+
+    def _measure(
+        self, model: torch.nn.Module, device: torch.device | str, config: ProbeConfig
+    ) -> ProbeOutcome:
         return measure_hmax(
             model,
             self.loss_fn,
             self.dataset,
             self.indices,
-            self.config,
+            config,
             device=device,
             group=self.group,
             zero_stage=self.zero_stage,
@@ -136,6 +155,9 @@ def epoch_end(
         return outcome.value
 
     record = scheduler.end_epoch(train_loss, hessian)
+    if faults.desync_at(record.epoch, dist.get_rank(group)):
+        for param_group in scheduler.optimizer.param_groups:
+            param_group["lr"] *= 0.5
     check_ranks_agree(scheduler, group=group)
     return EpochEnd(record, outcome)
 

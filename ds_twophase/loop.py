@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,66 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
-from . import checkpoint, dist
+from . import checkpoint, dist, faults
 from .config import RunConfig, resolve_batch
 from .data import build_datasets
 from .engine import initialize_run, load_checkpoint
 from .errors import ConfigError
-from .hook import HessianProbe, epoch_end
+from .hook import HessianProbe, RankDisagreement, epoch_end
 from .metrics import MetricsLog
 from .models import build_model
 from .schedulers import EpochScheduler
+
+# Config keys that may change between a run and its resume without changing the training.
+RESUME_FREE_KEYS = (
+    "trainer.output_dir",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.progress",
+    "trainer.num_workers",
+    "trainer.eval_every",
+    "trainer.on_nonfinite_loss",
+    "trainer.dataset.root",
+    "steps_per_print",
+    "wall_clock_breakdown",
+    "tensorboard",
+    "csv_monitor",
+    "wandb",
+    "comet",
+    "flops_profiler",
+)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a nested config."""
+    if isinstance(cfg, dict) and cfg:
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): cfg}
+
+
+def resume_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The config leaves that must not change when a run is resumed."""
+    return {
+        key: value
+        for key, value in flatten(resolved).items()
+        if not any(key == free or key.startswith(free + ".") for free in RESUME_FREE_KEYS)
+    }
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Human-readable ``key: old -> new`` for every key that differs."""
+    keys = sorted(set(saved) | set(now))
+    missing = object()
+    out = []
+    for key in keys:
+        a, b = saved.get(key, missing), now.get(key, missing)
+        if a != b:
+            show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
+            out.append(f"{key}: {show(a)} -> {show(b)}")
+    return out
 
 
 class TrainingStopped(RuntimeError):
@@ -187,6 +239,13 @@ class Trainer:
                 )
             epoch = checkpoint.read_state(path)["epoch"]
         state = checkpoint.read_state(path)
+        changes = config_changes(state.get("config", {}), resume_fingerprint(self.run.resolved))
+        if changes:
+            more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+            raise ConfigError(
+                f"--resume: the config changed since {path.name}: {'; '.join(changes[:3])}{more}; "
+                "restore these values or train into a new trainer.output_dir"
+            )
         load_checkpoint(self.engine, path.parent, tag=path.name)
         if self.probe is not None and state.get("probe") is not None:
             self.probe.load_state_dict(state["probe"])
@@ -195,30 +254,49 @@ class Trainer:
         return epoch
 
     # -- the loop ------------------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> float:
-        """One epoch of exactly ``steps_per_epoch`` optimizer steps; the mean loss over all ranks."""
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One epoch of exactly ``steps_per_epoch`` optimizer steps.
+
+        Returns the mean training loss over all ranks and micro-batches, and (with
+        ``on_nonfinite_loss = "skip"``) the number of micro-batches skipped on all ranks.
+        """
         self.sampler.set_epoch(epoch)
         # Per-epoch seeds make a resumed run draw the same random numbers (dropout, augmentation).
-        torch.manual_seed(self.tc.seed * 100_003 + epoch * 1009 + dist.get_rank())
+        rank = dist.get_rank()
+        torch.manual_seed(self.tc.seed * 100_003 + epoch * 1009 + rank)
         engine = self.engine
         engine.train()
+        skip = self.tc.on_nonfinite_loss == "skip"
         loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+        finite = 0
         micro_batches = self.steps_per_epoch * self.gas
         bar = self._progress(epoch, micro_batches)
         for i, batch in enumerate(self.loader):
             if i == micro_batches:
                 break
             x, y = to_engine(engine, batch)
-            loss = cross_entropy(engine(x), y)
-            engine.backward(loss)
+            out = engine(x)
+            loss = cross_entropy(out, y)
+            if faults.nan_loss_at(epoch, i, rank):
+                loss = loss * math.nan
+            if skip and not math.isfinite(loss.item()):
+                # Backward through a zero loss keeps DeepSpeed's accumulation and gradient
+                # all-reduce in step on every rank while this micro-batch contributes nothing.
+                engine.backward(out.sum() * 0.0)
+            else:
+                engine.backward(loss)
+                loss_sum += loss.detach().double()
+                finite += 1
             engine.step()
-            loss_sum += loss.detach().double()
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        total, count = dist.all_reduce_sums([loss_sum.item(), float(micro_batches)])
-        return total / count
+        total, count = dist.all_reduce_sums([loss_sum.item(), float(finite)])
+        skipped = int(dist.get_world_size() * micro_batches - count)
+        if count == 0:
+            return math.nan, skipped
+        return total / count, skipped
 
     def _progress(self, epoch: int, total: int):
         show = self.tc.progress == "on" or (self.tc.progress == "auto" and sys.stderr.isatty())
@@ -241,17 +319,33 @@ class Trainer:
         end_at = last if stop_after is None else min(stop_after, last)
         for epoch in range(start + 1, end_at + 1):
             t0 = time.perf_counter()
-            train_loss = self.train_epoch(epoch)
+            train_loss, skipped = self.train_epoch(epoch)
             if not math.isfinite(train_loss):
+                kept = checkpoint.newest_complete(self.ckpt_dir)
+                where = f"the newest checkpoint is {kept[1]}" if kept else "no checkpoint was saved"
                 raise TrainingStopped(
-                    f"epoch {epoch}: training loss is {train_loss}; stopping without saving (the "
-                    "newest checkpoint is the last good one); lower the LR or enable gradient_clipping"
+                    f"epoch {epoch}: training loss is {train_loss}; stopping without saving ({where}); "
+                    'lower the LR, set gradient_clipping, or set trainer.on_nonfinite_loss="skip"'
                 )
             row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            if self.tc.on_nonfinite_loss == "skip":
+                row["skipped_micro_batches"] = skipped
+                if skipped:
+                    log(
+                        f"warning: epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
+                    )
             probe_seconds = 0.0
             if isinstance(self.scheduler, EpochScheduler):
-                end = epoch_end(self.engine, train_loss, self.probe)
+                with warnings.catch_warnings():
+                    # The decision's warning is logged once below, by rank 0 only.
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    try:
+                        end = epoch_end(self.engine, train_loss, self.probe)
+                    except RankDisagreement as exc:
+                        raise TrainingStopped(str(exc)) from None
                 rec = end.record
+                if rec.warning:
+                    log(f"warning: {rec.warning}")
                 if end.probe is not None:
                     probe_seconds = end.probe.seconds
                 row.update(
@@ -280,6 +374,7 @@ class Trainer:
             if epoch == end_at or (every and epoch % every == 0):
                 state = {
                     "epoch": epoch,
+                    "config": resume_fingerprint(self.run.resolved),
                     "probe": None if self.probe is None else self.probe.state_dict(),
                     "scheduler": self.scheduler.state_dict()
                     if isinstance(self.scheduler, EpochScheduler)

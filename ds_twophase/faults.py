@@ -1,0 +1,54 @@
+"""Documented test hooks that inject faults through environment variables, read in one place.
+
+They exist so reliability tests can run the real trainer under the real launcher without editing
+code. None is set in normal use.
+
+* ``DS_TWOPHASE_PROBE_FAIL`` (read in :mod:`ds_twophase.probe`): ``rank<k>``, ``all`` or ``nan``,
+  optionally ``@<iteration>``: the Hessian probe raises on that rank, or its loss is NaN.
+* ``DS_TWOPHASE_NAN_LOSS=<epoch>:<micro-batch>[:<rank>]``: that micro-batch's training loss is
+  NaN (on every rank, or only on ``rank``).
+* ``DS_TWOPHASE_CRASH_IN_SAVE=<epoch>``: while saving the checkpoint of that epoch, rank 1 (rank 0
+  in a one-rank run) dies right after DeepSpeed wrote its files and its ``latest`` pointer, before
+  the checkpoint is marked complete.
+* ``DS_TWOPHASE_DESYNC_AT=<epoch>``: after that epoch's decision rank 1 halves its LR, so the
+  ranks disagree.
+"""
+
+from __future__ import annotations
+
+import os
+
+NAN_LOSS_ENV = "DS_TWOPHASE_NAN_LOSS"
+CRASH_IN_SAVE_ENV = "DS_TWOPHASE_CRASH_IN_SAVE"
+DESYNC_ENV = "DS_TWOPHASE_DESYNC_AT"
+
+
+def _ints(name: str) -> list[int] | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return [int(part) for part in raw.split(":")]
+    except ValueError:
+        raise ValueError(f"{name} must be integers separated by ':', got {raw!r}") from None
+
+
+def nan_loss_at(epoch: int, micro_batch: int, rank: int) -> bool:
+    """True when the NaN-loss hook targets this epoch, micro-batch (0-based) and rank."""
+    spec = _ints(NAN_LOSS_ENV)
+    if spec is None:
+        return False
+    target_rank = spec[2] if len(spec) > 2 else rank
+    return spec[0] == epoch and spec[1] == micro_batch and target_rank == rank
+
+
+def crash_in_save(epoch: int, rank: int, world_size: int) -> bool:
+    """True on the rank that must die while saving the checkpoint of ``epoch``."""
+    spec = _ints(CRASH_IN_SAVE_ENV)
+    return spec is not None and spec[0] == epoch and rank == min(1, world_size - 1)
+
+
+def desync_at(epoch: int, rank: int) -> bool:
+    """True on rank 1 after the epoch whose schedule must be made to disagree."""
+    spec = _ints(DESYNC_ENV)
+    return spec is not None and spec[0] == epoch and rank == 1
