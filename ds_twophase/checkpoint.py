@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ def save(engine: Any, ckpt_dir: Path, epoch: int, state: dict[str, Any], *, keep
 
 
 def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of the complete checkpoints under ``ckpt_dir``, oldest first."""
+    """``(epoch, path)`` of every checkpoint directory under ``ckpt_dir`` (complete or not),
+    oldest first."""
     if not ckpt_dir.is_dir():
         return []
     found = []
@@ -77,16 +78,15 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE_FILE).is_file() and (path / STATE_FILE).is_file()
 
 
-def newest_complete(ckpt_dir: Path) -> tuple[int, Path] | None:
-    """The newest complete checkpoint, warning about any newer incomplete ones skipped."""
+def newest_complete(
+    ckpt_dir: Path, warn: Callable[[str], None] | None = None
+) -> tuple[int, Path] | None:
+    """The newest complete checkpoint; ``warn`` is told about newer incomplete ones skipped."""
     for epoch, path in reversed(complete_checkpoints(ckpt_dir)):
         if is_complete(path):
             return epoch, path
-        warnings.warn(
-            f"checkpoint {path} is incomplete (interrupted while saving); using an older one",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        if warn is not None:
+            warn(f"checkpoint {path} is incomplete (interrupted while saving); using an older one")
     return None
 
 

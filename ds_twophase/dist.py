@@ -82,6 +82,18 @@ def all_reduce_sum_(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     return tensor
 
 
+def broadcast_tensors_(tensors: Iterable[torch.Tensor], src: int = 0, group: Any = None) -> None:
+    """Overwrite every tensor in place with rank ``src``'s values."""
+    if not is_distributed():
+        return
+    device = _backend_device(group)
+    for tensor in tensors:
+        moved = tensor if tensor.device == device else tensor.to(device)
+        tdist.broadcast(moved, src=_global_rank(src, group), group=group)
+        if moved is not tensor:
+            tensor.copy_(moved)
+
+
 def all_reduce_sums(values: list[float], group: Any = None) -> list[float]:
     """Sum a short list of floats over ranks (float64) and return the sums."""
     t = torch.tensor(values, dtype=torch.float64)

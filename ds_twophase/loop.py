@@ -99,6 +99,12 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
+def warn(message: str) -> None:
+    """Print a ``warning:`` line on stderr, on rank 0 only."""
+    if dist.is_rank_zero():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and accelerators) deterministically."""
     torch.manual_seed(seed)
@@ -176,6 +182,9 @@ class Trainer:
         seed_everything(self.tc.seed)
         self.splits = self._build_data()
         self.model = build_model(self.tc.model, self.splits.num_classes, self.splits.input_shape)
+        if run.deepspeed.get("bf16", {}).get("enabled"):
+            # DeepSpeed casts parameters but not buffers; BatchNorm on CPU needs both in bf16.
+            self.model.to(torch.bfloat16)
         self.sampler = DistributedSampler(
             self.splits.train,
             num_replicas=world,
@@ -221,7 +230,7 @@ class Trainer:
         """Load a checkpoint (``auto``: newest complete one in the run's directory); returns the
         epoch it holds, or 0 when ``auto`` finds none."""
         if target == "auto":
-            found = checkpoint.newest_complete(self.ckpt_dir)
+            found = checkpoint.newest_complete(self.ckpt_dir, warn=warn)
             if found is None:
                 if checkpoint.complete_checkpoints(self.ckpt_dir):
                     raise ConfigError(
@@ -292,6 +301,9 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        # Data parallelism does not synchronise BatchNorm statistics: give every rank rank 0's,
+        # which the checkpoint stores, so evaluation and a resumed run see the same model.
+        dist.broadcast_tensors_(engine.module.buffers())
         total, count = dist.all_reduce_sums([loss_sum.item(), float(finite)])
         skipped = int(dist.get_world_size() * micro_batches - count)
         if count == 0:
@@ -321,7 +333,7 @@ class Trainer:
             t0 = time.perf_counter()
             train_loss, skipped = self.train_epoch(epoch)
             if not math.isfinite(train_loss):
-                kept = checkpoint.newest_complete(self.ckpt_dir)
+                kept = checkpoint.newest_complete(self.ckpt_dir, warn=lambda _: None)
                 where = f"the newest checkpoint is {kept[1]}" if kept else "no checkpoint was saved"
                 raise TrainingStopped(
                     f"epoch {epoch}: training loss is {train_loss}; stopping without saving ({where}); "
@@ -331,9 +343,7 @@ class Trainer:
             if self.tc.on_nonfinite_loss == "skip":
                 row["skipped_micro_batches"] = skipped
                 if skipped:
-                    log(
-                        f"warning: epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
-                    )
+                    warn(f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss")
             probe_seconds = 0.0
             if isinstance(self.scheduler, EpochScheduler):
                 with warnings.catch_warnings():
@@ -345,7 +355,7 @@ class Trainer:
                         raise TrainingStopped(str(exc)) from None
                 rec = end.record
                 if rec.warning:
-                    log(f"warning: {rec.warning}")
+                    warn(rec.warning)
                 if end.probe is not None:
                     probe_seconds = end.probe.seconds
                 row.update(

@@ -1,0 +1,239 @@
+"""Faults under the real deepspeed launcher: killed ranks, crashes while saving, non-finite losses,
+failing probes and ranks that disagree. Faults are injected through the documented hooks of
+ds_twophase.faults and ds_twophase.probe (environment variables), never by editing code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from _launch import REPO, free_port, run_deepspeed, run_group
+
+TINY = "configs/tiny/mnist1d_2rank.json"
+TIMING = ("epoch_seconds", "probe_seconds")
+# Bigger epochs than the tiny default so a kill lands while training, 10 epochs, checkpoints
+# every 2.
+RELIABLE = [
+    "--set",
+    "trainer.dataset.train_size=4000",
+    "--set",
+    "trainer.epochs=10",
+    "--set",
+    "trainer.checkpoint_every=2",
+    "--set",
+    "trainer.keep_checkpoints=3",
+]
+
+pytestmark = [pytest.mark.multiproc]
+
+
+def metrics(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def strip(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def final_params(out: Path) -> dict[str, torch.Tensor]:
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    path = out / "checkpoints" / latest / "mp_rank_00_model_states.pt"
+    return torch.load(path, weights_only=False)["module"]
+
+
+def train(out: Path, *extra: str, env: dict | None = None, timeout: float = 300):
+    args = ["ds_twophase.train", "--config", TINY, "--set", f"trainer.output_dir={out}", *extra]
+    return run_deepspeed(args, module=True, env=env, timeout=timeout)
+
+
+def ranks_of(out: Path) -> list[psutil.Process]:
+    """Live processes of a run, found by its unique output directory on their command line."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(out) in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert strip(metrics(a)) == strip(metrics(b))
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank run of the RELIABLE settings."""
+    out = tmp_path_factory.mktemp("reference")
+    proc = train(out, *RELIABLE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(metrics(out)) == 10
+    return out
+
+
+@pytest.mark.timeout(400)
+def test_killed_rank_ends_the_job_and_resume_matches(tmp_path, reference):
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "ds_twophase.train",
+        "--config",
+        TINY,
+        "--set",
+        f"trainer.output_dir={out}",
+        *RELIABLE,
+    ]
+    job = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(metrics(out)) < 5 and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.poll() is None, "the run ended before it could be killed"
+        victim = [p for p in ranks_of(out) if "--local_rank=1" in " ".join(p.cmdline())]
+        assert len(victim) == 1
+        victim[0].send_signal(signal.SIGKILL)
+        killed_after = len(metrics(out))
+        job.wait(timeout=120)  # the launcher notices the dead rank and ends the job
+        assert job.returncode != 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    time.sleep(1)
+    assert ranks_of(out) == [], "a rank outlived the job"
+    assert killed_after < 10
+    resumed = train(out, *RELIABLE, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resume: continuing after epoch" in resumed.stdout
+    assert_same_run(reference, out)
+
+
+@pytest.mark.timeout(400)
+def test_crash_while_saving_falls_back_to_previous_checkpoint(tmp_path, reference):
+    out = tmp_path / "crashed"
+    crashed = train(out, *RELIABLE, env={"DS_TWOPHASE_CRASH_IN_SAVE": "4"})
+    assert crashed.returncode != 0
+    ckpt = out / "checkpoints"
+    # DeepSpeed already pointed "latest" at the unfinished checkpoint
+    assert (ckpt / "latest").read_text().strip() == "epoch0004"
+    assert not (ckpt / "epoch0004" / "COMPLETE").exists()
+    assert ranks_of(out) == []
+    resumed = train(out, *RELIABLE, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "epoch0004 is incomplete" in resumed.stderr
+    assert "resume: continuing after epoch 2" in resumed.stdout
+    assert_same_run(reference, out)
+
+
+@pytest.mark.timeout(300)
+def test_crash_in_first_save_refuses_to_restart_silently(tmp_path):
+    out = tmp_path / "first"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DS_TWOPHASE_CRASH_IN_SAVE="2")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ds_twophase.train",
+        "--config",
+        TINY,
+        "--set",
+        f"trainer.output_dir={out}",
+        "--set",
+        "trainer.checkpoint_every=2",
+        "--set",
+        "trainer.epochs=4",
+    ]
+    assert run_group(cmd, env=env, cwd=REPO, timeout=200).returncode != 0
+    env.pop("DS_TWOPHASE_CRASH_IN_SAVE")
+    again = run_group(cmd + ["--resume", "auto"], env=env, cwd=REPO, timeout=200)
+    assert again.returncode == 2
+    assert "no complete checkpoint" in again.stderr
+    assert len(metrics(out)) == 2  # nothing was retrained or overwritten
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "precision",
+    [
+        [],
+        [
+            "--set",
+            'bf16={"enabled": true}',
+            "--set",
+            "zero_optimization.stage=1",
+            "--set",
+            "zero_allow_untested_optimizer=true",
+        ],
+    ],
+    ids=["fp32-stage0", "bf16-zero1"],
+)
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, precision):
+    extra = ["--set", "trainer.checkpoint_every=1", "--set", "trainer.epochs=4", *precision]
+    proc = train(tmp_path, *extra, env={"DS_TWOPHASE_NAN_LOSS": "3:0:1"})  # rank 1 only
+    assert proc.returncode == 1
+    assert "error: epoch 3: training loss is nan" in proc.stderr
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1, 2]
+    ckpt = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["epoch0001", "epoch0002"]
+    assert (ckpt / "latest").read_text().strip() == "epoch0002"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_skip_nonfinite_and_failing_rank0_probe_keep_training(tmp_path):
+    env = {"DS_TWOPHASE_NAN_LOSS": "3:0:1", "DS_TWOPHASE_PROBE_FAIL": "rank0"}
+    proc = train(
+        tmp_path, "--set", "trainer.on_nonfinite_loss=skip", "--set", "trainer.epochs=6", env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["skipped_micro_batches"] for r in rows] == [0, 0, 1, 0, 0, 0]
+    assert all(r["train_loss"] is not None for r in rows)
+    # the switch is due at epoch 3; every probe fails, so no decision is made and the run goes on
+    assert rows[1]["decision"] == "plateau"
+    assert [r["decision"] for r in rows[2:]] == ["skipped"] * 4
+    assert all(r["phase"] == "exploration" and r["hmax"] is None for r in rows)
+    assert all("injected probe failure" in r["probe_error"] for r in rows[2:])
+    assert proc.stderr.count("warning: epoch 4:") == 1  # once, by rank 0
+
+
+@pytest.mark.timeout(300)
+def test_sharded_probe_failure_on_rank1_then_rank_disagreement_stops(tmp_path):
+    env = {"DS_TWOPHASE_PROBE_FAIL": "rank1@2", "DS_TWOPHASE_DESYNC_AT": "5"}
+    proc = train(tmp_path, "--set", "scheduler.params.probe.mode=sharded", env=env)
+    assert proc.returncode == 1
+    rows = metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 5's decision is where they differ
+    assert all(r["decision"] == "skipped" and "rank 1" in r["probe_error"] for r in rows[2:])
+    assert "ranks disagree on the LR schedule after epoch 5" in proc.stderr
+    assert ranks_of(tmp_path) == []
