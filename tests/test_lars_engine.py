@@ -1,0 +1,43 @@
+"""LARS from the DeepSpeed JSON on a real 2-rank engine; refused under ZeRO before training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _launch import run_deepspeed
+
+from ds_twophase.config import validate_config
+from ds_twophase.errors import ConfigError
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_lars_json_path_step_and_checkpoint_round_trip(tmp_path):
+    proc = run_deepspeed(["tests/scripts/engine_lars.py", "--out", tmp_path])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        rec = json.loads((tmp_path / f"lars_rank{rank}.json").read_text())
+        assert rec["basic"] == "LARS"
+        # two weight matrices adapted and decayed; 2 biases + BatchNorm weight and bias excluded
+        assert rec["groups"] == [
+            {"n": 2, "adapt": True, "wd": 0.0005},
+            {"n": 4, "adapt": False, "wd": 0.0},
+        ]
+        assert rec["step_equal"], "an engine step differs from LARS on the all-reduced gradients"
+        assert rec["resumed_equal"], "momentum buffers were not restored from the checkpoint"
+        assert rec["lr"] == [pytest.approx(0.05)] * 2  # WarmupStepLR decayed after epoch 2
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_lars_under_zero_is_refused_before_training(stage):
+    cfg = {
+        "train_batch_size": 32,
+        "optimizer": {"type": "LARS", "params": {"lr": 1.0}},
+        "zero_optimization": {"stage": stage},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, world_size=2)
+    assert len(info.value.messages) == 1
+    assert f"zero_optimization.stage {stage}" in info.value.messages[0]
+    assert "stage to 0" in info.value.messages[0] or "use stage 0" in info.value.messages[0]
