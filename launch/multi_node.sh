@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Several machines through the deepspeed launcher and a hostfile (passwordless ssh from this node
+# to every host, the same Python environment and repository path on each).
+# Usage: launch/multi_node.sh HOSTFILE CONFIG [trainer arguments...]
+#   e.g. launch/multi_node.sh launch/hostfile.example configs/mnist1d/two_phase_lars.json
+# The hostfile lists "hostname slots=N" per machine (see launch/hostfile.example). The first host
+# is the master; pick a free --master_port if 29500 is taken. All ranks must see the same data
+# (MNIST-1D is generated locally from the seed; real data sets need the same root on every host)
+# and write to a shared trainer.output_dir for --resume auto to find the checkpoints.
+set -euo pipefail
+hostfile=${1:?hostfile}
+config=${2:?config file}
+shift 2
+master=$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$hostfile")
+exec deepspeed --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}" \
+  --module ds_twophase.train --config "$config" "$@"
