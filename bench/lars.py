@@ -84,6 +84,9 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "LARS compile=True": lambda ps: LARS(ps, LR, MOMENTUM, WD, compile=True),
 }
 SGD = ["SGD (default)", "SGD foreach", "SGD fused"]
+# goals: speed-up over timm's best mode per model, and at most this factor over the fastest SGD
+GOAL_SPEEDUP = {"ResNet-20": 2.0, "ResNet-50": 1.0}
+GOAL_SGD_COST = 2.0
 TIMM = ["timm Lars (loop)", "timm Lars (foreach)"]
 OURS = ["LARS", "LARS compile=True"]
 
@@ -173,7 +176,19 @@ def table(results: dict[tuple[str, int], dict[str, float]], title: str) -> str:
         lines.append(
             f"| {key} | " + " | ".join(f"{rats[c].get(key, float('nan')):.2f}" for c in cols) + " |"
         )
+    for name in OURS:
+        cells = [goals_met(name, model, rats[(model, t)]) for model, t in cols]
+        lines.append(f"| {name}: goals met | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def goals_met(name: str, model: str, rats: dict[str, float]) -> str:
+    """'yes' or 'no' for one variant and column (nan ratios, e.g. not measured, give 'n/a')."""
+    speedup = rats.get(f"{name}: timm best / ours", math.nan)
+    cost = rats.get(f"{name}: ours / fastest SGD", math.nan)
+    if math.isnan(speedup) or math.isnan(cost):
+        return "n/a"
+    return "yes" if speedup >= GOAL_SPEEDUP[model] and cost <= GOAL_SGD_COST else "no"
 
 
 def machine() -> str:

@@ -96,6 +96,10 @@ class OptimizerFactory:
                     "OptimizerFactory: no parameters given and no model to take them from"
                 )
             params = self.model.parameters()
+        if self.options["exclude"] and self.model is None:
+            raise ValueError(
+                "OptimizerFactory: 'exclude' patterns need the model to name parameters"
+            )
         groups = split_param_groups(params, self.model, **self.options)
         return self.cls(groups, **self.kwargs)
 
@@ -115,7 +119,7 @@ def build_optimizer_factory(
         params: ``optimizer.params``: constructor arguments (``lr`` is required) plus the
             parameter-group options in :data:`GROUP_OPTIONS`.
         model: the module being trained; names parameters for ``exclude`` and supplies them
-            when the factory is called without any.
+            when the factory is called without any. May be None for validation only.
 
     Returns:
         A callable taking the parameters (or parameter groups) DeepSpeed passes and returning
