@@ -6,7 +6,47 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are :class:`ConfigError` lines naming the flag.
+
+    argparse would print its usage and exit (``SystemExit``) with a message that does not start
+    with the flag; here a bad flag is reported like any other bad input (one ``error:`` line,
+    exit status 2) by whoever catches the ``ConfigError``. ``--help`` still prints and exits.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        required = "the following arguments are required: "
+        if message.startswith(required):
+            message = f"{message[len(required) :]}: required"
+        message = message.removeprefix("argument ")
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # An unknown option's value is a stray argument too: report the option only.
+            options = [extra for extra in extras if extra.startswith("-")]
+            raise ConfigError([self._unknown(extra) for extra in options or extras[:1]])
+        return parsed
+
+    def _unknown(self, extra: str) -> str:
+        flags = [
+            flag
+            for action in self._actions
+            if action.help != argparse.SUPPRESS
+            for flag in action.option_strings
+            if flag.startswith("--")
+        ]
+        if extra.startswith("-"):
+            name = extra.split("=", 1)[0]
+            return f"{name}: unknown option{did_you_mean(name, flags)}; options: {', '.join(flags)}"
+        return (
+            f"'{extra}': unexpected argument; every input is a flag ({', '.join(flags)}), "
+            f"see {self.prog} --help"
+        )
 
 
 def report(exc: ConfigError) -> int:
@@ -18,7 +58,7 @@ def report(exc: ConfigError) -> int:
 
 def check_config(argv: Sequence[str]) -> int:
     """``ds-twophase check-config FILE [--set KEY=VALUE ...] [--world-size N]``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ds-twophase check-config",
         description="Validate a run config without training; exit status 2 on any error.",
     )
@@ -37,10 +77,10 @@ def check_config(argv: Sequence[str]) -> int:
         default=None,
         help="number of data-parallel ranks to check the batch arithmetic for",
     )
-    args = parser.parse_args(argv)
     from .config import load_config, validate_config
 
     try:
+        args = parser.parse_args(argv)
         if args.world_size is not None and args.world_size < 1:
             raise ConfigError(f"--world-size: must be a positive integer, got {args.world_size}")
         run = validate_config(load_config(args.config, args.overrides), world_size=args.world_size)

@@ -9,7 +9,9 @@ collects every problem as one line naming the key and the fix (:class:`ConfigErr
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,8 +184,10 @@ def validate_config(cfg: dict[str, Any], *, world_size: int | None = None) -> Ru
     errors += sched_errors
     if scheduler is not None:
         ds.pop("scheduler", None)
-    trainer, trainer_errors = _trainer(cfg)
+    trainer, trainer_errors = _trainer(cfg, probe)
     errors += trainer_errors
+    if trainer is not None and not errors:
+        errors += _check_train_size(cfg, trainer, world_size)
     if errors:
         raise ConfigError(errors)
     return RunConfig(
@@ -342,12 +346,22 @@ def _optimizer(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | No
     if cls is not None:
         try:
             build_optimizer_factory(type_name, params)  # validates every key and value
-            check_zero_compatible(zero_stage, type_name)
         except ConfigError as exc:
             return None, exc.messages
+        try:
+            check_zero_compatible(zero_stage, type_name)
+        except ConfigError:
+            return None, [
+                f"optimizer.type: {cls.__name__} does not work with zero_optimization.stage "
+                f"{zero_stage} (DeepSpeed hands the optimizer flat partitions that mix layers, so "
+                "per-layer trust ratios would be wrong); set zero_optimization.stage to 0"
+            ]
         return ComponentSpec(cls.__name__, dict(params)), []
-    if type_name.lower() in DEEPSPEED_OPTIMIZERS or hasattr(torch.optim, type_name):
-        return None, []
+    if type_name.lower() in DEEPSPEED_OPTIMIZERS:
+        return None, _check_deepspeed_optimizer_params(params)
+    torch_cls = getattr(torch.optim, type_name, None)
+    if isinstance(torch_cls, type) and issubclass(torch_cls, torch.optim.Optimizer):
+        return None, _check_torch_optimizer(cfg, torch_cls, params, zero_stage)
     candidates = (
         list(OPTIMIZERS)
         + list(DEEPSPEED_OPTIMIZERS)
@@ -358,6 +372,100 @@ def _optimizer(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | No
         f"ds_twophase has {', '.join(OPTIMIZERS)}, DeepSpeed has "
         f"{', '.join(DEEPSPEED_OPTIMIZERS)}, or name a torch.optim class"
     ]
+
+
+def _check_deepspeed_optimizer_params(params: dict[str, Any]) -> list[str]:
+    """What can be checked of a DeepSpeed-built optimizer's params without importing it."""
+    errors = []
+    if "max_grad_norm" in params:
+        errors.append(
+            "optimizer.params.max_grad_norm: DeepSpeed refuses it; remove it and set the "
+            'top-level "gradient_clipping" instead'
+        )
+    lr = params.get("lr", 0.0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf:
+        errors.append(f"optimizer.params.lr: must be a number >= 0, got {json.dumps(lr)}")
+    return errors
+
+
+def _check_torch_optimizer(
+    cfg: dict[str, Any], cls: type, params: dict[str, Any], zero_stage: int
+) -> list[str]:
+    """Validate a ``torch.optim`` optimizer (which DeepSpeed builds as ``cls(params, **params)``)
+    by building it for one stand-in parameter."""
+    errors = _check_deepspeed_optimizer_params(params)
+    if errors:
+        return errors
+    name = cls.__name__
+
+    def build(**kw: Any) -> Any:
+        return cls([torch.nn.Parameter(torch.zeros(1))], **kw)
+
+    sig = inspect.signature(cls)
+    build.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[p for n, p in sig.parameters.items() if n != "params"]
+    )
+    errors = [
+        f"optimizer.params.{key}: expected {expected} like the default "
+        f"{json.dumps(list(default) if isinstance(default, tuple) else default)}, "
+        f"got {json.dumps(params[key])}"
+        for key, p in sig.parameters.items()
+        if key in params
+        for default in [p.default]
+        for expected in [_json_type_mismatch(default, params[key])]
+        if expected
+    ]
+    if errors:
+        return errors
+    try:
+        config_tools.call_checked(build, params, "optimizer.params.")
+    except ConfigError as exc:
+        return [_name_torch_param(m, params) for m in exc.messages]
+    # DeepSpeed asserts (deepspeed/runtime/zero/utils.py: ZERO_SUPPORTED_OPTIMIZERS): of the
+    # torch.optim classes only Adam, AdamW and Adagrad pass, and those names take DeepSpeed's
+    # own path (matched case-insensitively), never this one.
+    if zero_stage and cfg.get("zero_allow_untested_optimizer") is not True:
+        return [
+            f"optimizer.type: DeepSpeed refuses '{name}' under zero_optimization.stage "
+            f"{zero_stage} (not one of its ZeRO-tested optimizers); set "
+            '"zero_allow_untested_optimizer": true, use Adam/AdamW/Adagrad, or set '
+            "zero_optimization.stage to 0"
+        ]
+    return []
+
+
+def _json_type_mismatch(default: Any, value: Any) -> str | None:
+    """What JSON type ``value`` should have been, judged by the parameter's default (``None``
+    when it fits or the default says nothing)."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if number(default) and not isinstance(default, torch.Tensor):
+        return None if number(value) else "a number"
+    if isinstance(default, tuple) and all(number(d) for d in default):
+        ok = isinstance(value, list) and len(value) == len(default) and all(map(number, value))
+        return None if ok else f"a list of {len(default)} numbers"
+    return None
+
+
+# torch.optim's value errors name the quantity in words ("Invalid learning rate: -1").
+_TORCH_PARAM_WORDS = {"learning rate": "lr", "epsilon": "eps", "beta": "betas"}
+
+
+def _name_torch_param(message: str, params: dict[str, Any]) -> str:
+    """Put the parameter's key in front of a torch.optim error that only names the section."""
+    head = "optimizer.params: "
+    if not message.startswith(head):
+        return message
+    text = message[len(head) :]
+    lowered = text.lower()
+    key = next((k for k in params if k in lowered), None)
+    if key is None:
+        key = next((k for w, k in _TORCH_PARAM_WORDS.items() if w in lowered and k in params), None)
+    return f"optimizer.params.{key}: {text}" if key else message
 
 
 def _scheduler(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | None, Any, list[str]]:
@@ -375,8 +483,13 @@ def _scheduler(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | No
                     "or WarmupStepLR"
                 ],
             )
-        if type_name in DEEPSPEED_SCHEDULERS or hasattr(torch.optim.lr_scheduler, type_name):
-            return None, None, []
+        if type_name in DEEPSPEED_SCHEDULERS:
+            return None, None, _check_builtin_scheduler(type_name, params, deepspeed_own=True)
+        torch_cls = getattr(torch.optim.lr_scheduler, type_name, None)
+        if isinstance(torch_cls, type) and issubclass(
+            torch_cls, torch.optim.lr_scheduler.LRScheduler
+        ):
+            return None, None, _check_builtin_scheduler(type_name, params, deepspeed_own=False)
         candidates = list(SCHEDULERS) + list(DEEPSPEED_SCHEDULERS)
         return (
             None,
@@ -404,7 +517,8 @@ def _check_scheduler_params(
 ) -> list[str]:
     """Validate by building the real scheduler against a stand-in optimizer."""
     cls = SCHEDULERS[type_name]
-    opt_params = (cfg.get("optimizer") or {}).get("params") or {}
+    optimizer = cfg.get("optimizer")
+    opt_params = optimizer.get("params") if isinstance(optimizer, dict) else None
     peak = opt_params.get("lr", 1.0) if isinstance(opt_params, dict) else 1.0
     if isinstance(peak, bool) or not isinstance(peak, (int, float)) or peak <= 0:
         peak = 1.0
@@ -423,6 +537,25 @@ def _check_scheduler_params(
     return []
 
 
+def _check_builtin_scheduler(
+    type_name: str, params: dict[str, Any], *, deepspeed_own: bool
+) -> list[str]:
+    """Validate a scheduler DeepSpeed builds as ``cls(optimizer, **params)`` by building it for
+    a stand-in optimizer (DeepSpeed's own classes are imported only when one is named)."""
+    if deepspeed_own:
+        from deepspeed.runtime import lr_schedules
+
+        cls = getattr(lr_schedules, type_name)
+    else:
+        cls = getattr(torch.optim.lr_scheduler, type_name)
+    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    try:
+        _construct(cls, dummy, dict(params))
+    except ConfigError as exc:
+        return exc.messages
+    return []
+
+
 def _construct(cls: type, optimizer: torch.optim.Optimizer, kwargs: dict[str, Any]) -> Any:
     def build(**kw: Any) -> Any:
         return cls(optimizer, **kw)
@@ -432,8 +565,6 @@ def _construct(cls: type, optimizer: torch.optim.Optimizer, kwargs: dict[str, An
 
 
 def _signature_without_optimizer(cls: type) -> Any:
-    import inspect
-
     sig = inspect.signature(cls)
     return sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "optimizer"])
 
@@ -453,7 +584,7 @@ def _probe(raw: Any, zero_stage: int) -> tuple[Any, list[str]]:
     return probe, []
 
 
-def _trainer(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
+def _trainer(cfg: dict[str, Any], probe: Any = None) -> tuple[Any, list[str]]:
     raw = cfg.get("trainer")
     if raw is None:
         return None, []
@@ -469,4 +600,61 @@ def _trainer(cfg: dict[str, Any]) -> tuple[Any, list[str]]:
         check_model(trainer.model, num_classes, shape, dataset_name=trainer.dataset.name)
     except ConfigError as exc:
         return None, exc.messages
+    if probe is not None:
+        problem = _check_probe_layer(trainer, probe.layer, num_classes, shape)
+        if problem:
+            return None, [problem]
     return trainer, []
+
+
+def _check_probe_layer(
+    trainer: Any, layer: str | list[str], num_classes: int, shape: tuple[int, ...]
+) -> str | None:
+    """Why ``scheduler.params.probe.layer`` names no parametric module of the configured model
+    (``None`` when it does, or for ``"auto"``). The model is built on the meta device."""
+    if layer == "auto":
+        return None
+    from .hessian import parametric_modules, resolve_layer
+    from .models import build_model
+
+    with torch.device("meta"):
+        model = build_model(trainer.model, num_classes, shape, check_forward=False)
+    try:
+        resolve_layer(model, layer)
+    except ValueError:
+        names = [layer] if isinstance(layer, str) else list(layer)
+        with_params = {
+            n for n, m in model.named_modules() if next(m.parameters(), None) is not None
+        }
+        bad = next((n for n in names if n not in with_params), str(layer))
+        candidates = list(parametric_modules(model))
+        shown = ", ".join(candidates[-12:])
+        if len(candidates) > 12:
+            shown = f"..., {shown} (the last 12 of {len(candidates)})"
+        return (
+            f"scheduler.params.probe.layer: model '{trainer.model.name}' has no module "
+            f"'{bad}' with parameters{did_you_mean(bad, candidates)}; use \"auto\" or one of: {shown}"
+        )
+    return None
+
+
+def _check_train_size(cfg: dict[str, Any], trainer: Any, world_size: int | None) -> list[str]:
+    """One global batch must fit in the training split (else an epoch has no optimizer step)."""
+    train_size = trainer.dataset.resolved_sizes()[0]
+    if train_size is None:  # a real dataset used whole: its size is known only once it is read
+        return []
+    if world_size is not None:
+        batch = resolve_batch(cfg, world_size)[0]
+    elif isinstance(cfg.get("train_batch_size"), int):
+        batch = cfg["train_batch_size"]
+    else:
+        return []
+    if train_size >= batch:
+        return []
+    key = "trainer.dataset.train_size"
+    given = "" if trainer.dataset.train_size is not None else " (the dataset's default)"
+    return [
+        f"{key}: {train_size} training samples{given} are fewer than one global batch of "
+        f"{batch} (train_batch_size), so an epoch would have no optimizer step; set {key} to at "
+        f"least {batch} or lower train_batch_size"
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -72,6 +73,19 @@ def call_checked(
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(_prefixed(prefix, str(exc), params)) from None
+    except ArithmeticError as exc:  # e.g. int(float("inf")): name the non-finite value
+        bad = next((k for k, v in kwargs.items() if _non_finite(v)), None)
+        if bad is None:
+            raise ConfigError(_prefixed(prefix, str(exc), params)) from None
+        raise ConfigError(f"{prefix}{bad}: must be a finite number, got {kwargs[bad]!r}") from None
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
@@ -177,7 +191,9 @@ def _prefixed(prefix: str, message: str, names: Iterable[str]) -> str:
     # "name: ..." or "section.name must ...": report under the config's own key path.
     first = head.split("[", 1)[0].rstrip(":").rsplit(".", 1)[-1]
     if first in set(names):
-        return f"{prefix}{first}{head[head.find(first) + len(first) :]} {rest}".rstrip()
+        # Always "key: problem", also for "name must ..." (the colon after the key).
+        suffix = head[head.find(first) + len(first) :].rstrip(":") + ":"
+        return f"{prefix}{first}{suffix} {rest}".rstrip()
     return f"{prefix.rstrip('.')}: {message}"
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 from .errors import ConfigError
 
@@ -23,8 +24,10 @@ def default_config_path() -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The trainer's command line."""
-    parser = argparse.ArgumentParser(
+    """The trainer's command line; a bad flag raises :class:`ConfigError` naming it."""
+    from .cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="ds-twophase train",
         description="Train from one JSON config (DeepSpeed config + ds_twophase sections).",
     )
@@ -55,6 +58,51 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The flags' own checks, before any config is read; raises :class:`ConfigError`."""
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(
+            f"--stop-after: must be an epoch >= 1, got {args.stop_after}; omit it to train "
+            "to trainer.epochs"
+        )
+    if args.resume is None or args.resume == "auto":
+        return
+    fix = (
+        "give a checkpoint directory (<trainer.output_dir>/checkpoints/epochNNNN) or 'auto' "
+        "for the newest one in trainer.output_dir"
+    )
+    path = Path(args.resume)
+    if not args.resume.strip():
+        raise ConfigError(f"--resume: empty path; {fix}")
+    if not path.exists():
+        raise ConfigError(f"--resume: '{args.resume}' does not exist; {fix}")
+    if not path.is_dir():
+        raise ConfigError(f"--resume: '{args.resume}' is not a directory; {fix}")
+
+
+def launch_world_size() -> int | None:
+    """The job's number of ranks as the launcher announces it (``WORLD_SIZE``), before the
+    process group exists; ``None`` without a launcher."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", ""))
+    except ValueError:
+        return None
+    return world if world >= 1 else None
+
+
+def reports_errors() -> bool:
+    """Whether this process prints the ``error:`` lines: rank 0 only, so a bad input gives one
+    message per job (before the process group exists, the rank comes from the launcher)."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank() == 0
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
 def set_threads() -> None:
     """Without OMP_NUM_THREADS, split the cores between the ranks of this node (the deepspeed
     launcher sets none, and two ranks with all cores each crawl on a small machine)."""
@@ -82,17 +130,27 @@ def single_process_env() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from .cli import report
+
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        check_args(args)
+    except ConfigError as exc:
+        return report(exc) if reports_errors() else 2
     set_threads()
     from . import dist
-    from .cli import report
     from .config import load_config, validate_config
 
     try:
-        if args.stop_after is not None and args.stop_after < 1:
-            raise ConfigError(f"--stop-after: must be an epoch >= 1, got {args.stop_after}")
         raw = load_config(args.config or default_config_path(), args.overrides)
-        validate_config(raw)  # everything that does not need the process group, before starting it
+        # Everything that does not need the process group, before starting it (with the
+        # launcher's world size, the batch arithmetic too).
+        checked = validate_config(raw, world_size=launch_world_size())
+        if checked.trainer is None:
+            raise ConfigError(
+                "trainer: the config has no trainer section; add one (dataset, model, epochs), "
+                "or drive your own loop with ds_twophase.initialize"
+            )
         import deepspeed
         from deepspeed.utils import logger as ds_logger
 
@@ -112,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     except ConfigError as exc:
-        return report(exc) if dist.is_rank_zero() else 2
+        return report(exc) if reports_errors() else 2
     return 0
 
 

@@ -60,7 +60,8 @@ BAD = [
     (["scheduler.type=WarmupStepLR", "scheduler.params.gamma=2"], 2, "scheduler.params.gamma"),
     (['scheduler.params.probe.mode="rank1"'], 2, "scheduler.params.probe.mode"),
     (["scheduler.params.probe.max_iter=5"], 2, "did you mean 'max_iters'"),
-    (["zero_optimization.stage=3"], 2, 'use "sharded"'),
+    (["zero_optimization.stage=3", "zero_allow_untested_optimizer=true"], 2, 'use "sharded"'),
+    (["zero_optimization.stage=1"], 2, "zero_allow_untested_optimizer"),  # SGD is untested
     (["zero_optimization.stage=4"], 2, "zero_optimization.stage"),
     (["optimizer.type=Adamm"], 2, "did you mean"),
     (["optimizer.type=LARS", "optimizer.params.trust_coefficent=0.01"], 2, "trust_coefficient"),
