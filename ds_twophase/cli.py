@@ -36,7 +36,7 @@ class ArgumentParser(argparse.ArgumentParser):
         flags = [
             flag
             for action in self._actions
-            if action.help != argparse.SUPPRESS
+            if action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction)
             for flag in action.option_strings
             if flag.startswith("--")
         ]
@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         names = ", ".join(commands)
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown command '{argv[0]}'; commands: {names}", file=sys.stderr)
+            hint = did_you_mean(argv[0], commands)
+            print(f"error: unknown command '{argv[0]}'{hint}; commands: {names}", file=sys.stderr)
             return 2
         print(f"usage: ds-twophase {{{names}}} ...", file=sys.stderr)
         return 0 if argv else 2
