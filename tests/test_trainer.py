@@ -124,3 +124,38 @@ def test_own_loop_example(tmp_path):
     assert records[2]["decision"] == "switch" and records[2]["hmax"] is not None
     assert all(r["phase"] == "convergence" and r["hmax"] is not None for r in records[3:])
     assert proc.stdout.count("epoch 6 ") == 1
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "scheduler,phase",
+    [
+        ('{"type": "WarmupStepLR", "params": {"warmup_epochs": 1, "milestones": [2]}}', "step"),
+        (
+            '{"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 2.0, '
+            '"warmup_num_steps": 8, "warmup_type": "linear"}}',
+            None,
+        ),
+    ],
+    ids=["WarmupStepLR", "deepspeed-WarmupLR"],
+)
+def test_other_schedulers_go_through_the_same_loop(tmp_path, scheduler, phase):
+    proc = run_single(
+        "--config",
+        TINY,
+        "--set",
+        f"trainer.output_dir={tmp_path}",
+        "--set",
+        f"scheduler={scheduler}",
+        "--set",
+        "trainer.epochs=3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(r["phase"] == phase and r["hmax"] is None for r in rows)
+    assert all(r["probe_seconds"] == 0 for r in rows)
+    if phase == "step":  # x0.1 after epoch 2
+        assert [r["lr"] for r in rows] == pytest.approx([2.0, 0.2, 0.2])
+    else:  # DeepSpeed's linear warmup reached its peak after 8 of the 15 steps
+        assert rows[-1]["lr"] == pytest.approx(2.0)
