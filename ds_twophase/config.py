@@ -155,7 +155,10 @@ def apply_override(cfg: dict[str, Any], item: str) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
-            raise ConfigError(f"--set '{item}': '{where}' is {type(child).__name__}, not an object")
+            raise ConfigError(
+                f"--set '{item}': '{where}' is {type(child).__name__}, not an object; "
+                f"set '{where}' itself or fix the key"
+            )
         node = child
     node[parts[-1]] = value
 
@@ -277,16 +280,21 @@ def _check_batch(cfg: dict[str, Any], world_size: int | None) -> list[str]:
         if train % (micro * ranks):
             errors.append(
                 f"train_batch_size: {train} is not divisible by "
-                f"train_micro_batch_size_per_gpu x ranks = {micro} x {ranks}"
+                f"train_micro_batch_size_per_gpu x ranks = {micro} x {ranks}; use a multiple "
+                f"of {micro * ranks} or another micro batch"
             )
     elif train is not None and gas is not None:
         if train % (gas * ranks):
             errors.append(
                 f"train_batch_size: {train} is not divisible by "
-                f"gradient_accumulation_steps x ranks = {gas} x {ranks}"
+                f"gradient_accumulation_steps x ranks = {gas} x {ranks}; use a multiple of "
+                f"{gas * ranks}"
             )
     elif train is not None and train % ranks:
-        errors.append(f"train_batch_size: {train} is not divisible by the {ranks} ranks")
+        errors.append(
+            f"train_batch_size: {train} is not divisible by the {ranks} ranks; use a multiple "
+            f"of {ranks}"
+        )
     return errors
 
 

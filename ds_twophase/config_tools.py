@@ -21,9 +21,15 @@ def load_json(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config: file '{p}' does not exist") from None
+        raise ConfigError(f"config: file '{p}' does not exist; check the path") from None
     except OSError as exc:
-        raise ConfigError(f"config: cannot read '{p}': {exc.strerror}") from None
+        raise ConfigError(
+            f"config: cannot read '{p}': {exc.strerror}; give the path of a JSON file"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config: '{p}' is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

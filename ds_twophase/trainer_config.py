@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from .data import DatasetConfig
@@ -56,3 +57,9 @@ class TrainerConfig:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
+        out = Path(self.output_dir).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ValueError(
+                f"output_dir: '{self.output_dir}' exists and is not a directory; choose a "
+                "directory path (it is created if missing)"
+            )

@@ -41,7 +41,7 @@ class Case:
     """Substrings of the one ``error:`` line: the key, and where useful the fix."""
     file: dict[str, Any] = field(default_factory=dict)
     """Dotted key -> value (or DELETE) changed in the config file."""
-    text: str | None = None
+    text: str | bytes | None = None
     """Raw content of the config file instead of the (changed) base config."""
     sets: tuple[str, ...] = ()
     """``--set`` overrides on the command line."""
@@ -136,9 +136,13 @@ CASES = [
     Case("json_not_an_object", ("config:", "JSON object"), text="[1, 2]\n"),
     Case("config_file_missing", ("config:", "does not exist"),
          args=("--config", "{tmp}/missing.json")),
+    Case("config_is_a_directory", ("config:", "cannot read", "JSON file"), args=("--config", "{tmp}/empty")),
+    Case("config_not_utf8", ("config:", "UTF-8"), text=b'{"train_batch_size": 200, "x": "\xff"}'),
+    Case("output_dir_is_a_file", ("trainer.output_dir:", "not a directory"),
+         sets=("trainer.output_dir={tmp}/run.json",)),
     # -- command-line flags -----------------------------------------------------------------
     Case("set_without_value", ("--set 'trainer.epochs'", "KEY=VALUE"), sets=("trainer.epochs",)),
-    Case("set_into_a_number", ("--set 'trainer.epochs.max=3'", "not an object"),
+    Case("set_into_a_number", ("--set 'trainer.epochs.max=3'", "not an object", "itself"),
          sets=("trainer.epochs.max=3",)),
     Case("stop_after_zero", ("--stop-after:", ">= 1"), args=("--stop-after", "0")),
     Case("stop_after_not_a_number", ("--stop-after:", "invalid int value"),
@@ -152,7 +156,7 @@ CASES = [
     Case("check_config_without_file", ("config: required",), cli=("check-config",)),
     Case("check_config_world_size_zero", ("--world-size:", "positive integer"),
          cli=("check-config", "{config}", "--world-size", "0")),
-    Case("check_config_3_ranks", ("train_batch_size:", "100 x 3"),
+    Case("check_config_3_ranks", ("train_batch_size:", "100 x 3", "multiple of 300"),
          cli=("check-config", "{config}", "--world-size", "3")),
     Case("train_command_bad_set", ("--set 'optimizer'", "KEY=VALUE"),
          cli=("train", "--config", "{config}", "--set", "optimizer")),
@@ -180,6 +184,9 @@ def base_config(tmp: Path) -> dict[str, Any]:
 
 def write_config(case: Case, tmp: Path) -> Path:
     path = tmp / "run.json"
+    if isinstance(case.text, bytes):
+        path.write_bytes(case.text)
+        return path
     if case.text is not None:
         path.write_text(case.text)
         return path
@@ -314,7 +321,7 @@ def _belongs(p: psutil.Process, pgid: int, marker: str) -> bool:
 
 
 LAUNCHED = [
-    Case("batch_not_divisible_by_2_ranks", ("train_batch_size:", "100 x 2"),
+    Case("batch_not_divisible_by_2_ranks", ("train_batch_size:", "100 x 2", "multiple of 200"),
          sets=("train_batch_size=300",)),
     Case("unknown_probe_layer_2_ranks", ("scheduler.params.probe.layer:", "'fc'"),
          sets=("scheduler.params.probe.layer=fc9",)),
