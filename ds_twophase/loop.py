@@ -7,6 +7,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,21 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def on_rank_zero(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and return its result on every rank; a :class:`ConfigError` it
+    raises is raised on every rank (decisions from files that only rank 0 may see)."""
+    outcome: tuple[str, Any] | None = None
+    if dist.is_rank_zero():
+        try:
+            outcome = ("ok", fn())
+        except ConfigError as exc:
+            outcome = ("error", exc.messages)
+    outcome = dist.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise ConfigError(outcome[1])
+    return outcome[1]
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and accelerators) deterministically."""
     torch.manual_seed(seed)
@@ -166,7 +182,7 @@ def _full_batches(dataset: Any, indices: list[int], batch_size: int):
 
 
 class Trainer:
-    """Runs one validated config end to end on every rank (see :func:`run_training`)."""
+    """Runs one validated config end to end on every rank: ``Trainer(run).fit(resume=...)``."""
 
     def __init__(self, run: RunConfig):
         if run.trainer is None:
@@ -228,7 +244,21 @@ class Trainer:
     # -- resume --------------------------------------------------------------------------
     def resume(self, target: str) -> int:
         """Load a checkpoint (``auto``: newest complete one in the run's directory); returns the
-        epoch it holds, or 0 when ``auto`` finds none."""
+        epoch it holds, or 0 when ``auto`` finds none. Rank 0 chooses and every rank follows, so
+        ranks never disagree about where they resume."""
+        choice = on_rank_zero(lambda: self._choose_checkpoint(target))
+        if choice is None:
+            return 0
+        epoch, path, state = choice
+        path = Path(path)
+        load_checkpoint(self.engine, path.parent, tag=path.name)
+        if self.probe is not None and state.get("probe") is not None:
+            self.probe.load_state_dict(state["probe"])
+        self.metrics.truncate(epoch)
+        log(f"resume: continuing after epoch {epoch} from {path}")
+        return epoch
+
+    def _choose_checkpoint(self, target: str) -> tuple[int, str, dict[str, Any]] | None:
         if target == "auto":
             found = checkpoint.newest_complete(self.ckpt_dir, warn=warn)
             if found is None:
@@ -238,7 +268,7 @@ class Trainer:
                         "while saving); remove the directory to start over"
                     )
                 log(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
-                return 0
+                return None
             epoch, path = found
         else:
             path = Path(target)
@@ -255,12 +285,15 @@ class Trainer:
                 f"--resume: the config changed since {path.name}: {'; '.join(changes[:3])}{more}; "
                 "restore these values or train into a new trainer.output_dir"
             )
-        load_checkpoint(self.engine, path.parent, tag=path.name)
-        if self.probe is not None and state.get("probe") is not None:
-            self.probe.load_state_dict(state["probe"])
-        self.metrics.truncate(epoch)
-        log(f"resume: continuing after epoch {epoch} from {path}")
-        return epoch
+        return epoch, str(path), state
+
+    def _check_fresh_output_dir(self) -> None:
+        """Refuse to start a new run over an existing one (nothing is ever overwritten)."""
+        if self.metrics.read() or checkpoint.complete_checkpoints(self.ckpt_dir):
+            raise ConfigError(
+                f"trainer.output_dir: '{self.out}' already holds a run; continue it with "
+                "--resume auto, or choose another output_dir"
+            )
 
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[float, int]:
@@ -323,9 +356,11 @@ class Trainer:
         if dist.is_rank_zero():
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
-        start = self.resume(resume) if resume else 0
-        if not resume:
-            self.metrics.truncate(0)
+        if resume:
+            start = self.resume(resume)
+        else:
+            on_rank_zero(self._check_fresh_output_dir)
+            start = 0
         val_acc = None
         last = self.tc.epochs
         end_at = last if stop_after is None else min(stop_after, last)
