@@ -97,10 +97,14 @@ def reports_errors() -> bool:
 
     if tdist.is_available() and tdist.is_initialized():
         return tdist.get_rank() == 0
-    try:
-        return int(os.environ.get("RANK", "0")) == 0
-    except ValueError:
-        return True
+    # torchrun/deepspeed launchers, then MPI and Slurm task launchers
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var]) == 0
+            except ValueError:
+                return True
+    return True
 
 
 def set_threads() -> None:

@@ -29,7 +29,10 @@ from ds_twophase.train import main as train_main
 
 BASE = REPO / "configs" / "tiny" / "mnist1d_2rank.json"
 DELETE = object()  # in Case.file: remove the key
-LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_ENV = (
+    *("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"),
+    *("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"),  # ranks by other launchers
+)
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,8 @@ def test_bad_input_is_one_error_line(case, tmp_path, capsys, clean_env):
 
 @pytest.mark.timeout(300)
 def test_resume_into_a_changed_config(tmp_path, capsys, clean_env):
-    """A short real run (one process, in-process), then ``--resume auto`` with another LR."""
+    """A short real run (one process, in-process), then ``--resume auto`` with another LR or
+    seed: refused, naming the key; the unchanged config still resumes."""
     config = tmp_path / "run.json"
     config.write_text(json.dumps(base_config(tmp_path)))
     assert train_main(["--config", str(config), "--stop-after", "1"]) == 0
