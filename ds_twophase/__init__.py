@@ -1,8 +1,10 @@
 """ds_twophase: the two-phase Hessian-aware learning-rate schedule and LARS for DeepSpeed.
 
 Public API: :func:`initialize` (drop-in for ``deepspeed.initialize``), :func:`load_checkpoint`,
-:class:`TwoPhaseLR`, :class:`WarmupStepLR`, :class:`LARS`. Importing the package does not import
-DeepSpeed; the names that need it are loaded on first use.
+:func:`epoch_end` with :class:`HessianProbe` and :class:`ProbeConfig` (the per-epoch call of your
+own loop), :class:`TwoPhaseLR`, :class:`WarmupStepLR`, :class:`LARS`, :func:`lars_param_groups`,
+:func:`principal_eigenvalue`. Importing the package does not import DeepSpeed; the names that
+need it are loaded on first use.
 """
 
 from __future__ import annotations
@@ -18,10 +20,27 @@ __version__ = "0.1.0"
 _LAZY = {
     "initialize": "ds_twophase.engine",
     "load_checkpoint": "ds_twophase.engine",
+    "epoch_end": "ds_twophase.hook",
+    "HessianProbe": "ds_twophase.hook",
+    "ProbeConfig": "ds_twophase.probe",
+    "principal_eigenvalue": "ds_twophase.hessian",
     "LARS": "ds_twophase.optim",
+    "lars_param_groups": "ds_twophase.optim",
 }
 
-__all__ = ["ConfigError", "LARS", "TwoPhaseLR", "WarmupStepLR", "initialize", "load_checkpoint"]
+__all__ = [
+    "ConfigError",
+    "HessianProbe",
+    "LARS",
+    "ProbeConfig",
+    "TwoPhaseLR",
+    "WarmupStepLR",
+    "epoch_end",
+    "initialize",
+    "lars_param_groups",
+    "load_checkpoint",
+    "principal_eigenvalue",
+]
 
 
 def __getattr__(name: str) -> Any:

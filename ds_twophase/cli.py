@@ -49,6 +49,18 @@ class ArgumentParser(argparse.ArgumentParser):
         )
 
 
+def add_override_flag(parser: argparse.ArgumentParser) -> None:
+    """The repeatable ``--set KEY=VALUE`` flag shared by every command that reads a config."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key by dotted path (JSON value), e.g. trainer.epochs=30",
+    )
+
+
 def report(exc: ConfigError) -> int:
     """Print each message of ``exc`` as one ``error:`` line on stderr; the exit status (2)."""
     for message in exc.messages:
@@ -63,14 +75,7 @@ def check_config(argv: Sequence[str]) -> int:
         description="Validate a run config without training; exit status 2 on any error.",
     )
     parser.add_argument("config", help="path of the JSON run config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key by dotted path",
-    )
+    add_override_flag(parser)
     parser.add_argument(
         "--world-size",
         type=int,

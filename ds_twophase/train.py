@@ -25,21 +25,14 @@ def default_config_path() -> str:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The trainer's command line; a bad flag raises :class:`ConfigError` naming it."""
-    from .cli import ArgumentParser
+    from .cli import ArgumentParser, add_override_flag
 
     parser = ArgumentParser(
         prog="ds-twophase train",
         description="Train from one JSON config (DeepSpeed config + ds_twophase sections).",
     )
     parser.add_argument("--config", help="JSON run config (default: the embedded MNIST-1D run)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key by dotted path, e.g. trainer.epochs=30",
-    )
+    add_override_flag(parser)
     parser.add_argument(
         "--resume",
         metavar="auto|PATH",
