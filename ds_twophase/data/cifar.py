@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .image_tensor import ImageTensorDataset, channel_stats
+from .image_tensor import ImageTensorDataset, channel_stats, take_sizes
 from .splits import DatasetSplits
 
 if TYPE_CHECKING:
@@ -73,19 +73,9 @@ def _build(name: str, cfg: DatasetConfig) -> DatasetSplits:
     base = Path(cfg.root).expanduser() / folder
     x_train, y_train = _read_batches(base, train_files, label_key)
     x_test, y_test = _read_batches(base, test_files, label_key)
-    train_size, test_size = cfg.resolved_sizes()
-    for key, size, available in (
-        ("train_size", train_size, len(y_train)),
-        ("test_size", test_size, len(y_test)),
-    ):
-        if size is not None and size > available:
-            raise ConfigError(
-                f"trainer.dataset.{key}: {size} is more than the {available} samples of {name}"
-            )
-    if train_size is not None:
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
-    if test_size is not None:
-        x_test, y_test = x_test[:test_size], y_test[:test_size]
+    (x_train, y_train), (x_test, y_test) = take_sizes(
+        cfg, name, (x_train, y_train), (x_test, y_test)
+    )
     if cfg.normalize:
         mean, std = channel_stats(x_train)
     else:

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+
 __all__ = ["ImageTensorDataset", "channel_stats"]
+
+
+def take_sizes(
+    cfg: Any,
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Keep the first ``train_size``/``test_size`` samples of each split (``None``: all); asking
+    for more than the files hold is a ConfigError naming the key."""
+    out = []
+    for key, size, (x, y) in zip(
+        ("train_size", "test_size"), cfg.resolved_sizes(), (train, test), strict=True
+    ):
+        if size is not None and size > len(y):
+            raise ConfigError(
+                f"trainer.dataset.{key}: {size} is more than the {len(y)} samples of {name}"
+            )
+        out.append((x, y) if size is None else (x[:size], y[:size]))
+    return out[0], out[1]
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .image_tensor import ImageTensorDataset, channel_stats
+from .image_tensor import ImageTensorDataset, channel_stats, take_sizes
 from .splits import DatasetSplits
 
 if TYPE_CHECKING:
@@ -60,19 +60,9 @@ def build_svhn(cfg: DatasetConfig) -> DatasetSplits:
     x_train = torch.cat([p[0] for p in parts])
     y_train = torch.cat([p[1] for p in parts])
     x_test, y_test = _read(base / test_files[0])
-    train_size, test_size = cfg.resolved_sizes()
-    for key, size, available in (
-        ("train_size", train_size, len(y_train)),
-        ("test_size", test_size, len(y_test)),
-    ):
-        if size is not None and size > available:
-            raise ConfigError(
-                f"trainer.dataset.{key}: {size} is more than the {available} samples of svhn"
-            )
-    if train_size is not None:
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
-    if test_size is not None:
-        x_test, y_test = x_test[:test_size], y_test[:test_size]
+    (x_train, y_train), (x_test, y_test) = take_sizes(
+        cfg, "svhn", (x_train, y_train), (x_test, y_test)
+    )
     mean, std = channel_stats(x_train) if cfg.normalize else (torch.zeros(3), torch.ones(3))
     return DatasetSplits(
         train=ImageTensorDataset(x_train, y_train, mean, std),
