@@ -15,20 +15,37 @@ group with ``adapt=False`` skips the trust ratio and is plain momentum SGD with 
 ``weight_decay`` (``lars_param_groups`` puts biases and normalisation parameters there).
 ``p.grad`` is never modified.
 
-Speed (measured by ``bench/lars.py``, see ``docs/lars.md``): the step works on lists of tensors
-and ends in PyTorch's fused SGD kernel (momentum and parameter update in one memory pass). On
-accelerators each group is one multi-tensor (``torch._foreach_*``) pass whose trust ratios stay
-on the device: no host synchronisation. On CPU the foreach kernels are plain C++ loops and an
-op over the whole list evicts each tensor from the cache before the next op reads it, so
-tensors go in cache-sized buckets: small tensors share a bucket (few dispatches), and large
-tensors are updated slice by slice so that ``d`` is never written out to memory.
+Speed (measured by ``bench/lars.py``, see ``docs/lars.md``): on CPU, float32 and float64
+tensors go through a small C++ kernel (``lars_kernel.cpp``) that does the whole update of a
+parameter group in one call, tensor by tensor: both norms in one pass, then ``d``, the buffer
+and ``p`` in a second pass while the tensor is still in cache. It is compiled at the first step
+that needs it (about 15 s with g++, once: cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``; concurrent processes share one build through torch's file lock).
+``DS_TWOPHASE_LARS_KERNEL=0`` disables it; if it cannot be built the optimizer warns once and
+uses the PyTorch implementation below. Tensors the kernel does not take (other dtypes, or a
+gradient or buffer whose strides differ from the parameter's) take that implementation too.
+
+The PyTorch implementation works on lists of tensors and ends in PyTorch's fused SGD kernel
+(momentum and parameter update in one memory pass). On accelerators each group is one
+multi-tensor (``torch._foreach_*``) pass whose trust ratios stay on the device: no host
+synchronisation. On CPU the foreach kernels are plain C++ loops and an op over the whole list
+evicts each tensor from the cache before the next op reads it, so tensors go in cache-sized
+buckets: small tensors share a bucket (few dispatches), and large tensors are updated slice by
+slice so that ``d`` is never written out to memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -48,6 +65,85 @@ _CPU_LARGE_NUMEL = 1 << 16
 _CPU_SLICE_NUMEL = 1 << 19
 
 _FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+# The fused CPU kernel (see the module docstring and lars_kernel.cpp).
+_KERNEL_ENV = "DS_TWOPHASE_LARS_KERNEL"
+_KERNEL_SOURCE = Path(__file__).with_name("lars_kernel.cpp")
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+# -ffp-contract=off: no fused multiply-adds, so the result does not depend on the instruction
+# set of the build machine (and rounds like the separate PyTorch ops). No -march=native: the
+# cache directory may be shared by machines with different CPUs.
+_KERNEL_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+_KERNEL_LDFLAGS = ["-fopenmp"]
+_kernel_lock = threading.Lock()
+# None: not tried yet; False: disabled or failed (warned once); else the loaded module
+_kernel: ModuleType | bool | None = None
+
+_log = logging.getLogger(__name__)
+
+
+def _kernel_module() -> ModuleType | None:
+    """The fused CPU kernel, built or loaded on the first call; None if it is unavailable."""
+    global _kernel
+    if _kernel is None:
+        with _kernel_lock:
+            if _kernel is None:
+                _kernel = _load_kernel()
+    return _kernel if isinstance(_kernel, ModuleType) else None
+
+
+def _load_kernel() -> ModuleType | bool:
+    """Compile (once per machine and source version) and import the kernel, or warn once."""
+    if os.environ.get(_KERNEL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        source = _KERNEL_SOURCE.read_bytes()
+        # A name per source, flags and torch version: a different checkout or torch gets its
+        # own build directory instead of rebuilding over (and racing with) another's.
+        digest = hashlib.sha1(
+            source + repr((_KERNEL_CFLAGS, _KERNEL_LDFLAGS, torch.__version__)).encode()
+        ).hexdigest()[:12]
+        # importing cpp_extension logs a warning about CUDA_HOME on machines without CUDA
+        ext_log = logging.getLogger("torch.utils.cpp_extension")
+        level = ext_log.level
+        ext_log.setLevel(logging.ERROR)
+        try:
+            from torch.utils import cpp_extension
+        finally:
+            ext_log.setLevel(level)
+        _log.info("LARS: loading the fused CPU kernel (the first time: a build of ~15 s)")
+        # torch serialises concurrent builds of one name with a file lock in its build directory
+        return cpp_extension.load(
+            name=f"ds_twophase_lars_{digest}",
+            sources=[str(_KERNEL_SOURCE)],
+            extra_cflags=_KERNEL_CFLAGS,
+            extra_ldflags=_KERNEL_LDFLAGS,
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, no ninja, a read-only cache, ...: run without it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if len(first) > 200:  # a failed build quotes the whole compiler command line
+            first = first[:200] + " ..."
+        _log.debug("LARS: the fused CPU kernel failed to build or load", exc_info=True)
+        warnings.warn(
+            f"LARS: the fused CPU kernel is unavailable, using the slower PyTorch "
+            f"implementation ({type(exc).__name__}: {first}); set {_KERNEL_ENV}=0 to skip "
+            f"the attempt",
+            RuntimeWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+        return False
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for a warning about the frame that called into torch.optim / LARS."""
+    # the frames between here and the caller (this module, torch's optimizer and no_grad
+    # wrappers) change with torch versions, so they are counted rather than hard-coded
+    internal = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _check_hyperparameters(
@@ -108,13 +204,15 @@ class LARS(Optimizer):
         nesterov: Nesterov momentum (needs momentum > 0).
         clip: LARC clipping, ``ratio = min(ratio / lr, 1)``: the per-tensor rate never exceeds
             ``lr``.
-        compile: run the update of small CPU tensors (below 65536 elements) through
-            ``torch.compile``, which fuses each tensor's norms and update into one C++ loop:
-            about 2x faster on many small tensors (ResNet-20), but the first step compiles for
-            10-60 s (cached on disk for later runs; a change of shapes or of a hyperparameter
-            other than ``lr`` compiles again). Needs a C++ compiler; if compilation fails the
-            optimizer warns once and uses the eager implementation. Large tensors and
-            accelerator tensors always use the eager implementation, which is already fused.
+        compile: only where the fused CPU kernel (see the module docstring) is disabled or
+            unavailable, or for CPU dtypes it does not take: run the update of small CPU tensors
+            (below 65536 elements) through ``torch.compile``, which fuses each tensor's norms
+            and update into one C++ loop: about 2x faster than eager on many small tensors
+            (ResNet-20), but the first step compiles for 10-60 s (cached on disk for later
+            runs; a change of shapes or of a hyperparameter other than ``lr`` compiles again).
+            Needs a C++ compiler; if compilation fails the optimizer warns once and uses the
+            eager implementation. Large tensors and accelerator tensors always use the eager
+            implementation, which is already fused.
 
     Every option can be overridden per parameter group. Groups also accept ``adapt`` (default
     True): with ``adapt=False`` the group gets no trust ratio, i.e. plain momentum SGD with the
@@ -150,6 +248,8 @@ class LARS(Optimizer):
         )
         _check_hyperparameters(**defaults, compile=compile)
         self._compile = compile
+        # private switch (tests, benchmarks): False keeps this optimizer off the fused CPU kernel
+        self._kernel = True
         self._plans: dict[int, tuple[list[Tensor], list[_Bucket]]] = {}
         super().__init__(params, defaults)
 
@@ -169,6 +269,7 @@ class LARS(Optimizer):
             group.setdefault("clip", False)
             group.setdefault("nesterov", False)
         self._compile = getattr(self, "_compile", False)
+        self._kernel = getattr(self, "_kernel", True)
         self._plans = {}
 
     @torch.no_grad()
@@ -200,26 +301,55 @@ class LARS(Optimizer):
             or len(cached[0]) != len(active)
             or any(a is not b for a, b in zip(cached[0], active, strict=True))
         ):
-            cached = self._plans[index] = (active, _plan(active, self._compile))
+            cached = self._plans[index] = (active, _plan(active, self._compile, self._kernel))
         momentum = group["momentum"]
         for bucket in cached[1]:
-            params = [active[i] for i in bucket.indices]
+            params = active if len(cached[1]) == 1 else [active[i] for i in bucket.indices]
             grads = [p.grad for p in params]
             bufs = self._momentum_buffers(params) if momentum != 0 else []
-            if (
-                group["adapt"]
-                and bucket.compiled
-                and self._run_compiled(params, grads, bufs, group)
-            ):
-                continue
-            # PyTorch's fused SGD kernel on CPU assumes that all its tensors share one layout
-            fused = bucket.fused and _same_strides(params, grads, bufs)
-            if not group["adapt"]:
-                _sgd(params, grads, bufs, group, group["weight_decay"], fused)
-            elif bucket.large and fused and all(p.is_contiguous() for p in params):
-                self._lars_large_cpu(params, grads, bufs, group)
-            else:
-                _lars_foreach(params, grads, bufs, group, fused)
+            if bucket.kernel:
+                kernel = _kernel_module()
+                assert kernel is not None  # the plan has kernel buckets only once it loaded
+                skipped = kernel.lars_step(
+                    params,
+                    grads,
+                    bufs,
+                    float(group["lr"]),
+                    momentum,
+                    group["weight_decay"],
+                    group["trust_coefficient"],
+                    group["eps"],
+                    group["nesterov"],
+                    group["clip"],
+                    group["adapt"],
+                )
+                if not skipped:
+                    continue
+                # tensors laid out differently from their gradient or buffer: the general path
+                params = [params[i] for i in skipped]
+                grads = [grads[i] for i in skipped]
+                bufs = [bufs[i] for i in skipped] if bufs else []
+            self._step_eager(params, grads, bufs, group, bucket)
+
+    def _step_eager(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        bufs: list[Tensor],
+        group: dict[str, Any],
+        bucket: _Bucket,
+    ) -> None:
+        """The PyTorch implementation, for one bucket (or the tensors the kernel skipped)."""
+        if group["adapt"] and bucket.compiled and self._run_compiled(params, grads, bufs, group):
+            return
+        # PyTorch's fused SGD kernel on CPU assumes that all its tensors share one layout
+        fused = bucket.fused and _same_strides(params, grads, bufs)
+        if not group["adapt"]:
+            _sgd(params, grads, bufs, group, group["weight_decay"], fused)
+        elif bucket.large and fused and all(p.is_contiguous() for p in params):
+            self._lars_large_cpu(params, grads, bufs, group)
+        else:
+            _lars_foreach(params, grads, bufs, group, fused)
 
     def _momentum_buffers(self, params: list[Tensor]) -> list[Tensor]:
         # A zero buffer makes the first step b = m * 0 + d = d exactly, as in torch SGD / timm.
@@ -347,19 +477,30 @@ def _lars_loop(
 class _Bucket:
     """Indices (into a group's parameters that have grads) updated together, and how."""
 
-    __slots__ = ("indices", "large", "fused", "compiled")
+    __slots__ = ("indices", "large", "fused", "compiled", "kernel")
 
-    def __init__(self, indices: list[int], large: bool, fused: bool, compiled: bool = False):
+    def __init__(
+        self,
+        indices: list[int],
+        large: bool,
+        fused: bool,
+        compiled: bool = False,
+        kernel: bool = False,
+    ):
         self.indices = indices
         self.large = large
         self.fused = fused
         self.compiled = compiled
+        self.kernel = kernel
 
 
-def _plan(params: list[Tensor], compile: bool = False) -> list[_Bucket]:
+def _plan(params: list[Tensor], compile: bool = False, kernel: bool = False) -> list[_Bucket]:
     """Split parameters into buckets of one device and dtype (see the module docstring).
 
-    With ``compile`` the small CPU tensors of a kind share one bucket: one compiled graph.
+    With ``kernel`` (and the fused CPU kernel available) the float32/float64 CPU tensors of a
+    kind form one bucket for it: the kernel keeps each tensor in cache between its two passes
+    by itself. Otherwise, with ``compile``, the small CPU tensors of a kind share one bucket:
+    one compiled graph.
     """
     by_kind: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
@@ -373,6 +514,15 @@ def _plan(params: list[Tensor], compile: bool = False) -> list[_Bucket]:
         fused = device.type in _FUSED_DEVICES and dtype == grad_dtype and dtype.is_floating_point
         if device.type != "cpu":
             buckets.append(_Bucket(indices, large=False, fused=fused))
+            continue
+        # the kernel is built (or found unavailable) here, at the first step that needs it
+        if (
+            kernel
+            and dtype == grad_dtype
+            and dtype in _KERNEL_DTYPES
+            and _kernel_module() is not None
+        ):
+            buckets.append(_Bucket(indices, large=False, fused=fused, kernel=True))
             continue
         # (members, bytes) of the open small and large bucket
         open_buckets: dict[bool, tuple[list[int], int]] = {False: ([], 0), True: ([], 0)}
