@@ -9,6 +9,7 @@ group, which is the data-parallel group for plain DeepSpeed data parallelism).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -44,6 +45,32 @@ def barrier(group: Any = None) -> None:
     """Wait for every rank of ``group``."""
     if is_distributed():
         tdist.barrier(group=group)
+
+
+def release_deepspeed_shm() -> None:
+    """Remove the name of this rank's DeepSpeed shared-memory all-reduce buffer.
+
+    On CPU, DeepSpeed creates one ``/dev/shm/deepspeed_allreduce_buffer_*`` file per rank (tens of
+    MiB) and never removes it, so every job leaves them behind until RAM runs out. Each rank maps
+    every buffer while the process group starts, so once all ranks passed a barrier the names can
+    go; the memory lives on until the processes exit, even when they are killed.
+    """
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return
+    barrier()
+    name = "_".join(
+        [
+            "/dev/shm/deepspeed_allreduce_buffer",
+            str(os.getuid()),
+            os.environ.get("MASTER_ADDR", ""),
+            os.environ.get("MASTER_PORT", ""),
+            str(get_rank()),
+        ]
+    )
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
 
 
 def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:

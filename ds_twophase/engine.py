@@ -70,6 +70,7 @@ def initialize(
         distributed_port=distributed_port,
         dist_init_required=dist_init_required,
     )
+    dist.release_deepspeed_shm()
     world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
     run = validate_config(raw, world_size=world)
     return initialize_run(

@@ -158,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         deepspeed.init_distributed(
             dist_backend=get_accelerator().communication_backend_name(), verbose=False
         )
+        dist.release_deepspeed_shm()
         run = validate_config(raw, world_size=dist.get_world_size())
         from .loop import Trainer, TrainingStopped
 

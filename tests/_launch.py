@@ -48,7 +48,18 @@ def run_deepspeed(
     ]
     if module:
         launcher.append("--module")
-    return run_group(launcher + [str(a) for a in args], env=full_env, cwd=cwd, timeout=timeout)
+    port = launcher[launcher.index("--master_port") + 1]
+    try:
+        return run_group(launcher + [str(a) for a in args], env=full_env, cwd=cwd, timeout=timeout)
+    finally:
+        remove_shm_buffers(port)
+
+
+def remove_shm_buffers(port: str | int) -> None:
+    """Remove DeepSpeed's CPU all-reduce buffers of the job on ``port`` (ranks killed before they
+    could release them leave them in /dev/shm, where they hold RAM)."""
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+        path.unlink(missing_ok=True)
 
 
 def run_group(

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from _launch import REPO, free_port, run_deepspeed, run_group
+from _launch import REPO, free_port, remove_shm_buffers, run_deepspeed, run_group
 
 TINY = "configs/tiny/mnist1d_2rank.json"
 TIMING = ("epoch_seconds", "probe_seconds")
@@ -89,6 +89,7 @@ def reference(tmp_path_factory) -> Path:
 def test_killed_rank_ends_the_job_and_resume_matches(tmp_path, reference):
     out = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -96,7 +97,7 @@ def test_killed_rank_ends_the_job_and_resume_matches(tmp_path, reference):
         "--num_gpus",
         "2",
         "--master_port",
-        str(free_port()),
+        str(port),
         "--module",
         "ds_twophase.train",
         "--config",
@@ -127,6 +128,7 @@ def test_killed_rank_ends_the_job_and_resume_matches(tmp_path, reference):
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
+        remove_shm_buffers(port)
     time.sleep(1)
     assert ranks_of(out) == [], "a rank outlived the job"
     assert killed_after < 10
