@@ -19,7 +19,7 @@ Speed (measured by ``bench/lars.py``, see ``docs/lars.md``): on CPU, float32 and
 tensors go through a small C++ kernel (``lars_kernel.cpp``) that does the whole update of a
 parameter group in one call, tensor by tensor: both norms in one pass, then ``d``, the buffer
 and ``p`` in a second pass while the tensor is still in cache. It is compiled at the first step
-that needs it (about 15 s with g++, once: cached under ``TORCH_EXTENSIONS_DIR``, by default
+that needs it (10-15 s with g++, once: cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``; concurrent processes share one build through torch's file lock).
 ``DS_TWOPHASE_LARS_KERNEL=0`` disables it; if it cannot be built the optimizer warns once and
 uses the PyTorch implementation below. Tensors the kernel does not take (other dtypes, or a
@@ -111,7 +111,7 @@ def _load_kernel() -> ModuleType | bool:
             from torch.utils import cpp_extension
         finally:
             ext_log.setLevel(level)
-        _log.info("LARS: loading the fused CPU kernel (the first time: a build of ~15 s)")
+        _log.info("LARS: loading the fused CPU kernel (the first time: a build of 10-15 s)")
         # torch serialises concurrent builds of one name with a file lock in its build directory
         return cpp_extension.load(
             name=f"ds_twophase_lars_{digest}",

@@ -9,14 +9,16 @@
 //
 // Determinism: the squared norms are summed in fixed chunks of kChunk elements, each in a fixed
 // order (SumShape), and the chunk sums are added in order, in double. Neither depends on the
-// number of threads. Nor does anything depend on the instruction set: the compiler may not
-// contract a * b + c into a fused multiply-add (-ffp-contract=off, see lars.py), and where the
-// update rounds like PyTorch's add(alpha=...) (one fused multiply-add) it calls std::fma, which
-// is exactly rounded everywhere. So the result is the same for every thread count, run and CPU.
+// number of threads, and the compiler may not contract a * b + c into a fused multiply-add on
+// its own (-ffp-contract=off, see lars.py). So the result is the same for every thread count
+// and run.
 //
 // Instruction sets: the loops are compiled twice, for the x86-64 baseline (SSE2) and for
 // AVX2 + FMA, and the second runs where the CPU has them (no -march=native: the build cache may
-// be shared by machines with different CPUs).
+// be shared by machines with different CPUs). Both compute the norms identically. The update
+// rounds like PyTorch's CPU kernels on the same machine: x.add(y, alpha=a) is one fused
+// multiply-add in PyTorch's AVX2 kernels (std::fma here) and a multiply and an add in its
+// baseline kernels (and here, where std::fma would be a slow library call per element).
 //
 // Headers: only what the kernel needs (not torch/extension.h), which keeps the cold build short.
 
@@ -25,14 +27,17 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#ifndef DS_LARS_AVX2  // -DDS_LARS_AVX2=0 builds the baseline copy only (to compare the two)
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DS_LARS_AVX2 1
 #else
 #define DS_LARS_AVX2 0
+#endif
 #endif
 
 namespace {
@@ -110,8 +115,20 @@ __attribute__((always_inline)) inline void chunk_sum_squares_body(const T* p, co
 }
 
 // The loop bodies are inlined into one copy per instruction set.
+bool have_avx2() {
 #if DS_LARS_AVX2
-const bool kHaveAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // (this runs from a static initialiser, possibly before libgcc's own CPU detection)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+const bool kHaveAvx2 = have_avx2();
+// Whether the AVX2 copy runs: kHaveAvx2 unless the tests switched to the baseline copy.
+std::atomic<bool> use_avx2{kHaveAvx2};
+
+#if DS_LARS_AVX2
 
 template <typename T>
 __attribute__((target("avx2,fma"))) void chunk_sum_squares_avx2(const T* p, const T* g,
@@ -129,7 +146,7 @@ void chunk_sum_squares_base(const T* p, const T* g, int64_t n, double* sp, doubl
 template <typename T>
 void chunk_sum_squares(const T* p, const T* g, int64_t n, double* sp, double* sg) {
 #if DS_LARS_AVX2
-  if (kHaveAvx2) {
+  if (use_avx2.load(std::memory_order_relaxed)) {
     chunk_sum_squares_avx2(p, g, n, sp, sg);
     return;
   }
@@ -170,25 +187,34 @@ void sum_squares(const T* p, const T* g, int64_t n, double* sp, double* sg) {
   *sg = tg;
 }
 
+// a * x + y as PyTorch's y.add(x, alpha=a) rounds it (see the top of the file)
+template <bool kFma, typename T>
+__attribute__((always_inline)) inline T axpy(T a, T x, T y) {
+  if constexpr (kFma) {
+    return std::fma(a, x, y);
+  } else {
+    return a * x + y;
+  }
+}
+
 // d = ratio * (g + wd * p); b = m * b + d; p -= lr * (nesterov ? d + m * b : b), in the
-// tensors' own precision and rounded as timm's and torch.optim.SGD's ops on CPU round: x.add(y,
-// alpha=a) is one fused multiply-add there, x.mul_(a) and x.add_(y) are separate.
-template <typename T, bool kDecay, bool kMomentum, bool kNesterov>
+// tensors' own precision, op by op as timm's and torch.optim.SGD's (mul_, add_, add(alpha=)).
+template <bool kFma, typename T, bool kDecay, bool kMomentum, bool kNesterov>
 __attribute__((always_inline)) inline void update_body(T* p, const T* g, T* b, int64_t begin,
                                                        int64_t end, T ratio, T wd, T m, T lr) {
   const T neg_lr = -lr;
   for (int64_t i = begin; i < end; ++i) {
     T d = g[i];
     if constexpr (kDecay) {
-      d = std::fma(wd, p[i], d);
+      d = axpy<kFma>(wd, p[i], d);
     }
     d = d * ratio;
     if constexpr (kMomentum) {
       const T buf = b[i] * m + d;
       b[i] = buf;
-      d = kNesterov ? std::fma(m, buf, d) : buf;
+      d = kNesterov ? axpy<kFma>(m, buf, d) : buf;
     }
-    p[i] = std::fma(neg_lr, d, p[i]);
+    p[i] = axpy<kFma>(neg_lr, d, p[i]);
   }
 }
 
@@ -196,19 +222,19 @@ __attribute__((always_inline)) inline void update_body(T* p, const T* g, T* b, i
 template <typename T, bool kDecay, bool kMomentum, bool kNesterov>
 __attribute__((target("avx2,fma"))) void update_avx2(T* p, const T* g, T* b, int64_t begin,
                                                      int64_t end, T ratio, T wd, T m, T lr) {
-  update_body<T, kDecay, kMomentum, kNesterov>(p, g, b, begin, end, ratio, wd, m, lr);
+  update_body<true, T, kDecay, kMomentum, kNesterov>(p, g, b, begin, end, ratio, wd, m, lr);
 }
 #endif
 
 template <typename T, bool kDecay, bool kMomentum, bool kNesterov>
 void update_base(T* p, const T* g, T* b, int64_t begin, int64_t end, T ratio, T wd, T m, T lr) {
-  update_body<T, kDecay, kMomentum, kNesterov>(p, g, b, begin, end, ratio, wd, m, lr);
+  update_body<false, T, kDecay, kMomentum, kNesterov>(p, g, b, begin, end, ratio, wd, m, lr);
 }
 
 template <typename T, bool kDecay, bool kMomentum, bool kNesterov>
 void update_range(T* p, const T* g, T* b, int64_t begin, int64_t end, T ratio, T wd, T m, T lr) {
 #if DS_LARS_AVX2
-  if (kHaveAvx2) {
+  if (use_avx2.load(std::memory_order_relaxed)) {
     update_avx2<T, kDecay, kMomentum, kNesterov>(p, g, b, begin, end, ratio, wd, m, lr);
     return;
   }
@@ -349,6 +375,13 @@ std::vector<int64_t> lars_step(const std::vector<at::Tensor>& params,
   return skipped;
 }
 
+// For the tests: run the AVX2 copy of the loops (where the CPU has it) or the baseline copy.
+// Returns whether the AVX2 copy runs from now on.
+bool set_avx2(bool enabled) {
+  use_avx2.store(enabled && kHaveAvx2);
+  return use_avx2.load();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -359,4 +392,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              pybind11::arg("trust_coefficient"), pybind11::arg("eps"), pybind11::arg("nesterov"),
              pybind11::arg("clip"), pybind11::arg("adapt"),
              pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("_set_avx2", &set_avx2, "Tests: use the AVX2 (True) or baseline (False) loops",
+             pybind11::arg("enabled"));
 }
