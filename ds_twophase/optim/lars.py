@@ -22,8 +22,9 @@ and ``p`` in a second pass while the tensor is still in cache. It is compiled at
 that needs it (10-15 s with g++, once: cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``; concurrent processes share one build through torch's file lock).
 ``DS_TWOPHASE_LARS_KERNEL=0`` disables it; if it cannot be built the optimizer warns once and
-uses the PyTorch implementation below. Tensors the kernel does not take (other dtypes, or a
-gradient or buffer whose strides differ from the parameter's) take that implementation too.
+uses the PyTorch implementation below. Tensors the kernel does not take (other dtypes,
+non-dense views, or a gradient or buffer whose strides differ from the parameter's) take that
+implementation too.
 
 The PyTorch implementation works on lists of tensors and ends in PyTorch's fused SGD kernel
 (momentum and parameter update in one memory pass). On accelerators each group is one
@@ -70,9 +71,10 @@ _FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
 _KERNEL_ENV = "DS_TWOPHASE_LARS_KERNEL"
 _KERNEL_SOURCE = Path(__file__).with_name("lars_kernel.cpp")
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-# -ffp-contract=off: no fused multiply-adds, so the result does not depend on the instruction
-# set of the build machine (and rounds like the separate PyTorch ops). No -march=native: the
-# cache directory may be shared by machines with different CPUs.
+# -ffp-contract=off: the compiler adds no fused multiply-adds of its own, so the kernel rounds
+# where its source says (like PyTorch's CPU ops, see lars_kernel.cpp). No -march=native: the
+# cache directory may be shared by machines with different CPUs (the kernel picks its AVX2 or
+# baseline loops at run time).
 _KERNEL_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
 _KERNEL_LDFLAGS = ["-fopenmp"]
 _kernel_lock = threading.Lock()
