@@ -201,7 +201,9 @@ def test_crash_in_first_save_refuses_to_restart_silently(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, precision):
     extra = ["--set", "trainer.checkpoint_every=1", "--set", "trainer.epochs=4", *precision]
     proc = train(tmp_path, *extra, env={"DS_TWOPHASE_NAN_LOSS": "3:0:1"})  # rank 1 only
-    assert proc.returncode == 1
+    # Each rank exits with 1; the launcher reports the first rank to end, and a rank whose peer
+    # has already gone can abort in gloo's teardown (seen once: 250), so only "failed" is stable.
+    assert proc.returncode != 0
     assert "error: epoch 3: training loss is nan" in proc.stderr
     assert [r["epoch"] for r in metrics(tmp_path)] == [1, 2]
     ckpt = tmp_path / "checkpoints"
@@ -233,7 +235,7 @@ def test_skip_nonfinite_and_failing_rank0_probe_keep_training(tmp_path):
 def test_sharded_probe_failure_on_rank1_then_rank_disagreement_stops(tmp_path):
     env = {"DS_TWOPHASE_PROBE_FAIL": "rank1@2", "DS_TWOPHASE_DESYNC_AT": "5"}
     proc = train(tmp_path, "--set", "scheduler.params.probe.mode=sharded", env=env)
-    assert proc.returncode == 1
+    assert proc.returncode != 0  # 1 from each rank, or a teardown abort (see above)
     rows = metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 5's decision is where they differ
     assert all(r["decision"] == "skipped" and "rank 1" in r["probe_error"] for r in rows[2:])
