@@ -60,7 +60,7 @@ def save(engine: Any, ckpt_dir: Path, epoch: int, state: dict[str, Any], *, keep
     return path
 
 
-def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+def checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
     """``(epoch, path)`` of every checkpoint directory under ``ckpt_dir`` (complete or not),
     oldest first."""
     if not ckpt_dir.is_dir():
@@ -82,7 +82,7 @@ def newest_complete(
     ckpt_dir: Path, warn: Callable[[str], None] | None = None
 ) -> tuple[int, Path] | None:
     """The newest complete checkpoint; ``warn`` is told about newer incomplete ones skipped."""
-    for epoch, path in reversed(complete_checkpoints(ckpt_dir)):
+    for epoch, path in reversed(checkpoint_dirs(ckpt_dir)):
         if is_complete(path):
             return epoch, path
         if warn is not None:
@@ -92,7 +92,7 @@ def newest_complete(
 
 def prune(ckpt_dir: Path, keep: int) -> None:
     """Delete complete checkpoints beyond the newest ``keep`` and incomplete older ones."""
-    entries = complete_checkpoints(ckpt_dir)
+    entries = checkpoint_dirs(ckpt_dir)
     complete = [(e, p) for e, p in entries if is_complete(p)]
     if not complete:
         return

@@ -262,7 +262,7 @@ class Trainer:
         if target == "auto":
             found = checkpoint.newest_complete(self.ckpt_dir, warn=warn)
             if found is None:
-                if checkpoint.complete_checkpoints(self.ckpt_dir):
+                if checkpoint.checkpoint_dirs(self.ckpt_dir):
                     raise ConfigError(
                         f"--resume: no complete checkpoint in {self.ckpt_dir} (all were interrupted "
                         "while saving); remove the directory to start over"
@@ -289,7 +289,7 @@ class Trainer:
 
     def _check_fresh_output_dir(self) -> None:
         """Refuse to start a new run over an existing one (nothing is ever overwritten)."""
-        if self.metrics.read() or checkpoint.complete_checkpoints(self.ckpt_dir):
+        if self.metrics.read() or checkpoint.checkpoint_dirs(self.ckpt_dir):
             raise ConfigError(
                 f"trainer.output_dir: '{self.out}' already holds a run; continue it with "
                 "--resume auto, or choose another output_dir"
