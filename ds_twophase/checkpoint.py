@@ -2,8 +2,9 @@
 
 Layout under ``<output_dir>/checkpoints``: one DeepSpeed tag directory per saved epoch
 (``epoch0007/``). After DeepSpeed wrote its files and every rank passed a barrier, rank 0 writes
-``epoch0007/ds_twophase.json`` (our state: epoch, scheduler, probe indices, metrics line count)
-and then ``epoch0007/COMPLETE``, both atomically (temp file + rename). Resume only considers tags
+``epoch0007/ds_twophase.json`` (our state: epoch, scheduler, probe indices, metrics line count),
+before it any tensors of our state as ``<name>.npy`` (numpy format, loaded without pickle; the
+probe's warm-start vector), and then ``epoch0007/COMPLETE``, all atomically (temp file + rename). Resume only considers tags
 with ``COMPLETE``, so a crash at any moment of saving (DeepSpeed writes its ``latest`` file before
 the other ranks finish) never makes the run resume from a partial checkpoint.
 """
@@ -18,7 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from . import dist, faults
+from .errors import ConfigError
 
 STATE_FILE = "ds_twophase.json"
 COMPLETE_FILE = "COMPLETE"
@@ -40,12 +45,32 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def save(engine: Any, ckpt_dir: Path, epoch: int, state: dict[str, Any], *, keep: int) -> Path:
+def write_array_atomic(path: Path, tensor: torch.Tensor) -> None:
+    """Write a tensor as a ``.npy`` file via a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, tensor.detach().cpu().numpy(), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(
+    engine: Any,
+    ckpt_dir: Path,
+    epoch: int,
+    state: dict[str, Any],
+    *,
+    keep: int,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Save a complete checkpoint after ``epoch`` on every rank; returns its directory.
 
-    ``state`` is our JSON state (rank 0's is written). Keeps the newest ``keep`` complete
-    checkpoints and deletes older ones.
+    ``state`` is our JSON state and ``tensors`` our tensors (rank 0's are written; read them
+    back with :func:`read_tensors`). Keeps the newest ``keep`` complete checkpoints and deletes
+    older ones.
     """
+    tensors = tensors or {}
     tag = tag_for(epoch)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ds_twophase_epoch": epoch})
     if faults.crash_in_save(epoch, dist.get_rank(), dist.get_world_size()):
@@ -53,7 +78,9 @@ def save(engine: Any, ckpt_dir: Path, epoch: int, state: dict[str, Any], *, keep
     dist.barrier()  # every rank's files are on disk before we call it complete
     path = ckpt_dir / tag
     if dist.is_rank_zero():
-        write_json_atomic(path / STATE_FILE, state)
+        for name, tensor in tensors.items():
+            write_array_atomic(path / f"{name}.npy", tensor)
+        write_json_atomic(path / STATE_FILE, {**state, "tensors": sorted(tensors)})
         write_json_atomic(path / COMPLETE_FILE, {"epoch": epoch})
         prune(ckpt_dir, keep)
     dist.barrier()
@@ -108,3 +135,17 @@ def prune(ckpt_dir: Path, keep: int) -> None:
 def read_state(path: Path) -> dict[str, Any]:
     """Our JSON state of a complete checkpoint."""
     return json.loads((path / STATE_FILE).read_text())
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors saved with a complete checkpoint, by name (none for older checkpoints)."""
+    out = {}
+    for name in read_state(path).get("tensors", []):
+        try:
+            out[name] = torch.from_numpy(np.load(path / f"{name}.npy", allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"--resume: {path / (name + '.npy')} is unreadable ({exc}); resume from an older "
+                "checkpoint with --resume PATH"
+            ) from exc
+    return out

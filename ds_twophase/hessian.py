@@ -1,4 +1,4 @@
-"""Principal Hessian eigenvalue of one layer's parameters by power iteration (paper Sec. 3.2).
+"""Principal Hessian eigenvalue of one layer's parameters by Lanczos on HVPs (paper Sec. 3.2).
 
 ``principal_eigenvalue`` estimates hmax, the eigenvalue of largest magnitude of the Hessian of
 the mean training loss over a probe batch with respect to the parameters of one output-side
@@ -42,9 +42,18 @@ Design choices (the why):
   (it balances truncation error ~ r against rounding error ~ eps/r). ``grad F(w)`` is computed
   once; each iteration needs one forward over the probe batch and a backward through the tail,
   so this method costs far more than the exact one and is less accurate.
-* **Power iteration** returns the Rayleigh quotient ``v.Hv`` with ``||v|| = 1`` (signed); it
-  converges to the eigenvalue of largest magnitude. It stops after ``max_iters`` HVPs or when the
-  relative change of the estimate drops below ``tol``; a non-finite HVP stops it with ``nan``.
+* **Lanczos, not plain power iteration.** The paper iterates ``v <- Hv / ||Hv||``. We run
+  Lanczos on the same HVPs: its Krylov space contains every power iterate, so its largest Ritz
+  value is never a worse estimate for the same number of HVPs, and it converges with the square
+  root of the eigenvalue gap instead of the gap (on the MNIST-1D CNN: a third of the HVPs and
+  errors 100x smaller, see docs/benchmarks.md). Full reorthogonalisation keeps the basis
+  orthogonal; it costs ``max_iters`` vectors of the layer's size, negligible next to the graphs.
+  The estimate is the Ritz value of largest magnitude (signed). It stops after ``max_iters``
+  HVPs or when that value changes by less than ``tol`` (relative) between two steps; a
+  non-finite HVP stops it with ``nan``.
+* **Warm start.** ``v0`` starts the iteration from a given vector instead of the seeded random
+  one; the result carries the final Ritz vector, so a caller probing a slowly changing model
+  (one epoch apart) can start the next probe next to the answer and stop after fewer HVPs.
 """
 
 from __future__ import annotations
@@ -87,7 +96,7 @@ class EigenResult:
     value: float
     """Estimated eigenvalue of largest magnitude (signed); ``nan`` if an HVP was not finite."""
     iterations: int
-    """Hessian-vector products performed (power iterations)."""
+    """Hessian-vector products performed (Lanczos steps)."""
     layer: list[str]
     """Module name(s) whose parameters span the probed Hessian block."""
     num_params: int
@@ -98,6 +107,9 @@ class EigenResult:
     """True when the relative change fell below ``tol`` before ``max_iters``."""
     seconds: float
     """Wall time of the whole call."""
+    vector: torch.Tensor | None = None
+    """The Ritz vector of ``value`` (unit norm, flat, in the probe's compute dtype on the model's
+    device; ``None`` when ``value`` is ``nan``): pass it as ``v0`` to warm-start the next call."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +479,7 @@ def _input_ptrs(inputs: Any) -> set[int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Power iteration
+# Lanczos iteration
 
 
 class _Reducer:
@@ -515,6 +527,7 @@ def principal_eigenvalue(
     max_graph_bytes: int | None = DEFAULT_MAX_GRAPH_BYTES,
     iteration_hook: Callable[[int], None] | None = None,
     buffers: dict[str, torch.Tensor] | None = None,
+    v0: torch.Tensor | None = None,
 ) -> EigenResult:
     """Largest-magnitude eigenvalue of the Hessian of the mean loss w.r.t. one layer's params.
 
@@ -524,11 +537,13 @@ def principal_eigenvalue(
     is that of the mean over all samples. ``layer``: see ``resolve_layer``. ``method``:
     ``"exact"`` (double backward) or ``"finite_difference"`` (paper Eq. 8). ``bn_mode``:
     ``"eval"`` (running statistics) or ``"train"`` (batch statistics, running stats untouched).
-    ``seed`` fixes the start vector (drawn from a private generator). Power iteration stops after
-    ``max_iters`` HVPs or when the relative change of the estimate is below ``tol``.
+    ``seed`` fixes the start vector (drawn from a private generator) unless ``v0`` (any shape with
+    the block's number of elements, e.g. the ``vector`` of an earlier result) is given. Lanczos
+    stops after ``max_iters`` HVPs or when the relative change of the estimate is below ``tol``.
 
     ``hvp_reduce`` (distributed use) sums each local sample-weighted HVP and sample count over
-    processes (see ``HVPReduce``); every process must pass the same layer, seed and settings.
+    processes (see ``HVPReduce``); every process must pass the same layer, seed, ``v0`` and
+    settings.
     When given, ``batches`` may be empty on some processes, and a failure on this process is
     announced through the hook before the exception propagates. ``max_graph_bytes`` bounds the
     memory of kept graphs (``None``: no bound; ``0``: recompute every micro-batch each
@@ -550,9 +565,9 @@ def principal_eigenvalue(
             raise ValueError("layer='auto' needs at least one local micro-batch; pass layer names")
         names = resolve_layer(model, layer, batches[0][0] if batches else None)
         with _probe_modes(model, bn_mode), preserve_rng_state():
-            result = _power_iteration(
+            result = _solve(
                 model, loss_fn, batches, names, max_iters, tol, method, seed, reducer,
-                max_graph_bytes, iteration_hook, buffers,
+                max_graph_bytes, iteration_hook, buffers, v0,
             )  # fmt: skip
     except Exception:
         reducer.announce_failure()
@@ -584,7 +599,7 @@ def _check_args(
         )
 
 
-def _power_iteration(
+def _solve(
     model: nn.Module,
     loss_fn: LossFn,
     batches: list[tuple[Any, Any]],
@@ -597,43 +612,32 @@ def _power_iteration(
     max_graph_bytes: int | None,
     iteration_hook: Callable[[int], None] | None,
     buffers: dict[str, torch.Tensor] | None,
+    v0: torch.Tensor | None,
 ) -> EigenResult:
     fn = _Functional(model, loss_fn, names, buffers)
     local_count = float(sum(_batch_size(x, y) for x, y in batches))
-    gen = torch.Generator().manual_seed(seed)  # private: global RNG streams are not consumed
-    v = torch.randn(fn.num_params, generator=gen, dtype=torch.float64).to(fn.device, fn.dtype)
-    v /= v.norm()
+    v = _start_vector(fn, seed, v0)
     if iteration_hook is not None:
         iteration_hook(0)
+    count = 0.0
     with torch.enable_grad():
         engine = (
             _ExactHVP(fn, batches, v, max_graph_bytes)
             if method == "exact"
             else _FiniteDiffHVP(fn, batches)
         )
-        value, prev, converged, k = math.nan, None, False, 0
-        for k in range(1, max_iters + 1):
+
+        def hvp(x: torch.Tensor, k: int) -> torch.Tensor:
+            nonlocal count
             if iteration_hook is not None:
                 iteration_hook(k)
-            local = engine(v) if batches else torch.zeros_like(v)
-            hv, count = reducer(local, local_count)
+            local = engine(x) if batches else torch.zeros_like(x)
+            total, count = reducer(local, local_count)
             if count <= 0:
                 raise ValueError("the probe batch has no samples")
-            hv = hv / count
-            value = float(torch.dot(v, hv))
-            norm = float(hv.norm())
-            if not (math.isfinite(value) and math.isfinite(norm)):
-                log.warning("Hessian probe: non-finite Hessian-vector product at iteration %d", k)
-                value = math.nan
-                break
-            if norm == 0.0:  # zero Hessian block: the eigenvalue is 0
-                value, converged = 0.0, True
-                break
-            v = hv / norm
-            if prev is not None and abs(value - prev) < tol * abs(value):
-                converged = True
-                break
-            prev = value
+            return total / count
+
+        value, k, converged, vector = _lanczos(hvp, v, max_iters, tol)
     reducer.done()
     return EigenResult(
         value=value,
@@ -643,4 +647,85 @@ def _power_iteration(
         num_samples=int(count),
         converged=converged,
         seconds=0.0,
+        vector=vector,
     )
+
+
+def _start_vector(fn: _Functional, seed: int, v0: torch.Tensor | None) -> torch.Tensor:
+    if v0 is None:
+        gen = torch.Generator().manual_seed(seed)  # private: global RNG streams are not consumed
+        v = torch.randn(fn.num_params, generator=gen, dtype=torch.float64)
+    else:
+        if not isinstance(v0, torch.Tensor) or v0.numel() != fn.num_params:
+            got = v0.numel() if isinstance(v0, torch.Tensor) else type(v0).__name__
+            raise ValueError(f"v0 must be a tensor of {fn.num_params} elements, got {got}")
+        v = v0.detach().reshape(-1).to(torch.float64)
+        norm = float(v.norm())
+        if not (math.isfinite(norm) and norm > 0):
+            raise ValueError(f"v0 must be finite and non-zero, got norm {norm}")
+    v = v.to(fn.device, fn.dtype)
+    return v / v.norm()
+
+
+def _lanczos(
+    hvp: Callable[[torch.Tensor, int], torch.Tensor],
+    q: torch.Tensor,
+    max_iters: int,
+    tol: float,
+) -> tuple[float, int, bool, torch.Tensor | None]:
+    """Lanczos with full reorthogonalisation from the unit vector ``q``.
+
+    Returns ``(value, HVPs, converged, Ritz vector)``: the Ritz value of largest magnitude of
+    the tridiagonal projection, stopping when it changes by less than ``tol`` (relative) between
+    two steps or when the Krylov space is invariant (the value is then exact up to rounding).
+    """
+    basis = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    value, prev, vector = math.nan, None, None
+    # A residual this small relative to the projected spectrum means the Krylov space is
+    # invariant: the next vector would be rounding noise.
+    breakdown = 100 * torch.finfo(q.dtype).eps
+    for k in range(1, max_iters + 1):
+        w = hvp(basis[-1], k)
+        alpha = float(torch.dot(w, basis[-1]))
+        if not (math.isfinite(alpha) and bool(torch.isfinite(w).all())):
+            log.warning("Hessian probe: non-finite Hessian-vector product at iteration %d", k)
+            return math.nan, k, False, None
+        alphas.append(alpha)
+        # Twice is enough (Kahan): the basis stays orthogonal to working precision, which
+        # keeps spurious copies of converged Ritz values out of the projection.
+        for _ in range(2):
+            for b in basis:
+                w -= torch.dot(w, b) * b
+        beta = float(w.norm())
+        evals, evecs = torch.linalg.eigh(_tridiagonal(alphas, betas))
+        top = int(evals.abs().argmax())
+        value = float(evals[top])
+        coeffs = evecs[:, top].tolist()
+        scale = float(evals.abs().max())
+        if beta <= breakdown * scale or scale == 0.0:  # invariant subspace (or a zero block)
+            return value, k, True, _combine(basis, coeffs)
+        if prev is not None and abs(value - prev) < tol * abs(value):
+            return value, k, True, _combine(basis, coeffs)
+        if k == max_iters:
+            vector = _combine(basis, coeffs)
+            break
+        prev = value
+        betas.append(beta)
+        basis.append(w / beta)
+    return value, max_iters, False, vector
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    for i, b in enumerate(betas):
+        t[i, i + 1] = t[i + 1, i] = b
+    return t
+
+
+def _combine(basis: list[torch.Tensor], coeffs: list[float]) -> torch.Tensor:
+    out = torch.zeros_like(basis[0])
+    for c, b in zip(coeffs, basis, strict=True):
+        out.add_(b, alpha=c)
+    return out / out.norm()

@@ -24,7 +24,8 @@ class RankDisagreement(RuntimeError):
 
 
 class HessianProbe:
-    """The epoch-end Hessian probe of a run: probe samples fixed from the seed, and settings.
+    """The epoch-end Hessian probe of a run: probe samples fixed from the seed, settings, and the
+    eigenvector estimate the next probe starts from (``config.warm_start``).
 
     Args:
         dataset: the training set (``dataset[i]`` gives ``(input, target)``).
@@ -61,6 +62,8 @@ class HessianProbe:
         self.group = group
         self.draws = 0
         self.indices = self._draw()
+        self.vector: torch.Tensor | None = None
+        """The last successful probe's eigenvector estimate on the ranks that computed it."""
 
     def _draw(self) -> list[int]:
         return select_probe_indices(
@@ -80,12 +83,13 @@ class HessianProbe:
         micro = self.config.micro_batch_size
         if outcome.error and "OutOfMemoryError" in outcome.error and micro > 1:
             retry = self._measure(model, device, replace(self.config, micro_batch_size=micro // 2))
-            if retry.ok:
-                return retry
-            retry.error = (
-                f"{outcome.error}; retried with micro_batch_size {micro // 2}: {retry.error}"
-            )
-            return retry
+            if not retry.ok:
+                retry.error = (
+                    f"{outcome.error}; retried with micro_batch_size {micro // 2}: {retry.error}"
+                )
+            outcome = retry
+        if outcome.vector is not None:
+            self.vector = outcome.vector
         return outcome
 
     def _measure(
@@ -100,16 +104,23 @@ class HessianProbe:
             device=device,
             group=self.group,
             zero_stage=self.zero_stage,
+            v0=self.vector if self.config.warm_start else None,
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state: the probe indices and the draw counter."""
-        return {"indices": list(self.indices), "draws": self.draws}
+        """The probe indices and draw counter (JSON values) and ``vector``, the warm-start
+        vector as a CPU tensor (``None`` before the first probe and on ranks that do not
+        compute in "rank0" mode): save it from a rank that holds it (rank 0) so that a resumed
+        run probes exactly as an uninterrupted one."""
+        vector = None if self.vector is None else self.vector.detach().cpu().clone()
+        return {"indices": list(self.indices), "draws": self.draws, "vector": vector}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output."""
+        """Restore :meth:`state_dict` output (``vector`` may be absent, a tensor or an array)."""
         self.indices = [int(i) for i in state["indices"]]
         self.draws = int(state["draws"])
+        vector = state.get("vector")
+        self.vector = None if vector is None else torch.as_tensor(vector).clone()
 
 
 @dataclass

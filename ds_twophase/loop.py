@@ -253,7 +253,8 @@ class Trainer:
         path = Path(path)
         load_checkpoint(self.engine, path.parent, tag=path.name)
         if self.probe is not None and state.get("probe") is not None:
-            self.probe.load_state_dict(state["probe"])
+            vector = state["tensors"].get("probe_vector")
+            self.probe.load_state_dict({**state["probe"], "vector": vector})
         self.metrics.truncate(epoch)
         log(f"resume: continuing after epoch {epoch} from {path}")
         return epoch
@@ -278,6 +279,7 @@ class Trainer:
                 )
             epoch = checkpoint.read_state(path)["epoch"]
         state = checkpoint.read_state(path)
+        state["tensors"] = checkpoint.read_tensors(path)
         changes = config_changes(state.get("config", {}), resume_fingerprint(self.run.resolved))
         if changes:
             more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
@@ -399,6 +401,7 @@ class Trainer:
                     decision=rec.decision,
                     warning=rec.warning,
                     probe_error=None if end.probe is None else end.probe.error,
+                    probe_hvps=None if end.probe is None else end.probe.iterations,
                 )
             else:
                 row.update(phase=None, hmax=None, decision=None)
@@ -417,17 +420,7 @@ class Trainer:
             log(_epoch_line(row, last))
             every = self.tc.checkpoint_every
             if epoch == end_at or (every and epoch % every == 0):
-                state = {
-                    "epoch": epoch,
-                    "config": resume_fingerprint(self.run.resolved),
-                    "probe": None if self.probe is None else self.probe.state_dict(),
-                    "scheduler": self.scheduler.state_dict()
-                    if isinstance(self.scheduler, EpochScheduler)
-                    else None,
-                }
-                checkpoint.save(
-                    self.engine, self.ckpt_dir, epoch, state, keep=self.tc.keep_checkpoints
-                )
+                self._save(epoch)
         if end_at < last:
             log(f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self.out})")
         else:
@@ -435,6 +428,26 @@ class Trainer:
                 val_acc = evaluate(self.engine, self.splits.val, 4 * self.micro)[1]
             log(f"done: {last} epochs, final test accuracy {val_acc:.4f} ({self.out})")
         return RunResult(epochs=max(end_at, start), val_accuracy=val_acc, output_dir=self.out)
+
+    def _save(self, epoch: int) -> None:
+        probe = None if self.probe is None else self.probe.state_dict()
+        vector = None if probe is None else probe.pop("vector")
+        state = {
+            "epoch": epoch,
+            "config": resume_fingerprint(self.run.resolved),
+            "probe": probe,
+            "scheduler": self.scheduler.state_dict()
+            if isinstance(self.scheduler, EpochScheduler)
+            else None,
+        }
+        checkpoint.save(
+            self.engine,
+            self.ckpt_dir,
+            epoch,
+            state,
+            keep=self.tc.keep_checkpoints,
+            tensors={} if vector is None else {"probe_vector": vector},
+        )
 
 
 def _epoch_line(row: dict[str, Any], last: int) -> str:

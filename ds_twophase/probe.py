@@ -9,7 +9,7 @@ a rank waiting.
   broadcast (for as long as the process group's timeout allows).
 * ``"sharded"``: micro-batch ``j`` of the probe batch goes to rank ``j % world_size`` (so both
   modes see the same micro-batches and agree even with ``bn_mode="train"``); every HVP and the
-  sample count are summed over ranks, so all ranks follow the same power iteration. Failure
+  sample count are summed over ranks, so all ranks follow the same Lanczos iteration. Failure
   protocol: each HVP reduction is preceded by a small all-reduce of ``[failed, count]``. A rank
   whose local work raises (while building its micro-batches, during setup or in an iteration)
   still takes part in that control all-reduce with ``failed = 1``; every rank then sees the
@@ -82,7 +82,7 @@ class ProbeConfig:
     """Samples per forward pass of the probe; ``None`` = DeepSpeed's
     ``train_micro_batch_size_per_gpu`` (the caller fills it)."""
     max_iters: int = 20
-    """Most power iterations (Hessian-vector products)."""
+    """Most Lanczos steps (Hessian-vector products) per probe."""
     tol: float = 1e-3
     """Stop when the relative change of the estimate is below this (0 = always max_iters)."""
     method: str = "exact"
@@ -94,8 +94,12 @@ class ProbeConfig:
     seed: int | None = None
     """Seed for the probe samples and the start vector; ``None`` = the run's seed."""
     max_graph_mb: float | None = 2048
-    """Memory (MiB) for autograd graphs kept between power iterations; micro-batches beyond it
-    are recomputed each iteration. ``None`` = no limit."""
+    """Memory (MiB) for autograd graphs kept between Lanczos steps; micro-batches beyond it
+    are recomputed each step. ``None`` = no limit."""
+    warm_start: bool = True
+    """Start each probe from the eigenvector estimate the previous successful probe ended on
+    (kept in checkpoints) instead of the seeded random vector: fewer HVPs when the model changed
+    little in one epoch. ``false`` = every probe starts from the same random vector."""
 
     def __post_init__(self) -> None:
         _check_layer(self.layer)
@@ -108,8 +112,9 @@ class ProbeConfig:
         _check_int("seed", self.seed, minimum=0, optional=True)
         if not _is_number(self.tol) or not (0 <= self.tol < math.inf):
             raise ValueError(f"probe.tol must be a number >= 0, got {self.tol!r}")
-        if not isinstance(self.redraw, bool):
-            raise ValueError(f"probe.redraw must be true or false, got {self.redraw!r}")
+        for name in ("redraw", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"probe.{name} must be true or false, got {getattr(self, name)!r}")
         if self.max_graph_mb is not None and (
             not _is_number(self.max_graph_mb) or not (0 <= self.max_graph_mb < math.inf)
         ):
@@ -196,9 +201,13 @@ class ProbeOutcome:
     layer: list[str] | None
     """Module name(s) probed (``None`` if the probe failed before choosing them)."""
     iterations: int
-    """Power iterations performed."""
+    """Lanczos steps (HVPs) performed."""
     num_samples: int = 0
     """Samples in the probe batch."""
+    vector: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The final eigenvector estimate, on the ranks that computed it (rank 0 in "rank0" mode,
+    every rank in "sharded" mode, where it is the same everywhere); ``None`` elsewhere and when
+    the probe failed. Never sent between ranks; the one field that is not the same on all."""
 
     @property
     def ok(self) -> bool:
@@ -263,6 +272,7 @@ def measure_hmax(
     group: Any = None,
     zero_stage: int = 0,
     fail_hook: FailHook | None = None,
+    v0: torch.Tensor | None = None,
 ) -> ProbeOutcome:
     """Measure hmax on the probe samples ``dataset[indices]``; call on every rank of ``group``.
 
@@ -274,6 +284,8 @@ def measure_hmax(
     ``cfg.micro_batch_size`` must be set (the trainer fills it from the DeepSpeed config).
     ``zero_stage``: DeepSpeed's ZeRO stage; under stage 3 only "sharded" works (it gathers the
     partitioned parameters on every rank for the probe's duration).
+    ``v0``: start vector (see ``principal_eigenvalue``), e.g. the ``vector`` of the previous
+    outcome; in "sharded" mode every rank must pass the same one.
     Returns the same ``ProbeOutcome`` on every rank. Raises ``ValueError`` (on every rank, before
     any collective) only for invalid arguments, e.g. mode "rank0" under ZeRO stage 3.
     """
@@ -293,7 +305,7 @@ def measure_hmax(
     if nan_loss:
         loss_fn = _nan_loss(loss_fn)
     job = _ProbeJob(
-        model, loss_fn, dataset, list(indices), cfg, torch.device(device), collate, fail_hook
+        model, loss_fn, dataset, list(indices), cfg, torch.device(device), collate, fail_hook, v0
     )
     if cfg.mode == "rank0":
         return _rank0(job, group)
@@ -310,6 +322,7 @@ class _ProbeJob:
     device: torch.device
     collate: Callable[[list[Any]], Any] | None
     fail_hook: FailHook | None
+    v0: torch.Tensor | None = None
 
     def chunks(self) -> list[list[int]]:
         mb = self.cfg.micro_batch_size
@@ -345,7 +358,7 @@ class _ProbeJob:
         return principal_eigenvalue(
             self.model, self.loss_fn, batches, layer, max_iters=cfg.max_iters, tol=cfg.tol,
             method=cfg.method, bn_mode=cfg.bn_mode, seed=self.seed, hvp_reduce=hvp_reduce,
-            max_graph_bytes=budget, iteration_hook=hook, buffers=buffers,
+            max_graph_bytes=budget, iteration_hook=hook, buffers=buffers, v0=self.v0,
         )  # fmt: skip
 
     @property
@@ -355,17 +368,18 @@ class _ProbeJob:
 
 
 def _rank0(job: _ProbeJob, group: Any) -> ProbeOutcome:
-    outcome = None
+    outcome, vector = None, None
     if dist.get_rank(group) == 0:
         start = time.perf_counter()
         try:
             res = job.probe(*job.prepare(job.chunks()), 0)
             outcome = _outcome(res.value, time.perf_counter() - start, None, res)
+            vector = res.vector
         except Exception as e:  # reported to every rank, never raised
             outcome = _outcome(
                 math.nan, time.perf_counter() - start, f"rank 0: {_describe(e)}", None
             )
-    return dist.broadcast_object(outcome, src=0, group=group)
+    return _with_vector(dist.broadcast_object(outcome, src=0, group=group), vector)
 
 
 def _sharded(job: _ProbeJob, group: Any, zero_stage: int) -> ProbeOutcome:
@@ -414,17 +428,25 @@ def _sharded_probe(job: _ProbeJob, group: Any) -> ProbeOutcome:
             math.nan, time.perf_counter() - start, f"rank {rank}: {_describe(e)}", None
         )
         return _merge(dist.all_gather_object(local, group=group))
+    vector = None
     try:
         # From here principal_eigenvalue announces its own failures to the peers.
         res = job.probe(batches, layer, rank, hvp_reduce=reduce, buffers=buffers)
         local = _outcome(res.value, time.perf_counter() - start, None, res)
+        vector = res.vector
     except ProbePeerFailure:
         local = _outcome(math.nan, time.perf_counter() - start, None, None)
     except Exception as e:
         local = _outcome(
             math.nan, time.perf_counter() - start, f"rank {rank}: {_describe(e)}", None
         )
-    return _merge(dist.all_gather_object(local, group=group))
+    return _with_vector(_merge(dist.all_gather_object(local, group=group)), vector)
+
+
+def _with_vector(outcome: ProbeOutcome, vector: torch.Tensor | None) -> ProbeOutcome:
+    # Attached after the exchange so that the vector never travels between ranks.
+    outcome.vector = vector if outcome.ok else None
+    return outcome
 
 
 def _outcome(value: float, seconds: float, error: str | None, res: Any) -> ProbeOutcome:

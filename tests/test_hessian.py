@@ -56,6 +56,11 @@ def data(n: int, shape: tuple[int, ...], classes: int, dtype=torch.float64, seed
 
 
 def dense_hessian_eigs(model, x, y, names, bn_train=False) -> torch.Tensor:
+    return torch.linalg.eigvalsh(dense_hessian(model, x, y, names, bn_train))
+
+
+def dense_hessian(model, x, y, names, bn_train=False) -> torch.Tensor:
+    """The symmetrised dense Hessian of the mean loss w.r.t. the named modules' parameters."""
     """Eigenvalues of the dense Hessian of the mean loss w.r.t. the named modules' params."""
     model = copy.deepcopy(model).eval()
     if bn_train:
@@ -75,7 +80,7 @@ def dense_hessian_eigs(model, x, y, names, bn_train=False) -> torch.Tensor:
         return CE(functional_call(model, subst, (x,)), y)
 
     h = torch.autograd.functional.hessian(loss, flat0)
-    return torch.linalg.eigvalsh((h + h.T) / 2)
+    return (h + h.T) / 2
 
 
 def largest_magnitude(eigs: torch.Tensor) -> float:
@@ -148,6 +153,66 @@ def test_graph_budget_recomputes_with_same_answer(budget):
     # budget 1 byte keeps nothing; 0 likewise: every micro-batch is recomputed per iteration
     spilled = principal_eigenvalue(model, CE, batches, max_iters=15, tol=0, max_graph_bytes=budget)
     assert rel(spilled.value, kept.value) < 1e-10
+
+
+def test_lanczos_is_exact_once_the_krylov_space_spans_the_block():
+    # 36 parameters: at most 36 HVPs reach an invariant subspace, where the value is exact.
+    model = mlp()
+    x, y = data(40, (6,), 4)
+    res = principal_eigenvalue(model, CE, [(x, y)], "2", max_iters=36, tol=0)
+    truth = largest_magnitude(dense_hessian_eigs(model, x, y, ["2"]))
+    assert rel(res.value, truth) < 1e-10
+    assert res.iterations <= 36
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5, 8])
+def test_lanczos_is_never_worse_than_power_iteration_for_the_same_hvps(steps):
+    # The paper's power iteration from the same start vector, on the dense Hessian: its
+    # Rayleigh quotient after `steps` HVPs lies in the Krylov space Lanczos optimises over.
+    model = small_cnn()
+    x, y = data(24, (3, 6, 6), 3)
+    h = dense_hessian(model, x, y, ["conv2"])
+    evals = torch.linalg.eigvalsh(h)
+    truth = largest_magnitude(evals)
+    assert truth > 0 and abs(truth) > abs(float(evals[0]))  # the positive end dominates
+    v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(7), dtype=h.dtype)
+    res = principal_eigenvalue(model, CE, [(x, y)], "conv2", max_iters=steps, tol=0, v0=v)
+    v = v / v.norm()
+    for _ in range(steps - 1):
+        v = h @ v
+        v = v / v.norm()
+    power = float(v @ h @ v)
+    assert res.iterations == steps
+    assert abs(res.value - truth) <= abs(power - truth) * (1 + 1e-9)
+    assert res.value <= truth * (1 + 1e-12)  # a Ritz value never overshoots the top
+
+
+def test_result_vector_is_the_eigenvector_and_warm_starts_the_next_call():
+    model = small_cnn()
+    x, y = data(24, (3, 6, 6), 3)
+    h = dense_hessian(model, x, y, ["conv2"])
+    cold = principal_eigenvalue(model, CE, [(x, y)], "conv2", max_iters=100, tol=1e-10)
+    vec = cold.vector.double()
+    assert abs(float(vec.norm()) - 1) < 1e-12
+    assert float((h @ vec - cold.value * vec).norm()) < 1e-4 * abs(cold.value)
+    warm = principal_eigenvalue(model, CE, [(x, y)], "conv2", max_iters=100, tol=1e-10, v0=vec)
+    assert rel(warm.value, cold.value) < 1e-9
+    assert warm.iterations < cold.iterations and warm.converged
+
+
+def test_v0_of_the_wrong_size_or_zero_is_refused():
+    x, y = data(4, (6,), 4)
+    with pytest.raises(ValueError, match="v0 must be a tensor of 36 elements, got 35"):
+        principal_eigenvalue(mlp(), CE, [(x, y)], "2", v0=torch.ones(35))
+    with pytest.raises(ValueError, match="v0 must be finite and non-zero"):
+        principal_eigenvalue(mlp(), CE, [(x, y)], "2", v0=torch.zeros(36))
+
+
+def test_nan_result_carries_no_vector():
+    model = mlp()
+    x, y = data(8, (6,), 4)
+    res = principal_eigenvalue(model, lambda o, t: CE(o, t) * float("nan"), [(x, y)], "2")
+    assert res.value != res.value and res.vector is None
 
 
 def test_tol_and_max_iters_control_the_iteration_count():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _launch import REPO, run_deepspeed, run_group
@@ -81,6 +82,14 @@ def test_two_ranks_plateau_switch_decay(tmp_path):
     ckpt = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["epoch0012", "epoch0014"]
     assert (ckpt / "epoch0014" / "COMPLETE").is_file()
+    # The probe's warm-start vector travels with the checkpoint, as plain numpy data.
+    state = json.loads((ckpt / "epoch0014" / "ds_twophase.json").read_text())
+    assert state["tensors"] == ["probe_vector"]
+    vector = np.load(ckpt / "epoch0014" / "probe_vector.npy", allow_pickle=False)
+    assert vector.shape == (12288,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    probed = [r for r in rows if r["hmax"] is not None]
+    assert all(r["probe_hvps"] >= 1 for r in probed)
+    assert all(r["probe_hvps"] is None for r in rows if r["hmax"] is None)
 
 
 @pytest.mark.timeout(300)
