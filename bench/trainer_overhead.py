@@ -1,4 +1,4 @@
-"""Benchmark: overhead of the ds_twophase trainer against a bare DeepSpeed loop, and probe share.
+"""Benchmark: the ds_twophase trainer against a bare DeepSpeed loop, the probe's share, its solver.
 
 Measures in one run:
 
@@ -23,21 +23,32 @@ Measures in one run:
    (``ds_twophase.loop.make_loader``), separating the loop's cost from the data pipeline's.
    Each epoch is also measured in CPU seconds (this process plus its reaped DataLoader workers,
    from ``getrusage``): on a shared machine the wall clock mostly measures the scheduler.
-2. The share of wall time spent in the Hessian probe over a whole two-phase MNIST-1D run of
-   ``python -m ds_twophase.train`` (a subprocess; ``metrics.jsonl`` read back): sum of
-   ``probe_seconds`` / sum of ``epoch_seconds``, and the mean probe against the median epoch
-   without a probe.
-3. A clearly labelled SCRATCH demonstration of suggested fixes for the probe's cost (the
-   published numbers of parts 1 and 2 are always of the unmodified code): monkeypatched copies
-   of ``ds_twophase.hessian._power_iteration`` that start each probe from the vector the
-   previous probe ended on and/or use Lanczos instead of power iteration, side by side with the
-   shipped probe on the same weights, with a 30-step Lanczos reference for the error.
+2. The share of wall time spent in the Hessian probe over whole two-phase MNIST-1D runs of
+   ``python -m ds_twophase.train`` (subprocesses; ``metrics.jsonl`` read back), one run per
+   entry of ``--probe-batches`` (``config``: the config as it is; an integer N: with
+   ``--set scheduler.params.probe.batch_size=N``): sum of ``probe_seconds`` / sum of
+   ``epoch_seconds``, HVPs per probe (``probe_hvps``), the mean probe against the median epoch
+   without a probe, the final ``val_accuracy`` and the epochs that decayed. The decay epochs
+   can differ between probe batches (the convergence phase compares hmax from epoch to epoch);
+   each row is one run with one seed.
+3. Probe solvers on the same weights (in-process, after some training, at a few probe points):
+   the shipped probe (``ds_twophase.hook.HessianProbe``: Lanczos, warm start), Lanczos from the
+   seeded random start, and the paper's power iteration (10 HVPs, as the paper timed it; and
+   with the ``max_iters``/``tol`` stopping rule ds_twophase used before 0.1), the latter a
+   reference implementation in this file (``power_iteration``) on the library's HVP engine and
+   probe samples. A floor row (setup + 1 HVP) and a 30-step Lanczos reference (error column)
+   bound them; ``--probe-batch N`` sets the probe batch of this part.
 
-    python bench/trainer_overhead.py          # 2048/256, 128/64, 128/128 (7 rounds); the
-                                              # config's full 60-epoch run; writes
+    python bench/trainer_overhead.py          # 2048/256, 128/64, 128/128 (7 rounds); one
+                                              # full 60-epoch run per --probe-batches entry
+                                              # (default: the config's probe batch); solvers
+                                              # after 20 epochs at 6 points; writes
                                               # docs/benchmarks.md
-    python bench/trainer_overhead.py --quick  # 2048/256, 128/64 (2 rounds); a 12-epoch run
-                                              # forced to switch after epoch 6; prints only
+    python bench/trainer_overhead.py --quick  # 2048/256, 128/64 (2 rounds); 12-epoch runs
+                                              # forced to switch after epoch 6; solvers after
+                                              # 2 epochs at 2 points; prints only
+    python bench/trainer_overhead.py --skip-throughput --probe-batches config,256,512
+                                              # parts 2 and 3 only, three whole runs
 
 ``--threads`` (default ``1``; e.g. ``1,2``) lists the torch thread counts of part 1; parts 2
 and 3 use the first (passed to the subprocess as ``OMP_NUM_THREADS``). With 2 threads on a
@@ -173,8 +184,11 @@ def init_single_process() -> None:
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
 
 
-def run_config(config: str, setting: Setting, output_dir: str) -> Any:
-    """The validated ``RunConfig`` of ``config`` with the setting's batch sizes."""
+def run_config(
+    config: str, setting: Setting, output_dir: str, extra: list[str] | None = None
+) -> Any:
+    """The validated ``RunConfig`` of ``config`` with the setting's batch sizes and the
+    ``--set``-style overrides ``extra``."""
     from ds_twophase.config import load_config, validate_config
 
     raw = load_config(
@@ -184,6 +198,7 @@ def run_config(config: str, setting: Setting, output_dir: str) -> Any:
             f"train_micro_batch_size_per_gpu={setting.micro}",
             f"trainer.output_dir={output_dir}",
             "trainer.progress=off",
+            *(extra or []),
         ],
     )
     return validate_config(raw, world_size=1)
@@ -294,19 +309,37 @@ def time_setting(
 # --------------------------------------------------------------------------------------------
 # part 2: the probe's share of a whole run
 # --------------------------------------------------------------------------------------------
+PROBE_BATCH_KEY = "scheduler.params.probe.batch_size"
+
+
 @dataclass
 class ProbeShare:
     """Probe and epoch times of one two-phase run, from its ``metrics.jsonl``."""
 
+    entry: str
+    """The ``--probe-batches`` entry: ``"config"`` or the probe batch size as given."""
+    probe_batch: int
+    """The probe batch size the run used (resolved from its config)."""
     command: str
     epochs: int
     probes: int
+    hvps: list[int]
+    """Hessian-vector products of each probe (``probe_hvps``)."""
     probe_seconds: float
     epoch_seconds: float
     probe_mean: float
     epoch_median_no_probe: float
     wall: float
     switch_epoch: int | None
+    val_accuracy: float | None
+    """``val_accuracy`` of the last epoch."""
+    decay_epochs: list[int]
+    """Epochs whose decision was ``decay``."""
+
+    @property
+    def label(self) -> str:
+        """The probe batch, e.g. ``2048 (config)``."""
+        return f"{self.probe_batch} (config)" if self.entry == "config" else str(self.probe_batch)
 
     @property
     def share(self) -> float:
@@ -319,10 +352,28 @@ class ProbeShare:
         return self.probe_mean / self.epoch_median_no_probe
 
 
-def probe_share(config: str, out: str, extra: list[str], threads: int) -> ProbeShare:
-    """Run the trainer as a subprocess and read back its ``metrics.jsonl``."""
+def entry_overrides(entry: str) -> list[str]:
+    """``--set`` items of one ``--probe-batches`` entry (none for ``config``)."""
+    return [] if entry == "config" else [f"{PROBE_BATCH_KEY}={int(entry)}"]
+
+
+def resolved_probe_batch(config: str, overrides: list[str]) -> int:
+    """The probe batch size of ``config`` with ``overrides``: ``scheduler.params.probe.
+    batch_size`` if set, else the global train batch size (what the trainer fills in)."""
+    from ds_twophase.config import load_config, resolve_batch, validate_config
+
+    run = validate_config(load_config(str(ROOT / config), overrides), world_size=1)
+    if run.probe is not None and run.probe.batch_size:
+        return int(run.probe.batch_size)
+    return resolve_batch(run.deepspeed, 1)[0]
+
+
+def probe_share(config: str, out: str, extra: list[str], entry: str, threads: int) -> ProbeShare:
+    """Run the trainer as a subprocess with the probe batch of ``entry`` and read back its
+    ``metrics.jsonl``."""
+    overrides = [*extra, *entry_overrides(entry)]
     cmd = [sys.executable, "-m", "ds_twophase.train", "--config", config]
-    for item in [f"trainer.output_dir={out}", *extra]:
+    for item in [f"trainer.output_dir={out}", *overrides]:
         cmd += ["--set", item]
     env = dict(os.environ)
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -345,171 +396,116 @@ def probe_share(config: str, out: str, extra: list[str], threads: int) -> ProbeS
     plain = [r["epoch_seconds"] for r, p in zip(rows, probed, strict=True) if not p]
     probe_total = sum(r.get("probe_seconds") or 0.0 for r in rows)
     return ProbeShare(
+        entry=entry,
+        probe_batch=resolved_probe_batch(config, overrides),
         command=shown,
         epochs=len(rows),
         probes=sum(probed),
+        hvps=[int(r["probe_hvps"]) for r in rows if r.get("probe_hvps")],
         probe_seconds=probe_total,
         epoch_seconds=sum(r["epoch_seconds"] for r in rows),
         probe_mean=probe_total / max(1, sum(probed)),
         epoch_median_no_probe=statistics.median(plain) if plain else math.nan,
         wall=wall,
         switch_epoch=next((r["epoch"] for r in rows if r.get("decision") == "switch"), None),
+        val_accuracy=rows[-1].get("val_accuracy") if rows else None,
+        decay_epochs=[r["epoch"] for r in rows if r.get("decision") == "decay"],
     )
 
 
 # --------------------------------------------------------------------------------------------
-# part 3: SCRATCH demonstration (not the shipped code) of cheaper probes
+# part 3: probe solvers on the same weights
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Variant:
-    """One probe variant of the demonstration."""
-
-    label: str
-    algorithm: str
-    """``"power"`` (the shipped iteration) or ``"lanczos"``."""
-    warm: bool
-    """Start from the vector the previous probe of this variant ended on."""
-    shipped: bool = False
-    """The unmodified ds_twophase probe (no monkeypatching)."""
-    max_iters: int | None = None
-    tol: float | None = None
-    vector: torch.Tensor | None = None
+SHIPPED = "shipped: Lanczos, warm start"
+LANCZOS_COLD = "Lanczos, random start"
+PAPER = "paper: power iteration, 10 HVPs"
+FLOOR = "floor: setup + 1 HVP"
+REFERENCE = "reference: Lanczos, 30 steps, tol 0"
+PAPER_HVPS = 10
+"""The paper times its probe with 10 power iterations (paper.txt, "Extra Computational Cost")."""
 
 
-def _lanczos_step_values(
-    hvp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, max_iters: int, tol: float
-) -> tuple[float, int, bool, torch.Tensor]:
-    """Lanczos with full reorthogonalisation; stops when the Ritz value of largest magnitude
-    changes by less than ``tol`` (relative). Returns (value, HVPs, converged, Ritz vector)."""
-    basis = [v / v.norm()]
-    alphas: list[float] = []
-    betas: list[float] = []
-    value, prev, ritz = math.nan, None, basis[0]
-    for k in range(1, max_iters + 1):
-        w = hvp(basis[-1])
-        if not bool(torch.isfinite(w).all()):
-            return math.nan, k, False, basis[0]
-        alphas.append(float(torch.dot(w, basis[-1])))
-        for q in basis:  # full reorthogonalisation (twice is enough)
-            w = w - torch.dot(w, q) * q
-        for q in basis:
-            w = w - torch.dot(w, q) * q
-        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        for i, b in enumerate(betas):
-            t[i, i + 1] = t[i + 1, i] = b
-        evals, evecs = torch.linalg.eigh(t)
-        top = int(evals.abs().argmax())
-        value = float(evals[top])
-        coeffs = evecs[:, top].to(v.dtype)
-        ritz = sum(c * q for c, q in zip(coeffs, basis, strict=True))
-        beta = float(w.norm())
-        if (prev is not None and abs(value - prev) < tol * abs(value)) or beta < 1e-12:
-            return value, k, True, ritz
-        prev = value
-        betas.append(beta)
-        basis.append(w / beta)
-    return value, max_iters, False, ritz
-
-
-def _scratch_power_iteration(variant: Variant) -> Callable[..., Any]:
-    """SCRATCH replacement for ``ds_twophase.hessian._power_iteration`` (same signature): the
-    shipped code's functional view and HVP engine, with a start vector from the previous probe
-    (``variant.warm``) and power iteration or Lanczos (``variant.algorithm``)."""
-    from ds_twophase import hessian as H
-
-    def power_iteration(
-        model: Any,
-        loss_fn: Any,
-        batches: list[tuple[Any, Any]],
-        names: list[str],
-        max_iters: int,
-        tol: float,
-        method: str,
-        seed: int,
-        reducer: Any,
-        max_graph_bytes: int | None,
-        iteration_hook: Callable[[int], None] | None,
-        buffers: dict[str, torch.Tensor] | None,
-    ) -> Any:
-        max_iters = variant.max_iters or max_iters
-        tol = tol if variant.tol is None else variant.tol
-        fn = H._Functional(model, loss_fn, names, buffers)
-        local_count = float(sum(H._batch_size(x, y) for x, y in batches))
-        gen = torch.Generator().manual_seed(seed)
-        v = torch.randn(fn.num_params, generator=gen, dtype=torch.float64).to(fn.device, fn.dtype)
-        if variant.warm and variant.vector is not None and variant.vector.shape == v.shape:
-            v = variant.vector.clone()
-        v /= v.norm()
-        with torch.enable_grad():
-            engine = H._ExactHVP(fn, batches, v, max_graph_bytes)
-
-            def hvp(x: torch.Tensor) -> torch.Tensor:
-                hv, count = reducer(engine(x), local_count)
-                return hv / count
-
-            if variant.algorithm == "lanczos":
-                value, k, converged, v = _lanczos_step_values(hvp, v, max_iters, tol)
-            else:  # the shipped power iteration
-                value, prev, converged, k = math.nan, None, False, 0
-                while k < max_iters:
-                    k += 1
-                    hv = hvp(v)
-                    value, norm = float(torch.dot(v, hv)), float(hv.norm())
-                    if not (math.isfinite(value) and math.isfinite(norm)) or norm == 0.0:
-                        break
-                    v = hv / norm
-                    if prev is not None and abs(value - prev) < tol * abs(value):
-                        converged = True
-                        break
-                    prev = value
-        if math.isfinite(value):
-            variant.vector = v.detach().clone()
-        reducer.done()
-        return H.EigenResult(
-            value=value,
-            iterations=k,
-            layer=names,
-            num_params=fn.num_params,
-            num_samples=int(local_count),
-            converged=converged,
-            seconds=0.0,
-        )
-
-    return power_iteration
-
-
-@contextlib.contextmanager
-def scratch_solver(variant: Variant) -> Iterator[None]:
-    """SCRATCH: monkeypatch the variant's solver in for the duration of one probe."""
-    from ds_twophase import hessian as H
-
-    original = H._power_iteration
-    H._power_iteration = _scratch_power_iteration(variant)
-    try:
-        yield
-    finally:
-        H._power_iteration = original
-
-
-def demo_variants() -> list[Variant]:
-    """The shipped probe, three SCRATCH solvers, and a tight reference (not timed against)."""
-    return [
-        Variant("shipped: power iteration, random start at every probe", "power", False, True),
-        Variant("SCRATCH: power iteration, warm start", "power", True),
-        Variant("SCRATCH: Lanczos, random start", "lanczos", False),
-        Variant("SCRATCH: Lanczos, warm start", "lanczos", True),
-        Variant("floor: setup + 1 HVP (no convergence check)", "lanczos", False, max_iters=1),
-        Variant("reference: Lanczos, 30 steps, tol 0", "lanczos", False, max_iters=30, tol=0.0),
-    ]
+def power_iteration_label(tol: float) -> str:
+    """Row label of the power iteration that stops on ``tol``, e.g. ``tol 1e-3``."""
+    mantissa, exponent = f"{tol:.0e}".split("e")
+    text = f"{mantissa}e{int(exponent)}" if tol > 0 and float(f"{tol:.0e}") == tol else f"{tol:g}"
+    return f"power iteration, tol {text} (ds_twophase before 0.1 Lanczos)"
 
 
 @dataclass
-class ProbeDemo:
-    """Per probe point and variant: wall seconds, CPU seconds, HVPs, value."""
+class Solve:
+    """One probe by one solver."""
+
+    value: float
+    hvps: int
+    seconds: float
+    """Wall time of the whole probe (loading the micro-batches included)."""
+    layer: list[str]
+
+
+def power_iteration(
+    probe: Any, model: torch.nn.Module, device: Any, max_iters: int, tol: float
+) -> Solve:
+    """The bench's reference implementation of the paper's probe (Sec. 3.2): power iteration,
+    ``v <- Hv / ||Hv||``, with the Rayleigh quotient ``v . Hv`` (``v`` of unit norm) as the
+    estimate. Not shipped code (ds_twophase probes with Lanczos); it is here to time the paper's
+    method with the library's own parts, so that only the iteration differs from the shipped
+    rows: the probe samples and micro-batches of ``probe`` (a ``HessianProbe``), its layer
+    choice, the seeded random start vector, the functional view and exact HVP engine of
+    ``ds_twophase.hessian``, the model in eval mode with the RNG states restored afterwards.
+    Stops after ``max_iters`` HVPs, or when the estimate changes by less than ``tol``
+    (relative) between two HVPs, or on a non-finite or zero HVP."""
+    from torch.utils.data import default_collate
+
+    from ds_twophase import hessian
+
+    cfg = probe.config
+    t0 = time.perf_counter()
+    batches = []
+    for first in range(0, len(probe.indices), cfg.micro_batch_size):
+        chunk = probe.indices[first : first + cfg.micro_batch_size]
+        x, y = default_collate([probe.dataset[i] for i in chunk])
+        batches.append((x.to(device), y.to(device)))
+    layer = hessian.resolve_layer(model, cfg.layer, batches[0][0])
+    budget = None if cfg.max_graph_mb is None else int(cfg.max_graph_mb * 2**20)
+    samples = len(probe.indices)
+    estimate, hvps = math.nan, 0
+    with hessian._probe_modes(model, "eval"), hessian.preserve_rng_state(), torch.enable_grad():
+        fn = hessian._Functional(model, probe.loss_fn, layer)
+        v = hessian._start_vector(fn, cfg.seed, None)
+        weighted_hvp = hessian._ExactHVP(fn, batches, v, budget)  # first call: with this v
+        while hvps < max_iters:
+            hv = weighted_hvp(v) / samples  # the engine sums n_i * H_i v over micro-batches
+            hvps += 1
+            earlier, estimate = estimate, float(torch.dot(v, hv))
+            length = float(torch.linalg.vector_norm(hv))
+            if not math.isfinite(estimate) or not math.isfinite(length) or length == 0.0:
+                break
+            if hvps > 1 and abs(estimate - earlier) < tol * abs(estimate):
+                break
+            v = hv / length
+    return Solve(estimate, hvps, time.perf_counter() - t0, layer)
+
+
+def probe_solve(probe: Any, model: torch.nn.Module, device: Any) -> Solve:
+    """One call of a ``HessianProbe`` (the shipped code path), as a ``Solve``."""
+    outcome = probe(model, device)
+    if not outcome.ok:
+        raise SystemExit(f"the probe failed: {outcome.error}")
+    return Solve(outcome.value, outcome.iterations, outcome.seconds, list(outcome.layer or []))
+
+
+@dataclass
+class SolverRows:
+    """Per probe point and solver: wall seconds, CPU seconds, HVPs, value."""
 
     trained_first: int
     epoch_batches: float
     """Global batches in one epoch of training data."""
+    probe_batch: int
+    micro_batch: int
+    max_iters: int
+    tol: float
     layer: str = ""
     layer_params: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
@@ -517,58 +513,95 @@ class ProbeDemo:
     rows: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
-def probe_demo(config: str, tmp: str, train_first: int, points: int) -> ProbeDemo:
+def probe_solvers(
+    config: str, tmp: str, train_first: int, points: int, probe_batch: int | None
+) -> SolverRows:
     """Train ``train_first`` epochs at 2048 / 256, then ``points`` times: one more epoch and
-    every variant's probe on the same weights (order rotating). Warm variants' first call has
-    no previous vector, so the first point is not counted."""
+    every solver's probe on the same weights (order rotating). The warm-started probe has no
+    previous vector at its first call, so the first point is not counted."""
+    from dataclasses import replace
+
+    from ds_twophase.hook import HessianProbe
     from ds_twophase.loop import Trainer
 
-    run = run_config(config, Setting(2048, 256), tmp)
+    extra = [] if probe_batch is None else [f"{PROBE_BATCH_KEY}={probe_batch}"]
+    run = run_config(config, Setting(2048, 256), tmp, extra)
     trainer = Trainer(run)
     if trainer.probe is None:
         raise SystemExit(f"{config}: no Hessian probe configured (TwoPhaseLR needed)")
-    if run.probe.method != "exact":
-        raise SystemExit("the demonstration needs probe.method 'exact'")
+    base = trainer.probe  # never called: the source of the filled-in settings
+    cfg = base.config
+    if cfg.method != "exact" or cfg.redraw or cfg.bn_mode != "eval":
+        raise SystemExit(
+            "part 3 needs probe.method 'exact', probe.bn_mode 'eval' and probe.redraw false "
+            "(one probe batch for every solver)"
+        )
+
+    def probe(**changes: Any) -> Any:
+        return HessianProbe(
+            base.dataset,
+            base.loss_fn,
+            replace(cfg, **changes),
+            batch_size=cfg.batch_size,
+            micro_batch_size=cfg.micro_batch_size,
+            seed=cfg.seed,
+            zero_stage=run.zero_stage,
+        )
+
+    shipped = probe()
+    cold = probe(warm_start=False)
+    floor = probe(warm_start=False, max_iters=1)
+    reference = probe(warm_start=False, max_iters=30, tol=0.0)
+    solvers: dict[str, Callable[[torch.nn.Module, Any], Solve]] = {
+        SHIPPED: lambda m, d: probe_solve(shipped, m, d),
+        LANCZOS_COLD: lambda m, d: probe_solve(cold, m, d),
+        PAPER: lambda m, d: power_iteration(base, m, d, PAPER_HVPS, 0.0),
+        power_iteration_label(cfg.tol): lambda m, d: power_iteration(
+            base, m, d, cfg.max_iters, cfg.tol
+        ),
+        FLOOR: lambda m, d: probe_solve(floor, m, d),
+        REFERENCE: lambda m, d: probe_solve(reference, m, d),
+    }
     module, device = trainer.engine.module, trainer.engine.device
-    variants = demo_variants()
-    demo = ProbeDemo(train_first, len(trainer.splits.train) / trainer.train_batch)
-    for v in variants:
-        demo.rows[v.label] = {"seconds": [], "cpu": [], "iters": [], "value": []}
+    out = SolverRows(
+        train_first,
+        len(trainer.splits.train) / trainer.train_batch,
+        len(base.indices),
+        cfg.micro_batch_size,
+        cfg.max_iters,
+        cfg.tol,
+    )
+    for label in solvers:
+        out.rows[label] = {"seconds": [], "cpu": [], "iters": [], "value": []}
     modules = dict(module.named_modules())
     for epoch in range(1, train_first + 1):
         trainer.train_epoch(epoch)
+    labels = list(solvers)
     for i in range(points + 1):
         c0, t0 = cpu_seconds(), time.perf_counter()
         trainer.train_epoch(train_first + 1 + i)
         epoch_seconds, epoch_cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        order = variants[i % len(variants) :] + variants[: i % len(variants)]
         measured = {}
-        for v in order:
+        for label in labels[i % len(labels) :] + labels[: i % len(labels)]:
             c0 = cpu_seconds()
-            with contextlib.nullcontext() if v.shipped else scratch_solver(v):
-                outcome = trainer.probe(module, device)
-            if not outcome.ok:
-                raise SystemExit(f"{v.label}: the probe failed: {outcome.error}")
-            demo.layer = ", ".join(outcome.layer or [])
-            measured[v.label] = (
-                outcome.seconds,
-                cpu_seconds() - c0,
-                outcome.iterations,
-                outcome.value,
-            )
+            solve = solvers[label](module, device)
+            if not math.isfinite(solve.value):
+                raise SystemExit(f"{label}: the estimate is not finite ({solve.value})")
+            measured[label] = (solve.seconds, cpu_seconds() - c0, solve.hvps, solve.value)
+            out.layer = ", ".join(solve.layer)
         if i == 0:
-            names = demo.layer.split(", ")
-            demo.layer_params = sum(p.numel() for n in names for p in modules[n].parameters())
+            names = out.layer.split(", ")
+            out.layer_params = sum(p.numel() for n in names for p in modules[n].parameters())
             continue
-        demo.epoch_seconds.append(epoch_seconds)
-        demo.epoch_cpu.append(epoch_cpu)
+        out.epoch_seconds.append(epoch_seconds)
+        out.epoch_cpu.append(epoch_cpu)
         for label, (sec, cpu, iters, value) in measured.items():
-            row = demo.rows[label]
+            row = out.rows[label]
             row["seconds"].append(sec)
             row["cpu"].append(cpu)
             row["iters"].append(iters)
             row["value"].append(value)
-    return demo
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,54 +628,62 @@ def throughput_table(all_results: dict[str, dict[str, LoopResult]]) -> str:
     return "\n".join(lines)
 
 
-def probe_table(p: ProbeShare) -> str:
-    """Markdown table of the probe's share of a run."""
-    return "\n".join(
-        [
-            "| epochs | switch after epoch | probes | probe s (sum) | epoch s (sum) | probe share "
-            "| mean probe s | median epoch s without probe | mean probe / epoch |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {p.epochs} | {p.switch_epoch or '-'} | {p.probes} | {p.probe_seconds:.1f} "
-            f"| {p.epoch_seconds:.1f} | {100 * p.share:.1f}% | {p.probe_mean:.2f} "
-            f"| {p.epoch_median_no_probe:.2f} | {p.per_probe:.2f} |",
-        ]
-    )
+def spread(values: list[float]) -> str:
+    """``median (min-max)``, or ``-`` for no values."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):g} ({min(values):g}-{max(values):g})"
 
 
-def demo_table(d: ProbeDemo, share: ProbeShare | None) -> str:
-    """Markdown table of the demonstration (medians over the probe points). With the part 2
-    run, each variant's projected probe share of that run: its probes scaled by the variant's
-    CPU time relative to the shipped probe's, the rest of the run unchanged."""
+def probe_table(shares: list[ProbeShare]) -> str:
+    """Markdown table of the probe's share of each run, one row per probe batch."""
+    lines = [
+        "| probe batch | epochs | switch after epoch | probes | HVPs per probe, median (min-max) "
+        "| probe s (sum) | epoch s (sum) | probe share | mean probe s "
+        "| median epoch s without probe | mean probe / epoch without probe | final val_accuracy "
+        "| decay epochs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for p in shares:
+        acc = "-" if p.val_accuracy is None else f"{p.val_accuracy:.4f}"
+        lines.append(
+            f"| {p.label} | {p.epochs} | {p.switch_epoch or '-'} | {p.probes} | {spread(p.hvps)} "
+            f"| {p.probe_seconds:.1f} | {p.epoch_seconds:.1f} | {100 * p.share:.1f}% "
+            f"| {p.probe_mean:.2f} | {p.epoch_median_no_probe:.2f} | {p.per_probe:.2f} | {acc} "
+            f"| {', '.join(map(str, p.decay_epochs)) or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def relative_errors(d: SolverRows, label: str) -> list[float]:
+    """Per probe point: |value - reference| / |reference|."""
+    pairs = zip(d.rows[label]["value"], d.rows[REFERENCE]["value"], strict=True)
+    return [abs(a - b) / abs(b) for a, b in pairs]
+
+
+def solver_table(d: SolverRows) -> str:
+    """Markdown table of the solver comparison (medians over the probe points)."""
     med = statistics.median
     epoch, epoch_cpu = med(d.epoch_seconds), med(d.epoch_cpu)
-    labels = list(d.rows)
-    reference = d.rows[labels[-1]]["value"]
-    shipped_cpu = med(d.rows[labels[0]]["cpu"])
     lines = [
         "| probe | s (wall) | CPU s | HVPs (min-max) | probe / train epoch (wall) "
-        "| probe / train epoch (CPU) | rel. error vs reference (median, max) "
-        "| projected share of the run above |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| probe / train epoch (CPU) | rel. error vs reference (median, max) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for label in labels:
-        row = d.rows[label]
-        errors = [abs(a - b) / abs(b) for a, b in zip(row["value"], reference, strict=True)]
-        projected = "-"
-        if share is not None and share.probes and label != labels[-1]:
-            probes = share.probe_seconds * med(row["cpu"]) / shipped_cpu
-            rest = share.epoch_seconds - share.probe_seconds
-            projected = f"{100 * probes / (rest + probes):.1f}%"
+    for label, row in d.rows.items():
+        errors = relative_errors(d, label)
+        error = "-" if label == REFERENCE else f"{med(errors):.1e}, {max(errors):.1e}"
         lines.append(
             f"| {label} | {med(row['seconds']):.3f} | {med(row['cpu']):.3f} "
-            f"| {med(row['iters']):g} ({min(row['iters']):g}-{max(row['iters']):g}) "
+            f"| {spread(row['iters'])} "
             f"| {med(row['seconds']) / epoch:.3f} | {med(row['cpu']) / epoch_cpu:.3f} "
-            f"| {med(errors):.1e}, {max(errors):.1e} | {projected} |"
+            f"| {error} |"
         )
     return "\n".join(lines)
 
 
 def reading(
-    tables: dict[str, dict[str, LoopResult]], share: ProbeShare | None, demo: ProbeDemo | None
+    tables: dict[str, dict[str, LoopResult]], shares: list[ProbeShare], solvers: SolverRows | None
 ) -> list[str]:
     """The conclusions, with this run's numbers."""
     out = ["", "Reading:"]
@@ -697,68 +738,87 @@ def reading(
             )
             + " A progress bar (`trainer.progress`, off here) costs about 0.2 us per `update`."
         )
-    if share is not None:
-        verdict = "met" if share.share < GOAL_PROBE_SHARE else "NOT met"
+    out += share_reading(shares)
+    if solvers is not None:
+        out += solver_reading(solvers)
+    return out
+
+
+def share_reading(shares: list[ProbeShare]) -> list[str]:
+    """Part 2's bullets: one per run, then whether the runs decided alike."""
+    out = []
+    for p in shares:
+        verdict = "met" if p.share < GOAL_PROBE_SHARE else "NOT met"
         out.append(
-            f"- Probe share: {100 * share.share:.1f}% of the run (goal under "
+            f"- Probe share, probe batch {p.label}: {100 * p.share:.1f}% of the run (goal under "
             f"{100 * GOAL_PROBE_SHARE:.0f}%: {verdict}). The schedule switched after epoch "
-            f"{share.switch_epoch}, and from then on every epoch probes ({share.probes} of "
-            f"{share.epochs}); one probe costs {share.per_probe:.2f} of an epoch without one "
-            "(that epoch includes evaluation)."
+            f"{p.switch_epoch or '-'} and probed {p.probes} of {p.epochs} epochs, "
+            f"{spread(p.hvps)} HVPs per probe (median, min-max); one probe costs "
+            f"{p.per_probe:.2f} of an epoch without one (that epoch includes evaluation)."
         )
-    if demo is not None:
-        med = statistics.median
-        labels = list(demo.rows)
-        rows = demo.rows
-        floor, ref = rows[labels[-2]], rows[labels[-1]]
-        hvp = (med(ref["cpu"]) - med(floor["cpu"])) / (med(ref["iters"]) - med(floor["iters"]))
-        setup = med(floor["cpu"]) - hvp * med(floor["iters"])
-        epoch_cpu = med(demo.epoch_cpu)
-        shipped, best = rows[labels[0]], rows[labels[3]]
+    if len(shares) > 1:
+        decays = {tuple(p.decay_epochs) for p in shares}
+        listed = "; ".join(
+            f"probe batch {p.label}: {', '.join(map(str, p.decay_epochs)) or 'none'}"
+            for p in shares
+        )
+        if len(decays) > 1:
+            accuracies = ", ".join(
+                f"{p.val_accuracy:.4f}" if p.val_accuracy is not None else "-" for p in shares
+            )
+            out.append(
+                f"- The decay epochs differ between the rows ({listed}): the hmax sequence the "
+                "convergence phase compares depends on the probe batch, so the runs take "
+                f"different schedules (final val_accuracy {accuracies}). One run each, one seed."
+            )
+        else:
+            out.append(
+                f"- Every row decayed after the same epochs ({listed}). One run each, one seed."
+            )
+    return out
 
-        def err(row: dict[str, list[float]]) -> float:
-            pairs = zip(row["value"], ref["value"], strict=True)
-            return med(abs(a - b) / abs(b) for a, b in pairs)
 
-        out.append(
-            f"- Why the probe costs that much (CPU times of the demonstration): the shipped power "
-            f"iteration needs {med(shipped['iters']):g} HVPs (median, at most `max_iters`) from a "
-            f"fresh random vector at every probe, and it converges slowly here (error "
-            f"{err(shipped):.0e} when it stops on `tol`). One HVP through `{demo.layer}` (the "
-            f"probed layer, {demo.layer_params:,} parameters) and the network's part after it, "
-            f"over the probe batch, costs {hvp / epoch_cpu:.3f} of a training epoch; the setup "
-            f"(forward over the probe batch keeping the graph, first gradient) "
-            f"{setup / epoch_cpu:.3f}. An epoch of this data is only {demo.epoch_batches:.1f} "
-            "global batches, and the probe batch is one global batch."
-        )
-        out.append(
-            "- Fix, in `ds_twophase/hessian.py` `_power_iteration`: replace the power iteration "
-            "by Lanczos with full reorthogonalisation over the flat layer vector (the block has "
-            f"{demo.layer_params:,} parameters here: {med(shipped['iters']):g} basis vectors "
-            f"take {demo.layer_params * 4 * med(shipped['iters']) / 2**20:.1f} MiB) and return "
-            "the Ritz value "
-            "of largest magnitude, stopping on the same relative-change rule. Add a `v0` argument "
-            "to `principal_eigenvalue` (start vector, default the seeded random one), keep the "
-            "final Ritz vector in `HessianProbe` (`ds_twophase/hook.py`: `self.last_vector`, "
-            "passed through `measure_hmax` and `_ProbeJob.probe` in `ds_twophase/probe.py`, and "
-            "saved as a tensor file next to the checkpoint's JSON state so a resumed run starts "
-            "from the same vector; without it a resumed run only starts cold once); in sharded "
-            "mode every "
-            "rank holds the same all-reduced vectors, so the warm start is rank-consistent. On "
-            f"the same weights the warm-started Lanczos needs {med(best['iters']):g} HVPs "
-            f"instead of {med(shipped['iters']):g}, costs "
-            f"{med(best['cpu']) / med(shipped['cpu']):.2f}x the shipped probe's CPU time, and is "
-            f"off the reference by {err(best):.0e} instead of {err(shipped):.0e}."
-        )
-        out.append(
-            "- Even so the probe stays far above 2% on this config: the floor row (forward with "
-            "graph plus a single HVP, which no solver can go below) already projects to the "
-            "share in its last column. With the probe batch equal to the global batch (the "
-            "design's default) and an epoch of under 8 batches, the 2% goal needs a smaller "
-            "probe batch (`probe.batch_size`; cost scales with it) or a cheaper layer "
-            "(`probe.layer`, e.g. `fc`), both changes to what is measured, so a decision for the "
-            "method's owner rather than an implementation fix."
-        )
+def solver_reading(d: SolverRows) -> list[str]:
+    """Part 3's bullets: measured HVPs, CPU times, errors and the floor's cost."""
+    med = statistics.median
+    rows = d.rows
+    epoch_cpu = med(d.epoch_cpu)
+    shipped, floor, ref = rows[SHIPPED], rows[FLOOR], rows[REFERENCE]
+    power_rows = [label for label in rows if label.startswith(("paper:", "power iteration"))]
+
+    def cpu(label: str) -> float:
+        return med(rows[label]["cpu"])
+
+    def hvps(label: str) -> float:
+        return med(rows[label]["iters"])
+
+    hvp = (med(ref["cpu"]) - med(floor["cpu"])) / (med(ref["iters"]) - med(floor["iters"]))
+    setup = med(floor["cpu"]) - hvp * med(floor["iters"])
+    against = "; ".join(
+        f"against `{label}` ({hvps(label):g} HVPs, {cpu(label):.3f} CPU s) "
+        f"{hvps(SHIPPED) / hvps(label):.2f}x the HVPs and {cpu(SHIPPED) / cpu(label):.2f}x the "
+        "CPU time"
+        for label in power_rows
+    )
+    out = [
+        f"- Shipped probe (Lanczos, warm start): {med(shipped['iters']):g} HVPs (median; "
+        f"{min(shipped['iters']):g}-{max(shipped['iters']):g}) and {cpu(SHIPPED):.3f} CPU s, "
+        f"{cpu(SHIPPED) / epoch_cpu:.3f} of a training epoch's CPU time; {against}."
+    ]
+    errors = "; ".join(
+        f"`{label}` {med(relative_errors(d, label)):.1e} (max {max(relative_errors(d, label)):.1e})"
+        for label in [SHIPPED, LANCZOS_COLD, *power_rows]
+    )
+    out.append(f"- Relative error against the 30-step reference, median over the points: {errors}.")
+    out.append(
+        f"- Floor (setup + 1 HVP): {cpu(FLOOR):.3f} CPU s, {cpu(FLOOR) / epoch_cpu:.3f} of a "
+        f"training epoch (CPU; {med(floor['seconds']) / med(d.epoch_seconds):.3f} wall). From the "
+        f"floor and reference rows: one HVP through `{d.layer}` (the probed layer, "
+        f"{d.layer_params:,} parameters) and the network's part after it, over the probe batch "
+        f"of {d.probe_batch} samples, costs {hvp / epoch_cpu:.3f} of a training epoch; the setup "
+        f"(forward over the probe batch keeping the graph, first gradient) "
+        f"{setup / epoch_cpu:.3f}. An epoch of this data is {d.epoch_batches:.1f} global batches."
+    )
     return out
 
 
@@ -797,7 +857,11 @@ def quiet_stdout() -> Iterator[None]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, a short run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 rounds, 12-epoch runs, solvers after 2 epochs at 2 points; prints only",
+    )
     parser.add_argument("--rounds", type=int, help="timed epochs per loop and setting")
     parser.add_argument("--config", default=CONFIG, help="run config (default: %(default)s)")
     parser.add_argument(
@@ -807,11 +871,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "3 use the first (default: %(default)s; --quick: the first only)",
     )
     parser.add_argument(
-        "--run-epochs", type=int, help="epochs of the two-phase run (default: the config's)"
+        "--run-epochs", type=int, help="epochs of each part 2 run (default: the config's)"
+    )
+    parser.add_argument(
+        "--probe-batches",
+        default="config",
+        help="part 2: comma-separated probe batch sizes, one whole run each; 'config' = the "
+        "config as it is, an integer N = --set scheduler.params.probe.batch_size=N "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--probe-batch",
+        type=int,
+        help="part 3: probe batch size (scheduler.params.probe.batch_size; default: the config's)",
     )
     parser.add_argument("--skip-throughput", action="store_true", help="skip part 1")
-    parser.add_argument("--skip-run", action="store_true", help="skip part 2 (the whole run)")
-    parser.add_argument("--skip-demo", action="store_true", help="skip part 3 (SCRATCH demo)")
+    parser.add_argument("--skip-run", action="store_true", help="skip part 2 (the whole runs)")
+    parser.add_argument(
+        "--skip-demo", action="store_true", help="skip part 3 (the probe solvers compared)"
+    )
     parser.add_argument(
         "--no-our-loader-row", action="store_true", help="omit the 'bare loop, our loader' row"
     )
@@ -821,7 +899,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="write docs/benchmarks.md (default: yes, except with --quick)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    entries = [e.strip() for e in args.probe_batches.split(",")]
+    for entry in entries:
+        if entry != "config" and not (entry.isdigit() and int(entry) > 0):
+            parser.error(f"--probe-batches: expected 'config' or an integer >= 1, got {entry!r}")
+    args.probe_batches = entries
+    if args.probe_batch is not None and args.probe_batch < 1:
+        parser.error(f"--probe-batch must be >= 1, got {args.probe_batch}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -840,8 +926,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now()
 
     tables: dict[str, dict[str, LoopResult]] = {}
-    share: ProbeShare | None = None
-    demo: ProbeDemo | None = None
+    shares: list[ProbeShare] = []
+    solvers: SolverRows | None = None
     with tempfile.TemporaryDirectory(prefix="trainer_overhead_") as tmp:
         if not args.skip_throughput:
             init_single_process()
@@ -861,13 +947,17 @@ def main(argv: list[str] | None = None) -> int:
                 extra = ["trainer.epochs=12", "scheduler.params.max_exploration_epochs=6"]
             if args.run_epochs:
                 extra = [f"trainer.epochs={args.run_epochs}"]
-            print("part 2, a whole two-phase run", flush=True)
-            share = probe_share(args.config, str(Path(tmp) / "run"), extra, threads[0])
+            for n, entry in enumerate(args.probe_batches):
+                print(f"part 2, a whole two-phase run, probe batch: {entry}", flush=True)
+                out_dir = str(Path(tmp) / f"run{n}")
+                shares.append(probe_share(args.config, out_dir, extra, entry, threads[0]))
         if not args.skip_demo:
             init_single_process()
-            print(f"part 3 (SCRATCH demo): {first} epochs, then {points} probe points", flush=True)
+            print(f"part 3, probe solvers: {first} epochs, then {points} probe points", flush=True)
             with quiet_stdout():
-                demo = probe_demo(args.config, str(Path(tmp) / "demo"), first, points)
+                solvers = probe_solvers(
+                    args.config, str(Path(tmp) / "solvers"), first, points, args.probe_batch
+                )
 
     out = [
         HEADING,
@@ -888,34 +978,43 @@ def main(argv: list[str] | None = None) -> int:
             "",
             throughput_table(tables),
         ]
-    if share is not None:
+    if shares:
         out += [
             "",
-            "**Probe share of a whole two-phase run** (from `metrics.jsonl`; epoch s includes "
-            f"evaluation and the probe; goal: probe under {100 * GOAL_PROBE_SHARE:.0f}% of the "
-            "total)",
+            "**Probe share of a whole two-phase run** (from `metrics.jsonl`, one run per probe "
+            "batch, one seed; epoch s includes evaluation and the probe; HVPs from `probe_hvps`; "
+            f"goal: probe under {100 * GOAL_PROBE_SHARE:.0f}% of the total)",
             "",
-            f"Run: `{share.command}` ({share.wall:.0f} s wall).",
+            "Runs:",
             "",
-            probe_table(share),
+            *[f"- probe batch {p.label}: `{p.command}` ({p.wall:.0f} s wall)" for p in shares],
+            "",
+            probe_table(shares),
         ]
-    if demo is not None:
+    if solvers is not None:
+        d = solvers
         out += [
             "",
-            "**SCRATCH demonstration, not the shipped code: cheaper eigen-solvers for the probe** "
-            f"(in-process, 2048 / 256, the config's probe settings; after {demo.trained_first} "
-            f"training epochs, at each of {len(demo.epoch_seconds)} probe points: one training "
-            "epoch, then every variant on the same weights in rotating order. SCRATCH rows "
-            "monkeypatch `ds_twophase.hessian._power_iteration` with a copy that keeps the "
-            "shipped HVP engine and changes only the start vector (warm: the vector the previous "
-            "probe ended on) and the iteration (power or Lanczos with full reorthogonalisation, "
-            "same stopping rule: relative change below `tol`). The floor row is the least any "
-            "solver pays (the forward over the probe batch with the graph kept, and one HVP); the "
-            "reference (30 Lanczos steps) gives the error column. Medians)",
+            "**Probe solvers on the same weights** (in-process, 2048 / 256, the config's probe "
+            f"settings: probe batch {d.probe_batch}"
+            f"{' (`--probe-batch`)' if args.probe_batch else ''} in micro-batches of "
+            f"{d.micro_batch}, "
+            f"`max_iters` {d.max_iters}, `tol` {d.tol:g}; after {d.trained_first} training epochs, "
+            f"at each of {len(d.epoch_seconds)} probe points (one more before them, where the "
+            "warm start has no previous vector, is not counted): one training epoch, then every "
+            "solver on the same weights in rotating order. The Lanczos rows are "
+            "`ds_twophase.hook.HessianProbe` instances (the shipped code path), each keeping its "
+            "own warm-start vector across the points; the power-iteration rows are this "
+            "bench's reference implementation of the paper's method (`power_iteration`: "
+            "`v <- Hv / ||Hv||`, Rayleigh quotient as the estimate) on the library's HVP "
+            "engine, the same probe samples, micro-batches, layer and seeded random start. "
+            f"The paper timed {PAPER_HVPS} power iterations. The floor row is the least any "
+            "solver pays (the forward over the probe batch with the graph kept, and one HVP); "
+            "the reference (30 Lanczos steps) gives the error column. Medians)",
             "",
-            demo_table(demo, share),
+            solver_table(d),
         ]
-    out += reading(tables, share, demo)
+    out += reading(tables, shares, solvers)
     section = "\n".join(out) + "\n"
     print("\n" + section)
     for label, res in tables.items():
@@ -925,9 +1024,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"goal ours/bare >= {GOAL_RATIO}, {label}: wall {ratio:.3f} ({verdict}), CPU {cpu:.3f}"
         )
-    if share is not None:
-        verdict = "met" if share.share < GOAL_PROBE_SHARE else "NOT met"
-        print(f"goal probe share < {GOAL_PROBE_SHARE:.0%}: {share.share:.2%} ({verdict})")
+    for p in shares:
+        verdict = "met" if p.share < GOAL_PROBE_SHARE else "NOT met"
+        print(
+            f"goal probe share < {GOAL_PROBE_SHARE:.0%}, probe batch {p.label}: {p.share:.2%} "
+            f"({verdict})"
+        )
     if args.write_docs if args.write_docs is not None else not args.quick:
         write_docs(section)
         print(f"wrote {DOCS.relative_to(ROOT)} ({HEADING})")
