@@ -182,6 +182,9 @@ def init_single_process() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    from ds_twophase import dist
+
+    dist.release_deepspeed_shm()  # as the trainer does: no /dev/shm file left behind
 
 
 def run_config(

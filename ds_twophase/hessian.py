@@ -22,7 +22,7 @@ Design choices (the why):
   per micro-batch records exactly the part of the network downstream of that layer (the "tail":
   for the last conv of ResNet-20, the conv, BN, residual add, pooling, classifier and loss). We
   take ``g = d(n_i * loss_i)/d(theta)`` with ``create_graph=True`` once and keep that graph; each
-  power iteration is then one double backward ``d(g.v)/d(theta)`` through the tail with
+  Lanczos step is then one double backward ``d(g.v)/d(theta)`` through the tail with
   ``retain_graph=True``: no forward is ever repeated. Caching only the (detached) layer input
   and re-running "the rest of the network" would be wrong in general: with skip connections the
   tail also consumes tensors that bypass the layer (the residual), and an ``nn.Module`` offers
