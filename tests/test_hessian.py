@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 
@@ -11,7 +12,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ds_twophase.hessian import parametric_modules, principal_eigenvalue, resolve_layer
+from ds_twophase.hessian import (
+    _InferenceBatchNormAsAffine,
+    parametric_modules,
+    principal_eigenvalue,
+    resolve_layer,
+)
 
 CE = nn.CrossEntropyLoss()
 
@@ -115,7 +121,7 @@ def test_exact_matches_dense_hessian_cnn_with_batchnorm(bn_mode):
     )
     assert res.layer == ["conv2"]
     eigs = dense_hessian_eigs(model, x, y, ["conv2"], bn_train=bn_mode == "train")
-    assert rel(res.value, largest_magnitude(eigs)) < 1e-3
+    assert rel(res.value, largest_magnitude(eigs)) < 1e-9
 
 
 def test_finite_difference_matches_dense_hessian():
@@ -213,6 +219,38 @@ def test_nan_result_carries_no_vector():
     x, y = data(8, (6,), 4)
     res = principal_eigenvalue(model, lambda o, t: CE(o, t) * float("nan"), [(x, y)], "2")
     assert res.value != res.value and res.vector is None
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 3, 7), (5, 3, 4, 4)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_inference_batch_norm_as_affine_has_the_same_values_and_derivatives(shape, affine):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    mean, var = torch.randn(3, generator=g).double(), torch.rand(3, generator=g).double() + 0.1
+    w = (torch.randn(3, generator=g).double() if affine else None,)
+    b = (torch.randn(3, generator=g).double() if affine else None,)
+    params = [t.requires_grad_() for t in (*w, *b) if t is not None]
+    probe = torch.randn(shape, generator=g, dtype=torch.float64)
+
+    def grads(use_mode: bool) -> list[torch.Tensor]:
+        mode = _InferenceBatchNormAsAffine() if use_mode else contextlib.nullcontext()
+        with mode:
+            out = nn.functional.batch_norm(x, mean, var, w[0], b[0], training=False, eps=1e-3)
+        assert ("BatchNorm" in type(out.grad_fn).__name__) is not use_mode  # really replaced
+        # second order: the gradient of <out, probe>^2 w.r.t. input and parameters
+        first = torch.autograd.grad((out * probe).sum() ** 2, [x, *params], create_graph=True)
+        second = torch.autograd.grad(sum(f.sum() for f in first), [x, *params])
+        return [out.detach(), *first, *second]
+
+    for a, b_ in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_with_batch_statistics_passes_through():
+    x = torch.randn(6, 3, dtype=torch.float64)
+    with _InferenceBatchNormAsAffine():
+        out = nn.functional.batch_norm(x, None, None, training=True)
+    torch.testing.assert_close(out, nn.functional.batch_norm(x, None, None, training=True))
 
 
 def test_tol_and_max_iters_control_the_iteration_count():
