@@ -144,8 +144,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         try:
             out[name] = torch.from_numpy(np.load(path / f"{name}.npy", allow_pickle=False))
         except (OSError, ValueError) as exc:
+            reason = " ".join(str(exc).split())  # one line
             raise ConfigError(
-                f"--resume: {path / (name + '.npy')} is unreadable ({exc}); resume from an older "
-                "checkpoint with --resume PATH"
+                f"--resume: {path / (name + '.npy')} is unreadable ({reason}); resume from an "
+                "older checkpoint with --resume PATH"
             ) from exc
     return out

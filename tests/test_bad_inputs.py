@@ -284,6 +284,30 @@ def test_resume_into_a_changed_config(tmp_path, capsys, clean_env):
     assert "continuing after epoch 1" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(300)
+def test_resume_with_a_damaged_probe_vector(tmp_path, capsys, clean_env):
+    """A checkpoint whose probe_vector.npy is unreadable: one line naming the file and the way
+    out (--resume PATH), exit 2, nothing trained or written."""
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(base_config(tmp_path)))
+    assert train_main(["--config", str(config), "--stop-after", "1"]) == 0
+    ckpt = tmp_path / "out" / "checkpoints" / "epoch0001"
+    state = json.loads((ckpt / "ds_twophase.json").read_text())
+    state["tensors"] = ["probe_vector"]
+    (ckpt / "ds_twophase.json").write_text(json.dumps(state))
+    (ckpt / "probe_vector.npy").write_bytes(b"not a numpy file")
+    metrics_before = (tmp_path / "out" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    status = train_main(["--config", str(config), "--resume", "auto"])
+    out, err = capsys.readouterr()
+    assert status == 2, err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert "probe_vector.npy is unreadable" in lines[0] and "--resume PATH" in lines[0]
+    assert "Traceback" not in out + err
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == metrics_before
+
+
 # -- through the real 2-rank launcher -------------------------------------------------------
 
 
