@@ -11,13 +11,13 @@ std, the mean best-epoch accuracy, the median wall minutes per run, the differen
 rows the switch epoch and the decay epochs of each seed.
 
     python bench/accuracy.py --work-dir /tmp/accuracy_runs   # 5 configs x seeds 0,1,2, 60 epochs,
-                                                             # 2 runs at a time: 20-40 minutes on
-                                                             # 2 cores (small_batch, 125 steps
-                                                             # an epoch, is the slow one); writes
+                                                             # 2 runs at a time: 12 min measured
+                                                             # on a shared 2-core CPU (1-2.6 min a
+                                                             # run; small_batch, 125 steps an
+                                                             # epoch, is the slow one); writes
                                                              # docs/benchmarks.md
     python bench/accuracy.py --quick                         # large_batch_step and two_phase,
-                                                             # seed 0, 6 epochs: about a minute;
-                                                             # prints only
+                                                             # seed 0, 6 epochs: 20 s; prints only
     python bench/accuracy.py --configs two_phase,two_phase_lars --seeds 0,1,2,3,4 --jobs 1
 
 ``--work-dir DIR`` keeps the runs in ``DIR/<config>_s<seed>`` and reuses every run whose
@@ -237,6 +237,8 @@ class Row:
     optimizer: str
     schedule: str
     runs: list[Run]
+    sched: dict[str, Any] = field(default_factory=dict)
+    """The config's ``scheduler.params``."""
 
     @property
     def finals(self) -> list[float]:
@@ -268,12 +270,23 @@ class Row:
         """Whether the row uses the two-phase schedule."""
         return "two-phase" in self.schedule
 
+    def forced(self, run: Run) -> bool:
+        """Whether ``max_exploration_epochs`` forced the run's switch: no plateau, or one so late
+        that ``plateau + floor(ratio * plateau + 0.5)`` lies beyond the cap."""
+        cap = self.sched.get("max_exploration_epochs")
+        if cap is None or run.switch_epoch != cap:
+            return False
+        x = run.plateau_epoch
+        if x is None:
+            return True
+        return x + math.floor(float(self.sched.get("extra_epochs_ratio", 1 / 3)) * x + 0.5) > cap
+
 
 def describe(config: str, epochs: int) -> tuple[int, str, str]:
     """(global batch, optimizer, schedule) of a config file, in words."""
+    cfg = config_json(config)
     from ds_twophase.schedulers.warmup_step import resolve_milestones
 
-    cfg = json.loads((ROOT / "configs" / "mnist1d" / f"{config}.json").read_text())
     opt = cfg["optimizer"]
     p = opt.get("params", {})
     optimizer = f"{opt['type']} lr {p.get('lr')}"
@@ -291,6 +304,11 @@ def describe(config: str, epochs: int) -> tuple[int, str, str]:
     else:
         schedule = sch["type"]
     return int(cfg["train_batch_size"]), optimizer, schedule
+
+
+def config_json(config: str) -> dict[str, Any]:
+    """``configs/mnist1d/<config>.json``."""
+    return json.loads((ROOT / "configs" / "mnist1d" / f"{config}.json").read_text())
 
 
 def pct(x: float) -> str:
@@ -356,9 +374,12 @@ def decisions_table(rows: list[Row]) -> list[str]:
         for run in r.runs:
             decays = ", ".join(map(str, run.decays)) or "none"
             scale = 0.5 ** len(run.decays)
+            switch = str(run.switch_epoch or "none")
+            if r.forced(run):
+                switch += " (forced: `max_exploration_epochs`)"
             out.append(
-                f"| `{r.config}` | {run.seed} | {run.plateau_epoch or '-'} | "
-                f"{run.switch_epoch or 'none'} | {decays} | {scale:g} | {pct(100 * run.final)} |"
+                f"| `{r.config}` | {run.seed} | {run.plateau_epoch or 'none'} | "
+                f"{switch} | {decays} | {scale:g} | {pct(100 * run.final)} |"
             )
     return out
 
@@ -416,15 +437,32 @@ def reading(rows: list[Row]) -> list[str]:
             else:
                 closed = f"; it closes {share:.0f}% of the gap"
         lines.append(f"- `{name}` ({pm(r)}): {'; '.join(parts)}{closed}.")
+    for a, b, what in (
+        ("two_phase_lars", "two_phase", "LARS against SGD, both two-phase"),
+        ("two_phase_lars", "lars_step", "two-phase against step decay, both with LARS"),
+    ):
+        if a in by and b in by:
+            lines.append(
+                f"- {what}: `{a}` {signed(by[a].mean - by[b].mean)} vs `{b}` "
+                f"({compare(by[a], by[b])})."
+            )
     for r in rows:
         if not r.two_phase:
             continue
         switches = [run.switch_epoch for run in r.runs]
+        forced = sum(r.forced(run) for run in r.runs)
+        cap = r.sched.get("max_exploration_epochs")
         ndec = [len(run.decays) for run in r.runs]
         lines.append(
             f"- `{r.config}` switched after epochs {', '.join(str(s or 'none') for s in switches)} and "
             f"decayed {', '.join(map(str, ndec))} times (seeds in order) out of "
             f"{r.runs[0].epochs} epochs; the step-decay rows decay twice."
+            + (
+                f" {forced} of {len(r.runs)} switches were forced by `max_exploration_epochs` = "
+                f"{cap} (no plateau by then, or one too late to switch before it)."
+                if forced
+                else ""
+            )
         )
     best_gain = statistics.mean(r.best_mean - r.mean for r in rows)
     lines.append(
@@ -434,17 +472,12 @@ def reading(rows: list[Row]) -> list[str]:
     return lines
 
 
-def section(rows: list[Row], cmd: str, study_minutes: float, jobs: int, fresh: int) -> str:
+def section(rows: list[Row], cmd: str, how: str, jobs: int) -> str:
     """The ``## Accuracy`` section of docs/benchmarks.md."""
     from trainer_overhead import machine_line
 
     epochs = rows[0].runs[0].epochs
     date = datetime.date.today().isoformat()
-    how = (
-        f"{fresh} runs trained by this invocation in {study_minutes:.1f} min, {jobs} at a time"
-        if fresh
-        else "all runs reused from the work directory"
-    )
     return "\n".join(
         [
             HEADING,
@@ -457,7 +490,8 @@ def section(rows: list[Row], cmd: str, study_minutes: float, jobs: int, fresh: i
             "the probe batch; the data set is the same. Final test acc.: accuracy on the 4,000 "
             "test samples after the last epoch; best-epoch: the highest of any epoch (chosen on "
             "the test set, so optimistic). Differences are of the means, in percentage points. "
-            f"min/run: median wall minutes of one run ({jobs} at a time on {os.cpu_count()} cores).",
+            f"min/run: median wall minutes of one run ({jobs} at a time on {os.cpu_count()} cores; "
+            "other jobs shared the machine, so compare these loosely).",
             "",
             *table(rows),
             "",
@@ -557,9 +591,26 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for config in args.configs:
             mine = [r for r in runs if r.config == config]
-            rows.append(Row(config, *describe(config, mine[0].epochs), mine))
+            sched = config_json(config)["scheduler"].get("params", {})
+            rows.append(Row(config, *describe(config, mine[0].epochs), mine, sched))
         fresh = sum(1 for r in runs if not r.reused)
-        text = section(rows, cmdline, study_minutes, args.jobs, fresh)
+        study = work / "study.json"
+        if fresh:
+            record = {"fresh": fresh, "minutes": study_minutes, "jobs": args.jobs}
+            record["date"] = datetime.date.today().isoformat()
+            study.write_text(json.dumps(record) + "\n")
+            how = f"{fresh} runs trained by this invocation in {study_minutes:.1f} min"
+            how += f", {args.jobs} at a time"
+        elif study.is_file():
+            rec = json.loads(study.read_text())
+            how = (
+                f"all runs reused from the work directory, where the last invocation that trained "
+                f"({rec['date']}) trained {rec['fresh']} runs in {rec['minutes']:.1f} min, "
+                f"{rec['jobs']} at a time"
+            )
+        else:
+            how = "all runs reused from the work directory"
+        text = section(rows, cmdline, how, args.jobs)
     finally:
         if temp:
             shutil.rmtree(work, ignore_errors=True)
