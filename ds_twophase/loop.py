@@ -248,6 +248,7 @@ class Trainer:
         ranks never disagree about where they resume."""
         choice = on_rank_zero(lambda: self._choose_checkpoint(target))
         if choice is None:
+            self.metrics.truncate(0)  # epochs no checkpoint kept are trained again
             return 0
         epoch, path, state = choice
         path = Path(path)
@@ -268,7 +269,11 @@ class Trainer:
                         f"--resume: no complete checkpoint in {self.ckpt_dir} (all were interrupted "
                         "while saving); remove the directory to start over"
                     )
-                log(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
+                done = len(self.metrics.read())
+                dropped = (
+                    f" (the {done} epoch(s) in metrics.jsonl are trained again)" if done else ""
+                )
+                log(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch{dropped}")
                 return None
             epoch, path = found
         else:
@@ -355,14 +360,15 @@ class Trainer:
 
     def fit(self, resume: str | None = None, stop_after: int | None = None) -> RunResult:
         """Train to ``trainer.epochs`` (or save and return after epoch ``stop_after``)."""
-        if dist.is_rank_zero():
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
         if resume:
             start = self.resume(resume)
         else:
             on_rank_zero(self._check_fresh_output_dir)
             start = 0
+        # Only once the checks passed: a refused run must not overwrite the existing run's file.
+        if dist.is_rank_zero():
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
         val_acc = None
         last = self.tc.epochs
         end_at = last if stop_after is None else min(stop_after, last)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -269,6 +270,7 @@ def test_resume_into_a_changed_config(tmp_path, capsys, clean_env):
     config.write_text(json.dumps(base_config(tmp_path)))
     assert train_main(["--config", str(config), "--stop-after", "1"]) == 0
     assert (tmp_path / "out" / "checkpoints").is_dir()
+    saved_config = (tmp_path / "out" / "config.json").read_text()
     capsys.readouterr()
     for change in ("optimizer.params.lr=1.0", "trainer.seed=1"):
         status = train_main(["--config", str(config), "--resume", "auto", "--set", change])
@@ -279,9 +281,27 @@ def test_resume_into_a_changed_config(tmp_path, capsys, clean_env):
         key = change.split("=")[0]
         assert lines[0].startswith("error: --resume:") and key in lines[0], lines[0]
         assert "Traceback" not in out + err
+        assert (tmp_path / "out" / "config.json").read_text() == saved_config
     # the checkpoint is untouched: the unchanged config resumes it
     assert train_main(["--config", str(config), "--resume", "auto"]) == 0
     assert "continuing after epoch 1" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(300)
+def test_resume_auto_without_a_checkpoint_starts_over_with_fresh_metrics(
+    tmp_path, capsys, clean_env
+):
+    """A run that died before its first checkpoint: --resume auto trains from epoch 1 again,
+    and metrics.jsonl holds each epoch once."""
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(base_config(tmp_path)))
+    assert train_main(["--config", str(config), "--stop-after", "1"]) == 0
+    shutil.rmtree(tmp_path / "out" / "checkpoints")  # as if it died before saving
+    capsys.readouterr()
+    assert train_main(["--config", str(config), "--resume", "auto", "--stop-after", "2"]) == 0
+    assert "the 1 epoch(s) in metrics.jsonl are trained again" in capsys.readouterr().out
+    rows = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 
 
 @pytest.mark.timeout(300)

@@ -100,11 +100,15 @@ def test_one_process_same_config(tmp_path):
     assert len(rows) == 14
     check_schedule_events(rows)
     # a second run into the same directory without --resume must not overwrite the first
-    again = run_single("--config", TINY, "--set", f"trainer.output_dir={tmp_path}")
+    saved_config = (tmp_path / "config.json").read_text()
+    again = run_single(
+        "--config", TINY, "--set", f"trainer.output_dir={tmp_path}", "--set", "trainer.seed=5"
+    )
     assert again.returncode == 2
     assert "already holds a run; continue it with --resume auto" in again.stderr
     assert "Traceback" not in again.stderr
     assert metrics(tmp_path) == rows
+    assert (tmp_path / "config.json").read_text() == saved_config  # not the refused run's
 
 
 @pytest.mark.timeout(400)
