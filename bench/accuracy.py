@@ -36,7 +36,6 @@ import datetime
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -48,6 +47,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -513,23 +514,6 @@ def section(rows: list[Row], cmd: str, how: str, jobs: int) -> str:
     )
 
 
-def write_docs(text: str) -> None:
-    """Replace (or append) this section of docs/benchmarks.md, atomically, leaving every other
-    section as it is (the file is read again right before the write)."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = text.rstrip() + "\n"
-    if pattern.search(current):
-        new = pattern.sub(lambda _: body + "\n", current, count=1).rstrip() + "\n"
-    else:
-        new = current.rstrip() + "\n\n" + body
-    fd, tmp = tempfile.mkstemp(dir=DOCS.parent, prefix=".benchmarks.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, DOCS)
-
-
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
@@ -617,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if not args.quick or args.write_docs:
-        write_docs(text)
+        write_section(HEADING, text)
         print(f"wrote {DOCS.relative_to(ROOT)} ({HEADING})")
     return 0
 

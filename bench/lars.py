@@ -38,6 +38,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from docs_section import write_section  # noqa: E402
+
 from ds_twophase.optim import LARS, split_param_groups  # noqa: E402
 from ds_twophase.optim import lars as lars_module  # noqa: E402
 
@@ -269,22 +271,6 @@ def machine() -> str:
     )
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace (or append) this benchmark's section of ``path``, leaving the others alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + [""] + lines[end:])
-        new = new.rstrip("\n") + "\n"
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the tables and update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -363,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_section(text, args.out)
+        write_section(SECTION, text, args.out)
         print(
             f"\nwrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}"
         )

@@ -54,7 +54,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shlex
 import statistics
 import subprocess
@@ -73,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from docs_section import write_section  # noqa: E402
 from trainer_overhead import (  # noqa: E402
     cpu_seconds,
     init_single_process,
@@ -828,22 +828,6 @@ def render(study: Study, command: str, started: datetime.datetime) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_docs(section: str) -> None:
-    """Replace the ``## Probe batch size`` section of docs/benchmarks.md, or insert it after
-    the ``## Hessian probe`` section; every other section stays as it is."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    body = section.rstrip() + "\n"
-    own = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    after = re.compile(rf"^{re.escape(AFTER)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if own.search(text):
-        text = own.sub(lambda _: body + "\n", text, count=1)
-    elif m := after.search(text):
-        text = text[: m.end()].rstrip() + "\n\n" + body + "\n" + text[m.end() :]
-    else:
-        text = text.rstrip() + "\n\n" + body
-    DOCS.write_text(text.rstrip() + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; ``--quick`` fills in what is not given."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
@@ -912,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(study, command, started)
     print("\n" + section)
     if args.write_docs:
-        write_docs(section)
+        write_section(HEADING, section, after=AFTER)
         print(f"wrote {DOCS.relative_to(ROOT)} ({HEADING})")
     return 0
 

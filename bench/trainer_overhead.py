@@ -70,7 +70,6 @@ import logging
 import math
 import os
 import platform
-import re
 import resource
 import shlex
 import socket
@@ -86,6 +85,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -837,19 +837,6 @@ def machine_line() -> str:
     )
 
 
-def write_docs(section: str) -> None:
-    """Replace (or append) the ``## Trainer overhead`` section of docs/benchmarks.md, leaving
-    every other section as it is."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = section.rstrip() + "\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + body
-    DOCS.write_text(text)
-
-
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
     """Silence DeepSpeed's prints while engines are built and run."""
@@ -1034,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({verdict})"
         )
     if args.write_docs if args.write_docs is not None else not args.quick:
-        write_docs(section)
+        write_section(HEADING, section)
         print(f"wrote {DOCS.relative_to(ROOT)} ({HEADING})")
     return 0
 
