@@ -5,8 +5,8 @@ our probe (exact and finite-difference), and PyHessian's top eigenvalue restrict
 layer (through ``requires_grad``, its only way), with ratios to forward+backward and the relative
 difference of the eigenvalues. Two layouts: the probe batch in micro-batches, and in one piece.
 
-    python bench/probe.py            # 512 samples (4 x 128 and 1 x 512), 20 iterations
-    python bench/probe.py --quick    # 128 samples (2 x 64 and 1 x 128), 20 iterations
+    python bench/probe.py            # 512 samples (4 x 128 and 1 x 512), 20 HVPs each
+    python bench/probe.py --quick    # 128 samples (2 x 64 and 1 x 128), 20 HVPs each
 
 PyHessian is not a project dependency; install it next to the project for this benchmark only
 (``bench/requirements-probe.txt``), e.g.
@@ -200,7 +200,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="128 samples, 1 repeat")
     parser.add_argument("--samples", type=int, default=None, help="probe batch size")
     parser.add_argument("--micro", type=int, default=None, help="micro-batch size")
-    parser.add_argument("--iters", type=int, default=20, help="power iterations (tol 0)")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=20,
+        help="HVPs per method (tol 0): Lanczos steps for ours, power iterations for PyHessian",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
