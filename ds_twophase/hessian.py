@@ -723,7 +723,7 @@ def _lanczos(
     basis = [q]
     alphas: list[float] = []
     betas: list[float] = []
-    value, prev, vector = math.nan, None, None
+    prev: float | None = None
     # A residual this small relative to the projected spectrum means the Krylov space is
     # invariant: the next vector would be rounding noise.
     breakdown = 100 * torch.finfo(q.dtype).eps
@@ -745,17 +745,14 @@ def _lanczos(
         value = float(evals[top])
         coeffs = evecs[:, top].tolist()
         scale = float(evals.abs().max())
-        if beta <= breakdown * scale or scale == 0.0:  # invariant subspace (or a zero block)
-            return value, k, True, _combine(basis, coeffs)
-        if prev is not None and abs(value - prev) < tol * abs(value):
-            return value, k, True, _combine(basis, coeffs)
-        if k == max_iters:
-            vector = _combine(basis, coeffs)
-            break
+        invariant = beta <= breakdown * scale or scale == 0.0  # (scale 0: a zero block)
+        converged = invariant or (prev is not None and abs(value - prev) < tol * abs(value))
+        if converged or k == max_iters:
+            return value, k, converged, _combine(basis, coeffs)
         prev = value
         betas.append(beta)
         basis.append(w / beta)
-    return value, max_iters, False, vector
+    raise ValueError(f"max_iters must be >= 1, got {max_iters}")
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
