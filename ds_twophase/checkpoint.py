@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +137,11 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE_FILE).read_text())
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors saved with a complete checkpoint, by name (none for older checkpoints)."""
+def read_tensors(path: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` (the ``"tensors"`` list of :func:`read_state`'s state) saved with a
+    complete checkpoint, by name."""
     out = {}
-    for name in read_state(path).get("tensors", []):
+    for name in names:
         try:
             out[name] = torch.from_numpy(np.load(path / f"{name}.npy", allow_pickle=False))
         except (OSError, ValueError) as exc:

@@ -276,15 +276,16 @@ class Trainer:
                 log(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch{dropped}")
                 return None
             epoch, path = found
+            state = checkpoint.read_state(path)
         else:
             path = Path(target)
             if not checkpoint.is_complete(path):
                 raise ConfigError(
                     f"--resume: '{target}' is not a complete ds_twophase checkpoint directory"
                 )
-            epoch = checkpoint.read_state(path)["epoch"]
-        state = checkpoint.read_state(path)
-        state["tensors"] = checkpoint.read_tensors(path)
+            state = checkpoint.read_state(path)
+            epoch = state["epoch"]
+        state["tensors"] = checkpoint.read_tensors(path, state.get("tensors", []))
         changes = config_changes(state.get("config", {}), resume_fingerprint(self.run.resolved))
         if changes:
             more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
