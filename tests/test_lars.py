@@ -78,6 +78,17 @@ def _set_grads(params, gen):
             p.grad.zero_()
 
 
+def _step_alongside(opts, params, twin, gen, steps):
+    """``steps`` steps of every optimizer in ``opts``: fresh grads on ``params`` (``_set_grads``),
+    copied to ``twin`` (another optimizer's copy of the parameters)."""
+    for _ in range(steps):
+        _set_grads(params, gen)
+        for p, q in zip(params, twin, strict=True):
+            q.grad = p.grad.clone()
+        for opt in opts:
+            opt.step()
+
+
 def _run(make_opt, steps=50, dtype=torch.float32, shapes=SHAPES):
     params = _params(shapes, dtype=dtype)
     opt = make_opt(params)
@@ -155,12 +166,7 @@ def test_many_small_tensors_span_several_buckets(kernel):
     opt = _lars(params, lr=0.2, weight_decay=1e-4, kernel=kernel)
     ref = TimmLars(ref_params, lr=0.2, momentum=0.9, weight_decay=1e-4, always_adapt=True)
     gen = torch.Generator().manual_seed(3)
-    for _ in range(5):
-        _set_grads(params, gen)
-        for p, q in zip(params, ref_params, strict=True):
-            q.grad = p.grad.clone()
-        opt.step()
-        ref.step()
+    _step_alongside([opt, ref], params, ref_params, gen, 5)
     for a, b in zip(params, ref_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -292,12 +298,7 @@ def test_adapt_false_with_weight_decay_is_torch_sgd(kernel):
     )
     ref = torch.optim.SGD(ref_params, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)
     gen = torch.Generator().manual_seed(4)
-    for _ in range(10):
-        _set_grads(params, gen)
-        for p, q in zip(params, ref_params, strict=True):
-            q.grad = p.grad.clone()
-        opt.step()
-        ref.step()
+    _step_alongside([opt, ref], params, ref_params, gen, 10)
     for a, b in zip(params, ref_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
@@ -464,12 +465,7 @@ def _twin_steps(make, params, steps, gen):
     """Step a kernel and an eager copy of ``params`` on the same grads; both parameter lists."""
     twin = [nn.Parameter(p.detach().clone()) for p in params]
     opts = [make(params, True), make(twin, False)]
-    for _ in range(steps):
-        _set_grads(params, gen)
-        for p, q in zip(params, twin, strict=True):
-            q.grad = p.grad.clone()
-        for opt in opts:
-            opt.step()
+    _step_alongside(opts, params, twin, gen, steps)
     _assert_path(opts[0], True)
     _assert_path(opts[1], False)
     return params, twin
