@@ -62,12 +62,9 @@ def remove_shm_buffers(port: str | int) -> None:
         path.unlink(missing_ok=True)
 
 
-def run_group(
-    cmd: list[str], *, env: dict[str, str], cwd: Path | str | None, timeout: float
-) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own process group; on timeout kill the whole group (launcher and
-    ranks alike) and raise ``subprocess.TimeoutExpired``, so no rank outlives a failed test."""
-    proc = subprocess.Popen(
+def start_group(cmd: list[str], *, env: dict[str, str], cwd: Path | str | None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group (its pid is the group id), output captured."""
+    return subprocess.Popen(
         cmd,
         env=env,
         cwd=cwd or REPO,
@@ -76,15 +73,28 @@ def run_group(
         text=True,
         start_new_session=True,
     )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL every process left in ``proc``'s group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_group(
+    cmd: list[str], *, env: dict[str, str], cwd: Path | str | None, timeout: float
+) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (launcher and
+    ranks alike) and raise ``subprocess.TimeoutExpired``, so no rank outlives a failed test."""
+    proc = start_group(cmd, env=env, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         out, err = proc.communicate()
         raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(proc)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import psutil
 import pytest
 import torch
 import torch.distributed as tdist
-from _launch import REPO, run_deepspeed
+from _launch import REPO, kill_group, run_deepspeed, start_group
 
 from ds_twophase.cli import main as cli_main
 from ds_twophase.train import main as train_main
@@ -334,15 +333,7 @@ def test_resume_with_a_damaged_probe_vector(tmp_path, capsys, clean_env):
 def run_group_leaving_nothing(cmd, *, env, cwd, timeout):
     """``_launch.run_group``, but it records which processes of the launch are still alive once
     the launcher has exited, before anything is killed (``result.survivors``)."""
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=cwd or REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_group(cmd, env=env, cwd=cwd)
     marker = next(a for a in cmd if a.endswith("run.json"))
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -350,10 +341,7 @@ def run_group_leaving_nothing(cmd, *, env, cwd, timeout):
         # A rank the launcher killed may take a moment to go; one that stays is a leak.
         _, survivors = psutil.wait_procs(alive, timeout=10)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(proc)
     result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     result.survivors = [" ".join(p.info["cmdline"] or []) for p in survivors]
     return result
