@@ -73,6 +73,8 @@ CASES = [
     Case("negative_epochs", ("trainer.epochs:", ">= 1"), sets=("trainer.epochs=-3",)),
     Case("probe_max_iters_zero", ("scheduler.params.probe.max_iters:",),
          file={"scheduler.params.probe.max_iters": 0}),
+    Case("probe_warm_start_not_bool", ("scheduler.params.probe.warm_start:", "true or false"),
+         sets=("scheduler.params.probe.warm_start=3",)),
     Case("optimizer_lr_negative", ("optimizer.params.lr:", ">= 0"),
          sets=("optimizer.params.lr=-1",)),
     Case("optimizer_momentum_string", ("optimizer.params.momentum:", "number"),

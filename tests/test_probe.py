@@ -69,6 +69,7 @@ def test_accepts_every_legal_value():
         ("tol", float("nan"), "probe.tol"),
         ("tol", "1e-3", "probe.tol"),
         ("redraw", 1, "probe.redraw must be true or false"),
+        ("warm_start", "yes", "probe.warm_start must be true or false"),
         ("seed", -1, "probe.seed must be an integer >= 0 or null"),
         ("max_graph_mb", -5, "probe.max_graph_mb"),
     ],
