@@ -4,8 +4,8 @@ Layout under ``<output_dir>/checkpoints``: one DeepSpeed tag directory per saved
 (``epoch0007/``). After DeepSpeed wrote its files and every rank passed a barrier, rank 0 writes
 ``epoch0007/ds_twophase.json`` (our state: epoch, scheduler, probe indices, metrics line count),
 before it any tensors of our state as ``<name>.npy`` (numpy format, loaded without pickle; the
-probe's warm-start vector), and then ``epoch0007/COMPLETE``, all atomically (temp file + rename). Resume only considers tags
-with ``COMPLETE``, so a crash at any moment of saving (DeepSpeed writes its ``latest`` file before
+probe's warm-start vector), and then ``epoch0007/COMPLETE``, all atomically (temp file +
+rename). Resume only considers tags with ``COMPLETE``, so a crash at any moment of saving (DeepSpeed writes its ``latest`` file before
 the other ranks finish) never makes the run resume from a partial checkpoint.
 """
 
@@ -17,7 +17,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -35,24 +35,25 @@ def tag_for(epoch: int) -> str:
     return f"epoch{epoch:04d}"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename (never half-written)."""
+def _write_atomic(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
+    # A temporary file, synced, then renamed over ``path``: readers never see half a file.
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+    with open(tmp, mode) as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename (never half-written)."""
+    _write_atomic(path, "w", lambda f: json.dump(data, f, indent=1, sort_keys=True))
 
 
 def write_array_atomic(path: Path, tensor: torch.Tensor) -> None:
     """Write a tensor as a ``.npy`` file via a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, tensor.detach().cpu().numpy(), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    array = tensor.detach().cpu().numpy()
+    _write_atomic(path, "wb", lambda f: np.save(f, array, allow_pickle=False))
 
 
 def save(
