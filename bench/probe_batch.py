@@ -9,7 +9,7 @@ one training run, how much a smaller probe batch changes those comparisons.
 What it does, in one process (a gloo group of one rank, like ``bench/trainer_overhead.py``):
 
 1. Trains ``--config`` (default ``configs/mnist1d/two_phase.json``) with
-   ``ds_twophase.loop.Trainer`` exactly as ``python -m ds_twophase.train`` does: per epoch
+   ``ds_twophase.trainer.Trainer`` exactly as ``python -m ds_twophase.train`` does: per epoch
    ``Trainer.train_epoch`` and ``ds_twophase.hook.epoch_end`` (the schedule's decision, with
    the config's own probe where the schedule needs it). Evaluation and checkpoints are left
    out; they do not change the training. ``--verify`` (default on, except with ``--quick``)
@@ -23,7 +23,7 @@ What it does, in one process (a gloo group of one rank, like ``bench/trainer_ove
    2048-sample subset is the run's own probe batch. Each is probed in micro-batches of 256 with
    ``ds_twophase.hessian.principal_eigenvalue(model, loss, batches, layer, max_iters=60,
    tol=1e-6, bn_mode="eval")``, the layer and loss being the trainer's (``probe.layer``,
-   ``ds_twophase.loop.cross_entropy``). ``principal_eigenvalue`` leaves model, gradients and
+   ``ds_twophase.epoch.cross_entropy``). ``principal_eigenvalue`` leaves model, gradients and
    RNG states untouched, so the measurements do not change the training.
 3. Reports, per size: median and max of ``|h_n - h_full| / |h_full|`` over the measured
    epochs; the fraction of consecutive-epoch pairs where ``sign(h_t - h_{t-1})`` agrees with
@@ -221,7 +221,7 @@ def probe_batches(
     the training indices (sorted within the subset, as the trainer's probe batch is), on the
     engine's device. Also whether the subset of the run's probe-batch size is the run's own
     probe batch."""
-    from ds_twophase.loop import to_engine
+    from ds_twophase.epoch import to_engine
 
     dataset = trainer.splits.train
     cfg = trainer.probe.config
@@ -241,8 +241,8 @@ def probe_batches(
 
 def measure(model: Any, batches: list[Any], layer: Any, seed: int) -> Measurement:
     """hmax of one probe batch, converged as far as ``MAX_ITERS`` / ``TOL`` allow."""
+    from ds_twophase.epoch import cross_entropy
     from ds_twophase.hessian import principal_eigenvalue
-    from ds_twophase.loop import cross_entropy
 
     c0 = cpu_seconds()
     res = principal_eigenvalue(
@@ -256,7 +256,7 @@ def run_study(args: argparse.Namespace, tmp: str) -> Study:
     """Train the config and probe every size from ``args.from_epoch`` on."""
     from ds_twophase import dist, hessian
     from ds_twophase.hook import epoch_end
-    from ds_twophase.loop import Trainer
+    from ds_twophase.trainer import Trainer
 
     source, digest = git_state(), package_digest()
     init_single_process()

@@ -2,7 +2,7 @@
 
 Measures in one run:
 
-1. Training throughput of ``Trainer.train_epoch`` (ds_twophase/loop.py: no probe, no
+1. Training throughput of ``Trainer.train_epoch`` (ds_twophase/trainer.py: no probe, no
    evaluation) against the loop a DeepSpeed user writes over the same model, data and config::
 
        engine, _, loader, _ = deepspeed.initialize(model=model, training_data=train_set,
@@ -20,7 +20,7 @@ Measures in one run:
    does not give the same number of samples per epoch as the trainer's (whole steps only), so
    steps/s means samples/s divided by the train batch size, for every loop. A third loop,
    "bare loop, our loader", runs the bare loop body over the trainer's loader
-   (``ds_twophase.loop.make_loader``), separating the loop's cost from the data pipeline's.
+   (``ds_twophase.epoch.make_loader``), separating the loop's cost from the data pipeline's.
    Each epoch is also measured in CPU seconds (this process plus its reaped DataLoader workers,
    from ``getrusage``): on a shared machine the wall clock mostly measures the scheduler.
 2. The share of wall time spent in the Hessian probe over whole two-phase MNIST-1D runs of
@@ -66,7 +66,6 @@ import contextlib
 import copy
 import datetime
 import json
-import logging
 import math
 import os
 import platform
@@ -170,21 +169,10 @@ def free_port() -> int:
 
 
 def init_single_process() -> None:
-    """Start a one-rank gloo process group as ``ds_twophase.train`` does (once)."""
-    import deepspeed
-    import torch.distributed as tdist
-    from deepspeed.utils import logger as ds_logger
-
-    if tdist.is_available() and tdist.is_initialized():
-        return
-    ds_logger.setLevel(logging.WARNING)
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    """Start a one-rank process group as ``ds_twophase.train`` does (once)."""
     from ds_twophase import dist
 
-    dist.release_deepspeed_shm()  # as the trainer does: no /dev/shm file left behind
+    dist.init_process_group(quiet=True)  # also releases DeepSpeed's /dev/shm buffer name
 
 
 def run_config(
@@ -266,8 +254,9 @@ def build_loops(
     import deepspeed
     from torch.utils.data import DistributedSampler
 
-    from ds_twophase.loop import Trainer, make_loader
+    from ds_twophase.epoch import make_loader
     from ds_twophase.models import build_model
+    from ds_twophase.trainer import Trainer
 
     run = run_config(config, setting, tmp)
     trainer = Trainer(run)  # seeds torch with trainer.seed before building its model
@@ -525,7 +514,7 @@ def probe_solvers(
     from dataclasses import replace
 
     from ds_twophase.hook import HessianProbe
-    from ds_twophase.loop import Trainer
+    from ds_twophase.trainer import Trainer
 
     extra = [] if probe_batch is None else [f"{PROBE_BATCH_KEY}={probe_batch}"]
     run = run_config(config, Setting(2048, 256), tmp, extra)
@@ -724,7 +713,7 @@ def reading(
             "- Where ours is ahead, the data pipeline makes the difference: DeepSpeed's loader "
             "(`deepspeed_io`) indexes the TensorDataset one sample at a time, collates in two "
             "worker processes started anew every epoch, while "
-            "`loop.make_loader` gathers a whole micro-batch with one index per tensor in the "
+            "`epoch.make_loader` gathers a whole micro-batch with one index per tensor in the "
             "training process."
             + (
                 f" Per CPU second ours runs {min(body):.3f} to {max(body):.3f} times as many "

@@ -1,20 +1,121 @@
-"""The only module in ds_twophase that calls collectives.
+"""The only module in ds_twophase that knows ranks, launchers and collectives.
 
 Every function works in a single process (no process group initialised, or world size 1) and
 is then a no-op or an identity, so library code can call these unconditionally instead of
 sprinkling rank checks. ``group`` is the data-parallel process group (``None`` = the default
 group, which is the data-parallel group for plain DeepSpeed data parallelism).
+
+Three parts: before the process group exists, what the launcher announces in environment
+variables (:func:`launcher_rank`, :func:`launch_world_size`, :func:`set_threads`); starting the
+group (:func:`init_process_group`, also for a plain ``python script.py`` without a launcher);
+and, once it runs, ranks, rank-0 output (:func:`print_rank_zero`, :func:`on_rank_zero`) and
+collectives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterable, Iterator
+import socket
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as tdist
+
+from .errors import ConfigError
+
+# Where launchers put this process's global rank: torchrun/deepspeed, Open MPI, MPICH/Intel
+# MPI, Slurm tasks (first match wins).
+RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+
+
+# -- before the process group: what the launcher says ----------------------------------------
+def launcher_rank() -> int | None:
+    """This process's rank as its launcher announces it; ``None`` without a launcher (a plain
+    ``python script.py``). An unreadable value counts as rank 0."""
+    for var in RANK_VARS:
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                return 0
+    return None
+
+
+def launch_world_size() -> int | None:
+    """The job's number of ranks as the launcher announces it (``WORLD_SIZE``), before the
+    process group exists; ``None`` without a launcher."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", ""))
+    except ValueError:
+        return None
+    return world if world >= 1 else None
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the group once it runs, before that of the launcher's job; True without a
+    launcher. Whoever prints errors that every rank finds asks this (one message per job)."""
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank() == 0
+    return (launcher_rank() or 0) == 0
+
+
+def set_threads() -> None:
+    """Without OMP_NUM_THREADS, split the cores between the ranks of this node (the deepspeed
+    launcher sets none, and two ranks with all cores each crawl on a small machine)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    ranks_here = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ranks_here)))
+
+
+def single_process_env() -> None:
+    """Without a launcher, describe a one-rank job (rank 0 of 1, a free local port) so DeepSpeed
+    starts a group of one instead of going looking for MPI. Does nothing under a launcher."""
+    if launcher_rank() is not None:
+        return  # torchrun/deepspeed set everything; for MPI or Slurm DeepSpeed's discovery does
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+
+
+def init_process_group(
+    distributed_port: int | None = None,
+    dist_init_required: bool | None = None,
+    quiet: bool = False,
+) -> None:
+    """Start the default process group the way DeepSpeed does (``deepspeed.init_distributed``
+    with the accelerator's backend), as a group of one rank when there is no launcher.
+
+    Does nothing to a group that already runs. ``quiet`` also drops DeepSpeed's per-step INFO
+    lines (the trainer's choice). Afterwards the name of DeepSpeed's CPU shared-memory buffer
+    is released (:func:`release_deepspeed_shm`).
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if quiet:
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+    if dist_init_required is not False and not tdist.is_initialized():
+        single_process_env()
+    kwargs: dict[str, Any] = {"dist_init_required": dist_init_required}
+    if distributed_port is not None:
+        kwargs["distributed_port"] = distributed_port
+    deepspeed.init_distributed(
+        dist_backend=get_accelerator().communication_backend_name(), verbose=not quiet, **kwargs
+    )
+    release_deepspeed_shm()
+
+
+# -- the running group -----------------------------------------------------------------------
 
 
 def is_distributed() -> bool:
@@ -39,6 +140,34 @@ def get_rank(group: Any = None) -> int:
 def is_rank_zero(group: Any = None) -> bool:
     """True on the rank that logs and writes files."""
     return get_rank(group) == 0
+
+
+def print_rank_zero(message: str) -> None:
+    """Print ``message`` on stdout, on rank 0 only."""
+    if is_rank_zero():
+        print(message, flush=True)
+
+
+def warn_rank_zero(message: str) -> None:
+    """Print a ``warning:`` line on stderr, on rank 0 only."""
+    if is_rank_zero():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def on_rank_zero(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and return its result on every rank; a :class:`ConfigError` it
+    raises is raised on every rank (decisions from files that only rank 0 may see)."""
+    outcome: tuple[str, Any] | None = None
+    if is_rank_zero():
+        try:
+            outcome = ("ok", fn())
+        except ConfigError as exc:
+            outcome = ("error", exc.messages)
+    outcome = broadcast_object(outcome)
+    assert outcome is not None  # rank 0 always sets it
+    if outcome[0] == "error":
+        raise ConfigError(outcome[1])
+    return outcome[1]
 
 
 def barrier(group: Any = None) -> None:

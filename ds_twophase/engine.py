@@ -16,7 +16,6 @@ from typing import Any
 
 import deepspeed
 import torch
-from deepspeed.accelerator import get_accelerator
 from deepspeed.constants import TORCH_DISTRIBUTED_DEFAULT_PORT
 
 from . import dist
@@ -65,12 +64,9 @@ def initialize(
     if config is None:
         raise ConfigError("config: pass config= (a JSON path or a dict) or args.deepspeed_config")
     raw = load_config(config)
-    deepspeed.init_distributed(
-        dist_backend=get_accelerator().communication_backend_name(),
-        distributed_port=distributed_port,
-        dist_init_required=dist_init_required,
+    dist.init_process_group(
+        distributed_port=distributed_port, dist_init_required=dist_init_required
     )
-    dist.release_deepspeed_shm()
     world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
     run = validate_config(raw, world_size=world)
     return initialize_run(

@@ -6,13 +6,13 @@ Given no ``--config`` it runs the embedded default: MNIST-1D, two-phase schedule
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from . import dist
+from .args import ArgumentParser, add_override_flag, report
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "mnist1d.json"
@@ -25,8 +25,6 @@ def default_config_path() -> str:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The trainer's command line; a bad flag raises :class:`ConfigError` naming it."""
-    from .cli import ArgumentParser, add_override_flag
-
     parser = ArgumentParser(
         prog="ds-twophase train",
         description="Train from one JSON config (DeepSpeed config + ds_twophase sections).",
@@ -73,94 +71,29 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--resume: '{args.resume}' is not a directory; {fix}")
 
 
-def launch_world_size() -> int | None:
-    """The job's number of ranks as the launcher announces it (``WORLD_SIZE``), before the
-    process group exists; ``None`` without a launcher."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", ""))
-    except ValueError:
-        return None
-    return world if world >= 1 else None
-
-
-def reports_errors() -> bool:
-    """Whether this process prints the ``error:`` lines: rank 0 only, so a bad input gives one
-    message per job (before the process group exists, the rank comes from the launcher)."""
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank() == 0
-    # torchrun/deepspeed launchers, then MPI and Slurm task launchers
-    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            try:
-                return int(os.environ[var]) == 0
-            except ValueError:
-                return True
-    return True
-
-
-def set_threads() -> None:
-    """Without OMP_NUM_THREADS, split the cores between the ranks of this node (the deepspeed
-    launcher sets none, and two ranks with all cores each crawl on a small machine)."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    import torch
-
-    ranks_here = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ranks_here)))
-
-
-def single_process_env() -> None:
-    """Without a launcher, describe a one-rank job so DeepSpeed does not go looking for MPI."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run."""
-    from .cli import report
-
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         check_args(args)
     except ConfigError as exc:
-        return report(exc) if reports_errors() else 2
-    set_threads()
-    from . import dist
+        return report(exc) if dist.is_main_process() else 2
+    dist.set_threads()
     from .config import load_config, validate_config
 
     try:
         raw = load_config(args.config or default_config_path(), args.overrides)
         # Everything that does not need the process group, before starting it (with the
         # launcher's world size, the batch arithmetic too).
-        checked = validate_config(raw, world_size=launch_world_size())
+        checked = validate_config(raw, world_size=dist.launch_world_size())
         if checked.trainer is None:
             raise ConfigError(
                 "trainer: the config has no trainer section; add one (dataset, model, epochs), "
                 "or drive your own loop with ds_twophase.initialize"
             )
-        import deepspeed
-        from deepspeed.utils import logger as ds_logger
-
-        ds_logger.setLevel(logging.WARNING)  # no per-step INFO noise from any rank
-        single_process_env()
-        from deepspeed.accelerator import get_accelerator
-
-        deepspeed.init_distributed(
-            dist_backend=get_accelerator().communication_backend_name(), verbose=False
-        )
-        dist.release_deepspeed_shm()
+        dist.init_process_group(quiet=True)  # no per-step INFO noise from any rank
         run = validate_config(raw, world_size=dist.get_world_size())
-        from .loop import Trainer, TrainingStopped
+        from .trainer import Trainer, TrainingStopped
 
         try:
             Trainer(run).fit(resume=args.resume, stop_after=args.stop_after)
@@ -168,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     except ConfigError as exc:
-        return report(exc) if reports_errors() else 2
+        return report(exc) if dist.is_main_process() else 2
     return 0
 
 

@@ -1,0 +1,127 @@
+"""Resuming a run: which checkpoint, whether the config still matches it, and the guard that
+keeps a new run from writing over an old one.
+
+A checkpoint stores :func:`resume_fingerprint` of the resolved config; a resume compares it with
+the current config's and refuses (one :class:`~ds_twophase.errors.ConfigError` line naming the
+changed keys) unless only :data:`RESUME_FREE_KEYS` changed. These functions read files only rank
+0 may see: the trainer runs them on rank 0 and broadcasts the outcome (``dist.on_rank_zero``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .errors import ConfigError
+from .metrics import MetricsLog
+
+# Config keys that may change between a run and its resume without changing the training.
+RESUME_FREE_KEYS = (
+    "trainer.output_dir",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.progress",
+    "trainer.num_workers",
+    "trainer.eval_every",
+    "trainer.on_nonfinite_loss",
+    "trainer.dataset.root",
+    "steps_per_print",
+    "wall_clock_breakdown",
+    "tensorboard",
+    "csv_monitor",
+    "wandb",
+    "comet",
+    "flops_profiler",
+)
+
+Choice = tuple[int, str, dict[str, Any]]
+"""``(epoch, checkpoint directory, saved state with its tensors under "tensors")``."""
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a nested config."""
+    if isinstance(cfg, dict) and cfg:
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): cfg}
+
+
+def resume_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The config leaves that must not change when a run is resumed."""
+    return {
+        key: value
+        for key, value in flatten(resolved).items()
+        if not any(key == free or key.startswith(free + ".") for free in RESUME_FREE_KEYS)
+    }
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Human-readable ``key: old -> new`` for every key that differs."""
+    keys = sorted(set(saved) | set(now))
+    missing = object()
+    out = []
+    for key in keys:
+        a, b = saved.get(key, missing), now.get(key, missing)
+        if a != b:
+            show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
+            out.append(f"{key}: {show(a)} -> {show(b)}")
+    return out
+
+
+def choose_checkpoint(
+    target: str,
+    ckpt_dir: Path,
+    metrics: MetricsLog,
+    resolved: dict[str, Any],
+    *,
+    log: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> Choice | None:
+    """The checkpoint ``--resume target`` names (``auto``: the newest complete one in
+    ``ckpt_dir``; ``None`` when there is none yet), checked against the current config
+    ``resolved``. Raises :class:`ConfigError` for a missing, incomplete or mismatched one."""
+    if target == "auto":
+        found = checkpoint.newest_complete(ckpt_dir, warn=warn)
+        if found is None:
+            if checkpoint.checkpoint_dirs(ckpt_dir):
+                raise ConfigError(
+                    f"--resume: no complete checkpoint in {ckpt_dir} (all were interrupted "
+                    "while saving); remove the directory to start over"
+                )
+            done = len(metrics.read())
+            dropped = f" (the {done} epoch(s) in metrics.jsonl are trained again)" if done else ""
+            log(f"resume: no checkpoint in {ckpt_dir}; starting from scratch{dropped}")
+            return None
+        epoch, path = found
+        state = checkpoint.read_state(path)
+    else:
+        path = Path(target)
+        if not checkpoint.is_complete(path):
+            raise ConfigError(
+                f"--resume: '{target}' is not a complete ds_twophase checkpoint directory"
+            )
+        state = checkpoint.read_state(path)
+        epoch = state["epoch"]
+    state["tensors"] = checkpoint.read_tensors(path, state.get("tensors", []))
+    changes = config_changes(state.get("config", {}), resume_fingerprint(resolved))
+    if changes:
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        raise ConfigError(
+            f"--resume: the config changed since {path.name}: {'; '.join(changes[:3])}{more}; "
+            "restore these values or train into a new trainer.output_dir"
+        )
+    return epoch, str(path), state
+
+
+def check_fresh_output_dir(out: Path, metrics: MetricsLog, ckpt_dir: Path) -> None:
+    """Refuse to start a new run over an existing one (nothing is ever overwritten)."""
+    if metrics.read() or checkpoint.checkpoint_dirs(ckpt_dir):
+        raise ConfigError(
+            f"trainer.output_dir: '{out}' already holds a run; continue it with "
+            "--resume auto, or choose another output_dir"
+        )

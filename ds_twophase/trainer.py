@@ -1,0 +1,270 @@
+"""The trainer: builds data, model, sampler, engine and probe from a validated config, then fits.
+
+The pieces live next door: :mod:`.epoch` trains one epoch, :mod:`.evaluate` measures the
+validation split, :mod:`.resume` picks and checks the checkpoint to continue from,
+:mod:`.checkpoint` writes them, and :mod:`.hook` makes the epoch-end decision.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from . import checkpoint, dist
+from .config import RunConfig, resolve_batch
+from .data import build_datasets
+from .engine import initialize_run, load_checkpoint
+from .epoch import (
+    TrainingStopped,
+    cross_entropy,
+    make_loader,
+    seed_everything,
+    stop_if_nonfinite,
+    train_epoch,
+)
+from .errors import ConfigError
+from .evaluate import evaluate
+from .hook import HessianProbe, RankDisagreement, epoch_end
+from .metrics import MetricsLog
+from .models import build_model
+from .resume import check_fresh_output_dir, choose_checkpoint, resume_fingerprint
+from .schedulers import EpochScheduler
+
+__all__ = ["RunResult", "Trainer", "TrainingStopped"]
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    epochs: int
+    """Epochs completed (including those before a resume)."""
+    val_accuracy: float | None
+    """Validation accuracy after the last epoch."""
+    output_dir: Path
+    """Where the run's files are."""
+
+
+class Trainer:
+    """Runs one validated config end to end on every rank: ``Trainer(run).fit(resume=...)``."""
+
+    def __init__(self, run: RunConfig):
+        if run.trainer is None:
+            raise ConfigError(
+                "trainer: the config has no trainer section; add one (dataset, model, epochs)"
+            )
+        self.run = run
+        self.tc = run.trainer
+        self.out = Path(self.tc.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        world = dist.get_world_size()
+        self.train_batch, self.micro, self.gas = resolve_batch(run.deepspeed, world)
+        seed_everything(self.tc.seed)
+        self.splits = self._build_data()
+        self.model = build_model(self.tc.model, self.splits.num_classes, self.splits.input_shape)
+        if run.deepspeed.get("bf16", {}).get("enabled"):
+            # DeepSpeed casts parameters but not buffers; BatchNorm on CPU needs both in bf16.
+            self.model.to(torch.bfloat16)
+        self.sampler = DistributedSampler(
+            self.splits.train,
+            num_replicas=world,
+            rank=dist.get_rank(),
+            shuffle=True,
+            seed=self.tc.seed,
+            drop_last=True,
+        )
+        self.steps_per_epoch = (len(self.sampler) // self.micro) // self.gas
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"train_batch_size: {len(self.splits.train)} training samples give no full step of "
+                f"{self.train_batch} samples per epoch; lower the batch size or raise trainer.dataset.train_size"
+            )
+        self.loader = make_loader(self.splits.train, self.sampler, self.micro, self.tc.num_workers)
+        self.engine, _, _, self.scheduler = initialize_run(
+            run, model=self.model, total_epochs=self.tc.epochs, steps_per_epoch=self.steps_per_epoch
+        )
+        self.probe = None
+        if run.probe is not None:
+            self.probe = HessianProbe(
+                self.splits.train,
+                cross_entropy,
+                run.probe,
+                batch_size=self.train_batch,
+                micro_batch_size=self.micro,
+                seed=self.tc.seed,
+                zero_stage=run.zero_stage,
+            )
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+
+    def _build_data(self) -> Any:
+        # Rank 0 generates and caches the data set first so the other ranks only read it.
+        if dist.is_rank_zero():
+            splits = build_datasets(self.tc.dataset)
+        dist.barrier()
+        if not dist.is_rank_zero():
+            splits = build_datasets(self.tc.dataset)
+        return splits
+
+    def resume(self, target: str) -> int:
+        """Load a checkpoint (``auto``: newest complete one in the run's directory); returns the
+        epoch it holds, or 0 when ``auto`` finds none. Rank 0 chooses and every rank follows, so
+        ranks never disagree about where they resume."""
+        choice = dist.on_rank_zero(
+            lambda: choose_checkpoint(
+                target,
+                self.ckpt_dir,
+                self.metrics,
+                self.run.resolved,
+                log=dist.print_rank_zero,
+                warn=dist.warn_rank_zero,
+            )
+        )
+        epoch = 0
+        if choice is not None:
+            epoch, path, state = choice
+            path = Path(path)
+            load_checkpoint(self.engine, path.parent, tag=path.name)
+            if self.probe is not None and state.get("probe") is not None:
+                vector = state["tensors"].get("probe_vector")
+                self.probe.load_state_dict({**state["probe"], "vector": vector})
+            dist.print_rank_zero(f"resume: continuing after epoch {epoch} from {path}")
+        if dist.is_rank_zero():
+            self.metrics.truncate(epoch)  # epochs no checkpoint kept are trained again
+        return epoch
+
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One epoch of exactly ``steps_per_epoch`` optimizer steps: the mean training loss over
+        all ranks and micro-batches, and the number of micro-batches skipped for a non-finite
+        loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
+        self.sampler.set_epoch(epoch)
+        return train_epoch(
+            self.engine,
+            self.loader,
+            epoch,
+            micro_batches=self.steps_per_epoch * self.gas,
+            seed=self.tc.seed,
+            skip_nonfinite=self.tc.on_nonfinite_loss == "skip",
+            progress=self.tc.progress,
+        )
+
+    def fit(self, resume: str | None = None, stop_after: int | None = None) -> RunResult:
+        """Train to ``trainer.epochs`` (or save and return after epoch ``stop_after``)."""
+        if resume:
+            start = self.resume(resume)
+        else:
+            dist.on_rank_zero(lambda: check_fresh_output_dir(self.out, self.metrics, self.ckpt_dir))
+            start = 0
+        # Only once the checks passed: a refused run must not overwrite the existing run's file.
+        if dist.is_rank_zero():
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
+        last = self.tc.epochs
+        end_at = last if stop_after is None else min(stop_after, last)
+        val_acc = None
+        for epoch in range(start + 1, end_at + 1):
+            row = self._epoch(epoch, last)
+            val_acc = row["val_accuracy"] if row["val_accuracy"] is not None else val_acc
+            every = self.tc.checkpoint_every
+            if epoch == end_at or (every and epoch % every == 0):
+                self._save(epoch)
+        if end_at < last:
+            dist.print_rank_zero(
+                f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self.out})"
+            )
+        else:
+            if val_acc is None:  # resumed after the last epoch: nothing was trained here
+                val_acc = evaluate(self.engine, self.splits.val, 4 * self.micro)[1]
+            dist.print_rank_zero(
+                f"done: {last} epochs, final test accuracy {val_acc:.4f} ({self.out})"
+            )
+        return RunResult(epochs=max(end_at, start), val_accuracy=val_acc, output_dir=self.out)
+
+    def _epoch(self, epoch: int, last: int) -> dict[str, Any]:
+        """Train, decide, evaluate and log one epoch; its metrics row."""
+        t0 = time.perf_counter()
+        train_loss, skipped = self.train_epoch(epoch)
+        stop_if_nonfinite(epoch, train_loss, self.ckpt_dir)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        if self.tc.on_nonfinite_loss == "skip":
+            row["skipped_micro_batches"] = skipped
+            if skipped:
+                dist.warn_rank_zero(
+                    f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
+                )
+        row.update(self._decide(train_loss))
+        row["lr"] = self.engine.get_lr()[0]
+        row["val_loss"] = row["val_accuracy"] = None
+        if epoch % self.tc.eval_every == 0 or epoch == last:
+            row["val_loss"], row["val_accuracy"] = evaluate(
+                self.engine, self.splits.val, 4 * self.micro
+            )
+        row["probe_seconds"] = row.pop("_probe_seconds")
+        row["epoch_seconds"] = time.perf_counter() - t0
+        if dist.is_rank_zero():
+            self.metrics.append(row)
+        dist.print_rank_zero(_epoch_line(row, last))
+        return row
+
+    def _decide(self, train_loss: float) -> dict[str, Any]:
+        """The epoch-end decision's columns (all ``None`` for a per-step scheduler)."""
+        if not isinstance(self.scheduler, EpochScheduler):
+            return {"phase": None, "hmax": None, "decision": None, "_probe_seconds": 0.0}
+        with warnings.catch_warnings():
+            # The decision's warning is logged once below, by rank 0 only.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                end = epoch_end(self.engine, train_loss, self.probe)
+            except RankDisagreement as exc:
+                raise TrainingStopped(str(exc)) from None
+        rec = end.record
+        if rec.warning:
+            dist.warn_rank_zero(rec.warning)
+        return {
+            "phase": rec.phase,
+            "hmax": rec.hmax,
+            "decision": rec.decision,
+            "warning": rec.warning,
+            "probe_error": None if end.probe is None else end.probe.error,
+            "probe_hvps": None if end.probe is None else end.probe.iterations,
+            "_probe_seconds": 0.0 if end.probe is None else end.probe.seconds,
+        }
+
+    def _save(self, epoch: int) -> None:
+        probe = None if self.probe is None else self.probe.state_dict()
+        vector = None if probe is None else probe.pop("vector")
+        epoch_scheduler = isinstance(self.scheduler, EpochScheduler)
+        state = {
+            "epoch": epoch,
+            "config": resume_fingerprint(self.run.resolved),
+            "probe": probe,
+            "scheduler": self.scheduler.state_dict() if epoch_scheduler else None,
+        }
+        checkpoint.save(
+            self.engine,
+            self.ckpt_dir,
+            epoch,
+            state,
+            keep=self.tc.keep_checkpoints,
+            tensors={} if vector is None else {"probe_vector": vector},
+        )
+
+
+def _epoch_line(row: dict[str, Any], last: int) -> str:
+    parts = [f"epoch {row['epoch']}/{last}", f"loss {row['train_loss']:.4f}", f"lr {row['lr']:.4g}"]
+    if row.get("val_accuracy") is not None:
+        parts.append(f"val_acc {row['val_accuracy']:.4f}")
+    if row.get("phase"):
+        parts.append(row["phase"])
+    if row.get("decision") not in (None, "none"):
+        parts.append(row["decision"])
+    if row.get("hmax") is not None:
+        parts.append(f"hmax {row['hmax']:.4g}")
+    parts.append(f"{row['epoch_seconds']:.2f}s")
+    return "  ".join(parts)
