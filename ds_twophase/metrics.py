@@ -1,4 +1,8 @@
-"""``metrics.jsonl``: one JSON object per epoch, written by rank 0."""
+"""``metrics.jsonl``: one JSON object per epoch.
+
+:class:`MetricsLog` knows nothing of ranks: it writes whenever it is asked to, and the caller
+decides who writes (the trainer: rank 0 only).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import math
 import os
 from pathlib import Path
 from typing import Any
-
-from . import dist
 
 
 def _clean(value: Any) -> Any:
@@ -19,7 +21,8 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Append-only epoch log; :meth:`truncate` drops epochs after a resume point."""
+    """Append-only epoch log; :meth:`truncate` drops epochs after a resume point. Call the
+    writing methods on one process only (the trainer uses rank 0)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -40,8 +43,6 @@ class MetricsLog:
 
     def truncate(self, epoch: int) -> None:
         """Keep only rows of epochs ``<= epoch`` (0: start a new file)."""
-        if not dist.is_rank_zero():
-            return
         rows = [r for r in self.read() if r.get("epoch", 0) <= epoch]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")

@@ -55,6 +55,29 @@ def run_deepspeed(
         remove_shm_buffers(port)
 
 
+# Variables a launcher sets; a "plain python" run must see none of them.
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "OMPI_COMM_WORLD_RANK",
+    "PMI_RANK",
+    "SLURM_PROCID",
+)
+
+
+def run_plain(args: list[str], *, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``python args...`` in the repository as a user would without any launcher (no rank
+    variables in its environment), output captured; a hang fails after ``timeout`` seconds."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return run_group([sys.executable, *map(str, args)], env=env, cwd=REPO, timeout=timeout)
+
+
 def remove_shm_buffers(port: str | int) -> None:
     """Remove DeepSpeed's CPU all-reduce buffers of the job on ``port`` (ranks killed before they
     could release them leave them in /dev/shm, where they hold RAM)."""

@@ -1,5 +1,25 @@
-"""Shared test configuration: keep torch single-threaded so two ranks share two cores."""
+"""Shared test configuration and fixtures.
+
+torch stays single-threaded so two ranks share two cores. Helpers for reading a run's outputs
+live in ``_runs.py``, for launching ranks in ``_launch.py``; the fixtures below wrap them.
+"""
 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+from _launch import REPO  # noqa: E402
+from _runs import TINY, RunDir  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config() -> str:
+    """Absolute path of the tiny MNIST-1D run config."""
+    return str(REPO / TINY)
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> RunDir:
+    """A fresh output directory for one run (``tmp_path/out``, not created yet)."""
+    return RunDir(tmp_path / "out")

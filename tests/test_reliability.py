@@ -4,7 +4,6 @@ ds_twophase.faults and ds_twophase.probe (environment variables), never by editi
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,9 +15,8 @@ import psutil
 import pytest
 import torch
 from _launch import REPO, free_port, remove_shm_buffers, run_deepspeed, run_group
+from _runs import TINY, final_params, read_metrics, without_timing
 
-TINY = "configs/tiny/mnist1d_2rank.json"
-TIMING = ("epoch_seconds", "probe_seconds")
 # Bigger epochs than the tiny default so a kill lands while training, 10 epochs, checkpoints
 # every 2.
 RELIABLE = [
@@ -33,23 +31,6 @@ RELIABLE = [
 ]
 
 pytestmark = [pytest.mark.multiproc]
-
-
-def metrics(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def strip(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-
-def final_params(out: Path) -> dict[str, torch.Tensor]:
-    latest = (out / "checkpoints" / "latest").read_text().strip()
-    path = out / "checkpoints" / latest / "mp_rank_00_model_states.pt"
-    return torch.load(path, weights_only=False)["module"]
 
 
 def train(out: Path, *extra: str, env: dict | None = None, timeout: float = 300):
@@ -70,7 +51,7 @@ def ranks_of(out: Path) -> list[psutil.Process]:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    assert strip(metrics(a)) == strip(metrics(b))
+    assert without_timing(read_metrics(a)) == without_timing(read_metrics(b))
     pa, pb = final_params(a), final_params(b)
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
@@ -81,7 +62,7 @@ def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     proc = train(out, *RELIABLE)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(metrics(out)) == 10
+    assert len(read_metrics(out)) == 10
     return out
 
 
@@ -116,13 +97,13 @@ def test_killed_rank_ends_the_job_and_resume_matches(tmp_path, reference):
     )
     try:
         deadline = time.monotonic() + 240
-        while len(metrics(out)) < 5 and job.poll() is None and time.monotonic() < deadline:
+        while len(read_metrics(out)) < 5 and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert job.poll() is None, "the run ended before it could be killed"
         victim = [p for p in ranks_of(out) if "--local_rank=1" in " ".join(p.cmdline())]
         assert len(victim) == 1
         victim[0].send_signal(signal.SIGKILL)
-        killed_after = len(metrics(out))
+        killed_after = len(read_metrics(out))
         job.wait(timeout=120)  # the launcher notices the dead rank and ends the job
         assert job.returncode != 0
     finally:
@@ -179,7 +160,7 @@ def test_crash_in_first_save_refuses_to_restart_silently(tmp_path):
     again = run_group(cmd + ["--resume", "auto"], env=env, cwd=REPO, timeout=200)
     assert again.returncode == 2
     assert "no complete checkpoint" in again.stderr
-    assert len(metrics(out)) == 2  # nothing was retrained or overwritten
+    assert len(read_metrics(out)) == 2  # nothing was retrained or overwritten
 
 
 @pytest.mark.timeout(300)
@@ -205,7 +186,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, precision
     # has already gone can abort in gloo's teardown (seen once: 250), so only "failed" is stable.
     assert proc.returncode != 0
     assert "error: epoch 3: training loss is nan" in proc.stderr
-    assert [r["epoch"] for r in metrics(tmp_path)] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     ckpt = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["epoch0001", "epoch0002"]
     assert (ckpt / "latest").read_text().strip() == "epoch0002"
@@ -219,7 +200,7 @@ def test_skip_nonfinite_and_failing_rank0_probe_keep_training(tmp_path):
         tmp_path, "--set", "trainer.on_nonfinite_loss=skip", "--set", "trainer.epochs=6", env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = metrics(tmp_path)
+    rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["skipped_micro_batches"] for r in rows] == [0, 0, 1, 0, 0, 0]
     assert all(r["train_loss"] is not None for r in rows)
@@ -236,7 +217,7 @@ def test_sharded_probe_failure_on_rank1_then_rank_disagreement_stops(tmp_path):
     env = {"DS_TWOPHASE_PROBE_FAIL": "rank1@2", "DS_TWOPHASE_DESYNC_AT": "5"}
     proc = train(tmp_path, "--set", "scheduler.params.probe.mode=sharded", env=env)
     assert proc.returncode != 0  # 1 from each rank, or a teardown abort (see above)
-    rows = metrics(tmp_path)
+    rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 5's decision is where they differ
     assert all(r["decision"] == "skipped" and "rank 1" in r["probe_error"] for r in rows[2:])
     assert "ranks disagree on the LR schedule after epoch 5" in proc.stderr

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _launch import REPO, run_deepspeed, run_group
-
-TINY = "configs/tiny/mnist1d_2rank.json"
-TIMING = ("epoch_seconds", "probe_seconds")
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+from _launch import run_deepspeed, run_plain
+from _runs import RunDir, without_timing
 
 
 def run_single(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return run_group(
-        [sys.executable, "-m", "ds_twophase.train", *args], env=env, cwd=REPO, timeout=timeout
-    )
-
-
-def final_params(out: Path) -> dict[str, torch.Tensor]:
-    latest = (out / "checkpoints" / "latest").read_text().strip()
-    state = torch.load(
-        out / "checkpoints" / latest / "mp_rank_00_model_states.pt", weights_only=False
-    )
-    return state["module"]
+    return run_plain(["-m", "ds_twophase.train", *args], timeout=timeout)
 
 
 def check_schedule_events(rows: list[dict]) -> None:
@@ -66,20 +44,17 @@ def check_schedule_events(rows: list[dict]) -> None:
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
-def test_two_ranks_plateau_switch_decay(tmp_path):
-    proc = run_deepspeed(
-        ["ds_twophase.train", "--config", TINY, "--set", f"trainer.output_dir={tmp_path}"],
-        module=True,
-    )
+def test_two_ranks_plateau_switch_decay(tiny_config, run_dir):
+    proc = run_deepspeed(["ds_twophase.train", "--config", tiny_config, *run_dir.flag], module=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = metrics(tmp_path)
+    rows = run_dir.metrics()
     assert [r["epoch"] for r in rows] == list(range(1, 15))
     check_schedule_events(rows)
     # the ranks agreed after every epoch end (the trainer stops otherwise), and only rank 0 logs
     assert proc.stdout.count("epoch 14/14") == 1
     assert "final test accuracy" in proc.stdout
-    assert json.loads((tmp_path / "config.json").read_text())["trainer"]["epochs"] == 14
-    ckpt = tmp_path / "checkpoints"
+    assert json.loads((run_dir.path / "config.json").read_text())["trainer"]["epochs"] == 14
+    ckpt = run_dir.path / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["epoch0012", "epoch0014"]
     assert (ckpt / "epoch0014" / "COMPLETE").is_file()
     # The probe's warm-start vector travels with the checkpoint, as plain numpy data.
@@ -93,42 +68,36 @@ def test_two_ranks_plateau_switch_decay(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_one_process_same_config(tmp_path):
-    proc = run_single("--config", TINY, "--set", f"trainer.output_dir={tmp_path}")
+def test_one_process_same_config(tiny_config, run_dir):
+    proc = run_single("--config", tiny_config, *run_dir.flag)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = metrics(tmp_path)
+    rows = run_dir.metrics()
     assert len(rows) == 14
     check_schedule_events(rows)
     # a second run into the same directory without --resume must not overwrite the first
-    saved_config = (tmp_path / "config.json").read_text()
-    again = run_single(
-        "--config", TINY, "--set", f"trainer.output_dir={tmp_path}", "--set", "trainer.seed=5"
-    )
+    saved_config = (run_dir.path / "config.json").read_text()
+    again = run_single("--config", tiny_config, *run_dir.flag, "--set", "trainer.seed=5")
     assert again.returncode == 2
     assert "already holds a run; continue it with --resume auto" in again.stderr
     assert "Traceback" not in again.stderr
-    assert metrics(tmp_path) == rows
-    assert (tmp_path / "config.json").read_text() == saved_config  # not the refused run's
+    assert run_dir.metrics() == rows
+    assert (run_dir.path / "config.json").read_text() == saved_config  # not the refused run's
 
 
 @pytest.mark.timeout(400)
-def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
-    full, split = tmp_path / "full", tmp_path / "split"
-    common = ["--config", TINY, "--set", "trainer.checkpoint_every=3"]
-    assert run_single(*common, "--set", f"trainer.output_dir={full}").returncode == 0
-    first = run_single(*common, "--set", f"trainer.output_dir={split}", "--stop-after", "5")
+def test_stop_and_resume_equals_uninterrupted_run(tiny_config, tmp_path):
+    full, split = RunDir(tmp_path / "full"), RunDir(tmp_path / "split")
+    common = ["--config", tiny_config, "--set", "trainer.checkpoint_every=3"]
+    assert run_single(*common, *full.flag).returncode == 0
+    first = run_single(*common, *split.flag, "--stop-after", "5")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped after epoch 5" in first.stdout
-    assert len(metrics(split)) == 5
-    second = run_single(*common, "--set", f"trainer.output_dir={split}", "--resume", "auto")
+    assert len(split.metrics()) == 5
+    second = run_single(*common, *split.flag, "--resume", "auto")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "continuing after epoch 5" in second.stdout
-
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-    assert strip(metrics(split)) == strip(metrics(full))
-    a, b = final_params(full), final_params(split)
+    assert without_timing(split.metrics()) == without_timing(full.metrics())
+    a, b = full.final_params(), split.final_params()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -146,6 +115,18 @@ def test_own_loop_example(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_initialize_in_a_plain_python_script_runs_as_one_rank(tmp_path):
+    """``python examples/own_loop.py`` without any launcher: ds_twophase.initialize starts a
+    one-rank group itself (DeepSpeed alone would look for MPI and die without mpi4py)."""
+    proc = run_plain(["examples/own_loop.py", "--epochs", "2", "--out", tmp_path])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mpi4py" not in proc.stderr
+    records = json.loads((tmp_path / "records.json").read_text())
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert proc.stdout.count("epoch 2 ") == 1
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "scheduler,phase",
     [
@@ -158,19 +139,18 @@ def test_own_loop_example(tmp_path):
     ],
     ids=["WarmupStepLR", "deepspeed-WarmupLR"],
 )
-def test_other_schedulers_go_through_the_same_loop(tmp_path, scheduler, phase):
+def test_other_schedulers_go_through_the_same_loop(tiny_config, run_dir, scheduler, phase):
     proc = run_single(
         "--config",
-        TINY,
-        "--set",
-        f"trainer.output_dir={tmp_path}",
+        tiny_config,
+        *run_dir.flag,
         "--set",
         f"scheduler={scheduler}",
         "--set",
         "trainer.epochs=3",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = metrics(tmp_path)
+    rows = run_dir.metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(r["phase"] == phase and r["hmax"] is None for r in rows)
     assert all(r["probe_seconds"] == 0 for r in rows)
