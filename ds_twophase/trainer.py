@@ -198,24 +198,26 @@ class Trainer:
                 dist.warn_rank_zero(
                     f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
                 )
-        row.update(self._decide(train_loss))
+        decision, probe_seconds = self._decide(train_loss)
+        row.update(decision)
         row["lr"] = self.engine.get_lr()[0]
         row["val_loss"] = row["val_accuracy"] = None
         if epoch % self.tc.eval_every == 0 or epoch == last:
             row["val_loss"], row["val_accuracy"] = evaluate(
                 self.engine, self.splits.val, 4 * self.micro
             )
-        row["probe_seconds"] = row.pop("_probe_seconds")
+        row["probe_seconds"] = probe_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         if dist.is_rank_zero():
             self.metrics.append(row)
         dist.print_rank_zero(_epoch_line(row, last))
         return row
 
-    def _decide(self, train_loss: float) -> dict[str, Any]:
-        """The epoch-end decision's columns (all ``None`` for a per-step scheduler)."""
+    def _decide(self, train_loss: float) -> tuple[dict[str, Any], float]:
+        """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler) and
+        the seconds the probe took."""
         if not isinstance(self.scheduler, EpochScheduler):
-            return {"phase": None, "hmax": None, "decision": None, "_probe_seconds": 0.0}
+            return {"phase": None, "hmax": None, "decision": None}, 0.0
         with warnings.catch_warnings():
             # The decision's warning is logged once below, by rank 0 only.
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -226,15 +228,15 @@ class Trainer:
         rec = end.record
         if rec.warning:
             dist.warn_rank_zero(rec.warning)
-        return {
+        columns = {
             "phase": rec.phase,
             "hmax": rec.hmax,
             "decision": rec.decision,
             "warning": rec.warning,
             "probe_error": None if end.probe is None else end.probe.error,
             "probe_hvps": None if end.probe is None else end.probe.iterations,
-            "_probe_seconds": 0.0 if end.probe is None else end.probe.seconds,
         }
+        return columns, 0.0 if end.probe is None else end.probe.seconds
 
     def _save(self, epoch: int) -> None:
         probe = None if self.probe is None else self.probe.state_dict()
