@@ -172,7 +172,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         hint_text = did_you_mean(str(value), [str(a) for a in args])
         raise ConfigError(key=key, problem=f"must be one of {choices}, got {value!r}{hint_text}")
     if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, key + ".")
+        return build_dataclass(typing.cast(type, hint), value, key + ".")
     if origin in (list, tuple) or hint in (list, tuple):
         if not isinstance(value, list):
             raise ConfigError(key=key, problem=f"expected a list, got {_kind(value)} {value!r}")

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, Problem
+from ..errors import ConfigError, Problem, is_int
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -83,21 +83,25 @@ def no_step_problem(
 def resolve_batch(cfg: dict[str, Any], world_size: int) -> Batch:
     """The batch sizes filled in the way DeepSpeed fills the missing ones (call on a config
     whose batch keys passed :func:`check_batch` for this world size)."""
-    train = cfg.get("train_batch_size")
-    micro = cfg.get("train_micro_batch_size_per_gpu")
-    gas = cfg.get("gradient_accumulation_steps")
-    if train is not None and micro is not None and gas is None:
-        gas = train // (micro * world_size)
-    elif train is not None and gas is not None and micro is None:
-        micro = train // (gas * world_size)
-    elif train is None and micro is not None:
+    train: int | None = cfg.get("train_batch_size")
+    micro: int | None = cfg.get("train_micro_batch_size_per_gpu")
+    gas: int | None = cfg.get("gradient_accumulation_steps")
+    if train is None:
+        if micro is None:
+            raise ConfigError(
+                key="train_batch_size",
+                problem="set train_batch_size or train_micro_batch_size_per_gpu",
+            )
         gas = gas or 1
         train = micro * gas * world_size
+    elif micro is not None and gas is None:
+        gas = train // (micro * world_size)
+    elif gas is not None and micro is None:
+        micro = train // (gas * world_size)
     elif micro is None and gas is None:
         gas = 1
         micro = train // world_size
-    if train is None or micro is None or gas is None:
-        raise ConfigError(key="train_batch_size", problem="set train_batch_size or micro batch")
+    assert micro is not None and gas is not None  # every branch above filled them in
     return Batch(int(train), int(micro), int(gas), world_size)
 
 
@@ -105,7 +109,7 @@ def _positive_int(cfg: dict[str, Any], key: str, errors: list[Problem]) -> int |
     if key not in cfg:
         return None
     value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         errors.append(Problem(key, f"must be a positive integer, got {json.dumps(value)}"))
         return None
     return value

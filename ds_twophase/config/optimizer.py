@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import config_tools
-from ..errors import ConfigError, Problem, did_you_mean
+from ..errors import ConfigError, Problem, did_you_mean, is_number
 from .sections import DEEPSPEED_OPTIMIZERS, ComponentSpec, split_section
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def optimizer_section(
     cfg: dict[str, Any], zero_stage: int
-) -> tuple[ComponentSpec | None, OptimizerFactory | None, list[str | Problem]]:
+) -> tuple[ComponentSpec | None, OptimizerFactory | None, list[Problem]]:
     """Our optimizer type with its validated factory, or ``(None, None, problems)`` for a type
     DeepSpeed or torch builds (checked here as far as possible)."""
     from ..optim import OPTIMIZERS, build_optimizer_factory, check_zero_compatible, find_optimizer
@@ -41,9 +41,12 @@ def optimizer_section(
                 None,
                 None,
                 [
-                    f"optimizer.type: {cls.__name__} does not work with zero_optimization.stage "
-                    f"{zero_stage} (DeepSpeed hands the optimizer flat partitions that mix layers, so "
-                    "per-layer trust ratios would be wrong); set zero_optimization.stage to 0"
+                    Problem(
+                        "optimizer.type",
+                        f"{cls.__name__} does not work with zero_optimization.stage "
+                        f"{zero_stage} (DeepSpeed hands the optimizer flat partitions that mix layers, so "
+                        "per-layer trust ratios would be wrong); set zero_optimization.stage to 0",
+                    )
                 ],
             )
         return ComponentSpec(cls.__name__, dict(params)), factory, []
@@ -61,30 +64,37 @@ def optimizer_section(
         None,
         None,
         [
-            f"optimizer.type: unknown optimizer '{type_name}'{did_you_mean(type_name, candidates)}; "
-            f"ds_twophase has {', '.join(OPTIMIZERS)}, DeepSpeed has "
-            f"{', '.join(DEEPSPEED_OPTIMIZERS)}, or name a torch.optim class"
+            Problem(
+                "optimizer.type",
+                f"unknown optimizer '{type_name}'{did_you_mean(type_name, candidates)}; "
+                f"ds_twophase has {', '.join(OPTIMIZERS)}, DeepSpeed has "
+                f"{', '.join(DEEPSPEED_OPTIMIZERS)}, or name a torch.optim class",
+            )
         ],
     )
 
 
-def _check_deepspeed_optimizer_params(params: dict[str, Any]) -> list[str | Problem]:
+def _check_deepspeed_optimizer_params(params: dict[str, Any]) -> list[Problem]:
     """What can be checked of a DeepSpeed-built optimizer's params without importing it."""
     errors = []
     if "max_grad_norm" in params:
         errors.append(
-            "optimizer.params.max_grad_norm: DeepSpeed refuses it; remove it and set the "
-            'top-level "gradient_clipping" instead'
+            Problem(
+                "optimizer.params.max_grad_norm",
+                'DeepSpeed refuses it; remove it and set the top-level "gradient_clipping" instead',
+            )
         )
     lr = params.get("lr", 0.0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf:
-        errors.append(f"optimizer.params.lr: must be a number >= 0, got {json.dumps(lr)}")
+    if not is_number(lr) or not 0 <= lr < math.inf:
+        errors.append(
+            Problem("optimizer.params.lr", f"must be a number >= 0, got {json.dumps(lr)}")
+        )
     return errors
 
 
 def _check_torch_optimizer(
     cfg: dict[str, Any], cls: type, params: dict[str, Any], zero_stage: int
-) -> list[str | Problem]:
+) -> list[Problem]:
     """Validate a ``torch.optim`` optimizer (which DeepSpeed builds as ``cls(params, **params)``)
     by building it for one stand-in parameter."""
     errors = _check_deepspeed_optimizer_params(params)
@@ -100,9 +110,12 @@ def _check_torch_optimizer(
         parameters=[p for n, p in sig.parameters.items() if n != "params"]
     )
     errors = [
-        f"optimizer.params.{key}: expected {expected} like the default "
-        f"{json.dumps(list(default) if isinstance(default, tuple) else default)}, "
-        f"got {json.dumps(params[key])}"
+        Problem(
+            f"optimizer.params.{key}",
+            f"expected {expected} like the default "
+            f"{json.dumps(list(default) if isinstance(default, tuple) else default)}, "
+            f"got {json.dumps(params[key])}",
+        )
         for key, p in sig.parameters.items()
         if key in params
         for default in [p.default]
@@ -114,16 +127,19 @@ def _check_torch_optimizer(
     try:
         config_tools.call_checked(build, params, "optimizer.params.")
     except ConfigError as exc:
-        return [_name_torch_param(m, params) for m in exc.messages]
+        return [_name_torch_param(p, params) for p in exc.problems]
     # DeepSpeed asserts (deepspeed/runtime/zero/utils.py: ZERO_SUPPORTED_OPTIMIZERS): of the
     # torch.optim classes only Adam, AdamW and Adagrad pass, and those names take DeepSpeed's
     # own path (matched case-insensitively), never this one.
     if zero_stage and cfg.get("zero_allow_untested_optimizer") is not True:
         return [
-            f"optimizer.type: DeepSpeed refuses '{name}' under zero_optimization.stage "
-            f"{zero_stage} (not one of its ZeRO-tested optimizers); set "
-            '"zero_allow_untested_optimizer": true, use Adam/AdamW/Adagrad, or set '
-            "zero_optimization.stage to 0"
+            Problem(
+                "optimizer.type",
+                f"DeepSpeed refuses '{name}' under zero_optimization.stage "
+                f"{zero_stage} (not one of its ZeRO-tested optimizers); set "
+                '"zero_allow_untested_optimizer": true, use Adam/AdamW/Adagrad, or set '
+                "zero_optimization.stage to 0",
+            )
         ]
     return []
 
@@ -131,9 +147,7 @@ def _check_torch_optimizer(
 def _json_type_mismatch(default: Any, value: Any) -> str | None:
     """What JSON type ``value`` should have been, judged by the parameter's default (``None``
     when it fits or the default says nothing)."""
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    number = is_number
 
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
@@ -149,14 +163,13 @@ def _json_type_mismatch(default: Any, value: Any) -> str | None:
 _TORCH_PARAM_WORDS = {"learning rate": "lr", "epsilon": "eps", "beta": "betas"}
 
 
-def _name_torch_param(message: str, params: dict[str, Any]) -> str:
-    """Put the parameter's key in front of a torch.optim error that only names the section."""
-    head = "optimizer.params: "
-    if not message.startswith(head):
-        return message
-    text = message[len(head) :]
-    lowered = text.lower()
+def _name_torch_param(problem: Problem, params: dict[str, Any]) -> Problem:
+    """Key a torch.optim error that only names the section (``optimizer.params``) by the
+    parameter its text mentions (torch's messages are all there is to go on)."""
+    if problem.key != "optimizer.params":
+        return problem
+    lowered = problem.problem.lower()
     key = next((k for k in params if k in lowered), None)
     if key is None:
         key = next((k for w, k in _TORCH_PARAM_WORDS.items() if w in lowered and k in params), None)
-    return f"optimizer.params.{key}: {text}" if key else message
+    return Problem(f"optimizer.params.{key}", problem.problem) if key else problem

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import config_tools
-from ..errors import ConfigError, Problem, did_you_mean
+from ..errors import ConfigError, Problem, did_you_mean, is_number
 from ..schedulers import SCHEDULERS
 from .sections import DEEPSPEED_SCHEDULERS, METRIC_SCHEDULERS, ComponentSpec, split_section
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def scheduler_section(
     cfg: dict[str, Any], zero_stage: int
-) -> tuple[ComponentSpec | None, ProbeConfig | None, list[str | Problem]]:
+) -> tuple[ComponentSpec | None, ProbeConfig | None, list[Problem]]:
     """Our scheduler type with its probe settings, or ``(None, None, problems)`` for a type
     DeepSpeed or torch builds (checked by building it for a stand-in optimizer)."""
     type_name, params, errors = split_section(cfg, "scheduler")
@@ -32,9 +32,12 @@ def scheduler_section(
                 None,
                 None,
                 [
-                    f"scheduler.type: '{type_name}' needs a metric, but DeepSpeed steps it once per "
-                    "optimizer step with the batch size as the metric; use TwoPhaseLR (plateau-aware) "
-                    "or WarmupStepLR"
+                    Problem(
+                        "scheduler.type",
+                        f"'{type_name}' needs a metric, but DeepSpeed steps it once per "
+                        "optimizer step with the batch size as the metric; use TwoPhaseLR (plateau-aware) "
+                        "or WarmupStepLR",
+                    )
                 ],
             )
         if type_name in DEEPSPEED_SCHEDULERS:
@@ -49,9 +52,12 @@ def scheduler_section(
             None,
             None,
             [
-                f"scheduler.type: unknown scheduler '{type_name}'{did_you_mean(type_name, candidates)}; "
-                f"ds_twophase has {', '.join(SCHEDULERS)}, DeepSpeed has "
-                f"{', '.join(DEEPSPEED_SCHEDULERS)}, or name a torch.optim.lr_scheduler class"
+                Problem(
+                    "scheduler.type",
+                    f"unknown scheduler '{type_name}'{did_you_mean(type_name, candidates)}; "
+                    f"ds_twophase has {', '.join(SCHEDULERS)}, DeepSpeed has "
+                    f"{', '.join(DEEPSPEED_SCHEDULERS)}, or name a torch.optim.lr_scheduler class",
+                )
             ],
         )
     params = dict(params)
@@ -61,22 +67,24 @@ def scheduler_section(
         probe, probe_errors = _probe(probe_raw, zero_stage)
         errors += probe_errors
     elif probe_raw is not None:
-        errors.append(f"scheduler.params.probe: only TwoPhaseLR uses a probe, not {type_name}")
+        errors.append(
+            Problem("scheduler.params.probe", f"only TwoPhaseLR uses a probe, not {type_name}")
+        )
     errors += _check_scheduler_params(type_name, params, cfg)
     return ComponentSpec(type_name, params), probe, errors
 
 
 def _check_scheduler_params(
     type_name: str, params: dict[str, Any], cfg: dict[str, Any]
-) -> list[str | Problem]:
+) -> list[Problem]:
     """Validate by building the real scheduler against a stand-in optimizer."""
     cls = SCHEDULERS[type_name]
     optimizer = cfg.get("optimizer")
     opt_params = optimizer.get("params") if isinstance(optimizer, dict) else None
     peak = opt_params.get("lr", 1.0) if isinstance(opt_params, dict) else 1.0
-    if isinstance(peak, bool) or not isinstance(peak, (int, float)) or peak <= 0:
+    if not is_number(peak) or peak <= 0:
         peak = 1.0
-    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    trainer: dict[str, Any] = cfg["trainer"] if isinstance(cfg.get("trainer"), dict) else {}
     epochs = trainer.get("epochs", 1)
     filled = {
         "steps_per_epoch": 1,
@@ -93,7 +101,7 @@ def _check_scheduler_params(
 
 def _check_builtin_scheduler(
     type_name: str, params: dict[str, Any], *, deepspeed_own: bool
-) -> list[str | Problem]:
+) -> list[Problem]:
     """Validate a scheduler DeepSpeed builds as ``cls(optimizer, **params)`` by building it for
     a stand-in optimizer (DeepSpeed's own classes are imported only when one is named)."""
     if deepspeed_own:
@@ -123,7 +131,7 @@ def _signature_without_optimizer(cls: type) -> Any:
     return sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "optimizer"])
 
 
-def _probe(raw: Any, zero_stage: int) -> tuple[ProbeConfig | None, list[str | Problem]]:
+def _probe(raw: Any, zero_stage: int) -> tuple[ProbeConfig | None, list[Problem]]:
     from ..probe import ProbeConfig
 
     try:
@@ -132,15 +140,18 @@ def _probe(raw: Any, zero_stage: int) -> tuple[ProbeConfig | None, list[str | Pr
         return None, exc.problems
     if zero_stage == 3 and probe.mode == "rank0":
         return probe, [
-            'scheduler.params.probe.mode: "rank0" deadlocks under zero_optimization.stage 3 '
-            '(the forward pass must run on every rank); use "sharded"'
+            Problem(
+                "scheduler.params.probe.mode",
+                '"rank0" deadlocks under zero_optimization.stage 3 '
+                '(the forward pass must run on every rank); use "sharded"',
+            )
         ]
     return probe, []
 
 
 def trainer_section(
     cfg: dict[str, Any], probe: ProbeConfig | None = None
-) -> tuple[TrainerConfig | None, list[str | Problem]]:
+) -> tuple[TrainerConfig | None, list[Problem]]:
     """The ``trainer`` section built and checked against its dataset and model (and the probe
     layer against that model: the one place it is checked before the run)."""
     raw = cfg.get("trainer")
@@ -167,7 +178,7 @@ def trainer_section(
 
 def _check_probe_layer(
     trainer: TrainerConfig, layer: str | list[str], num_classes: int, shape: tuple[int, ...]
-) -> str | None:
+) -> Problem | None:
     """Why ``scheduler.params.probe.layer`` names no parametric module of the configured model
     (``None`` when it does, or for ``"auto"``). The model is built on the meta device."""
     if layer == "auto":
@@ -189,8 +200,9 @@ def _check_probe_layer(
         shown = ", ".join(candidates[-12:])
         if len(candidates) > 12:
             shown = f"..., {shown} (the last 12 of {len(candidates)})"
-        return (
-            f"scheduler.params.probe.layer: model '{trainer.model.name}' has no module "
-            f"'{bad}' with parameters{did_you_mean(bad, candidates)}; use \"auto\" or one of: {shown}"
+        return Problem(
+            "scheduler.params.probe.layer",
+            f"model '{trainer.model.name}' has no module "
+            f"'{bad}' with parameters{did_you_mean(bad, candidates)}; use \"auto\" or one of: {shown}",
         )
     return None

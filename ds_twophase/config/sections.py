@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import config_tools
-from ..errors import did_you_mean
+from ..errors import Problem, did_you_mean
 
 # DeepSpeed's own optimizer names (deepspeed/runtime/config.py, matched case-insensitively);
 # anything else DeepSpeed looks up as torch.optim.<name>.
@@ -91,7 +91,7 @@ class ComponentSpec:
     """Constructor arguments from the JSON ``params`` (without ``probe`` for schedulers)."""
 
 
-def check_top_level(cfg: dict[str, Any]) -> list[str]:
+def check_top_level(cfg: dict[str, Any]) -> list[Problem]:
     errors = []
     for key in cfg:
         if key in KNOWN_TOP_LEVEL:
@@ -99,54 +99,64 @@ def check_top_level(cfg: dict[str, Any]) -> list[str]:
         hint = did_you_mean(key, KNOWN_TOP_LEVEL)
         # DeepSpeed ignores keys it does not know; only a near-miss of a real key is an error.
         if hint:
-            errors.append(f"{key}: unknown top-level key{hint}")
+            errors.append(Problem(f"{key}", f"unknown top-level key{hint}"))
     for key in ("optimizer", "scheduler", "zero_optimization", "fp16", "bf16", "trainer"):
         if key in cfg and not isinstance(cfg[key], dict):
-            errors.append(f"{key}: must be a JSON object, got {json.dumps(cfg[key])}")
+            errors.append(Problem(f"{key}", f"must be a JSON object, got {json.dumps(cfg[key])}"))
     return errors
 
 
-def check_precision(cfg: dict[str, Any]) -> list[str]:
+def check_precision(cfg: dict[str, Any]) -> list[Problem]:
     errors = []
-    fp16 = cfg.get("fp16") if isinstance(cfg.get("fp16"), dict) else {}
-    bf16 = cfg.get("bf16") if isinstance(cfg.get("bf16"), dict) else {}
+    fp16: dict[str, Any] = cfg["fp16"] if isinstance(cfg.get("fp16"), dict) else {}
+    bf16: dict[str, Any] = cfg["bf16"] if isinstance(cfg.get("bf16"), dict) else {}
     for name, section in (("fp16", fp16), ("bf16", bf16)):
         if "enabled" in section and not isinstance(section["enabled"], bool):
             errors.append(
-                f"{name}.enabled: expected true or false, got {json.dumps(section['enabled'])}"
+                Problem(
+                    f"{name}.enabled",
+                    f"expected true or false, got {json.dumps(section['enabled'])}",
+                )
             )
     if fp16.get("enabled") is True:
         if bf16.get("enabled") is True:
-            errors.append("fp16.enabled: fp16 and bf16 cannot both be enabled; keep one")
+            errors.append(Problem("fp16.enabled", "fp16 and bf16 cannot both be enabled; keep one"))
         elif not torch.cuda.is_available():
             errors.append(
-                "fp16.enabled: fp16 needs a GPU and this machine has none; use "
-                '"bf16": {"enabled": true} or fp32'
+                Problem(
+                    "fp16.enabled",
+                    "fp16 needs a GPU and this machine has none; use "
+                    '"bf16": {"enabled": true} or fp32',
+                )
             )
     return errors
 
 
-def zero_stage(cfg: dict[str, Any]) -> tuple[int, list[str]]:
+def zero_stage(cfg: dict[str, Any]) -> tuple[int, list[Problem]]:
     zero = cfg.get("zero_optimization")
     if not isinstance(zero, dict) or "stage" not in zero:
         return 0, []
     stage = zero["stage"]
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        return 0, [f"zero_optimization.stage: must be 0, 1, 2 or 3, got {json.dumps(stage)}"]
+        return 0, [
+            Problem("zero_optimization.stage", f"must be 0, 1, 2 or 3, got {json.dumps(stage)}")
+        ]
     return int(stage), []
 
 
-def split_section(cfg: dict[str, Any], name: str) -> tuple[str | None, dict[str, Any], list[str]]:
+def split_section(
+    cfg: dict[str, Any], name: str
+) -> tuple[str | None, dict[str, Any], list[Problem]]:
     section = cfg.get(name)
     if not isinstance(section, dict):
         return None, {}, []
     errors = config_tools.check_keys(section, ("type", "params"), f"{name}.")
     type_name = section.get("type")
     if not isinstance(type_name, str) or not type_name:
-        errors.append(f"{name}.type: required, a string naming the {name}")
+        errors.append(Problem(f"{name}.type", f"required, a string naming the {name}"))
         type_name = None
     params = section.get("params", {})
     if not isinstance(params, dict):
-        errors.append(f"{name}.params: must be a JSON object, got {json.dumps(params)}")
+        errors.append(Problem(f"{name}.params", f"must be a JSON object, got {json.dumps(params)}"))
         params = {}
     return type_name, params, errors
