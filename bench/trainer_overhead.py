@@ -357,7 +357,7 @@ def resolved_probe_batch(config: str, overrides: list[str]) -> int:
     run = validate_config(load_config(str(ROOT / config), overrides), world_size=1)
     if run.probe is not None and run.probe.batch_size:
         return int(run.probe.batch_size)
-    return resolve_batch(run.deepspeed, 1)[0]
+    return resolve_batch(run.deepspeed, 1).train
 
 
 def probe_share(config: str, out: str, extra: list[str], entry: str, threads: int) -> ProbeShare:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, Problem, did_you_mean
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -21,31 +21,40 @@ def load_json(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config: file '{p}' does not exist; check the path") from None
+        raise ConfigError(
+            key="config", problem=f"file '{p}' does not exist; check the path"
+        ) from None
     except OSError as exc:
         raise ConfigError(
-            f"config: cannot read '{p}': {exc.strerror}; give the path of a JSON file"
+            key="config", problem=f"cannot read '{p}': {exc.strerror}; give the path of a JSON file"
         ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"config: '{p}' is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON"
+            key="config",
+            problem=f"'{p}' is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON",
         ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"config: '{p}' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            key="config",
+            problem=f"'{p}' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config: '{p}' must hold a JSON object, got {type(data).__name__}")
+        raise ConfigError(
+            key="config", problem=f"'{p}' must hold a JSON object, got {type(data).__name__}"
+        )
     return data
 
 
-def check_keys(data: dict[str, Any], allowed: Iterable[str], prefix: str) -> list[str]:
-    """One message per key of ``data`` not in ``allowed`` (with a did-you-mean)."""
+def check_keys(data: dict[str, Any], allowed: Iterable[str], prefix: str) -> list[Problem]:
+    """One problem per key of ``data`` not in ``allowed`` (with a did-you-mean)."""
     allowed = list(allowed)
     return [
-        f"{prefix}{key}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}"
+        Problem(
+            f"{prefix}{key}",
+            f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
+        )
         for key in data
         if key not in allowed
     ]
@@ -57,8 +66,8 @@ def call_checked(
     """Call ``fn(**kwargs)`` after checking the keys against its signature.
 
     Unknown keys, missing required arguments and the ``ValueError``/``TypeError`` that ``fn``
-    raises for a bad value become a :class:`ConfigError` whose message starts with
-    ``prefix + argument``. ``skip`` names parameters that are filled in by the caller.
+    raises for a bad value become a :class:`ConfigError` keyed ``prefix + argument`` (``fn``
+    raises a keyed ``ConfigError``; other errors go under the section, ``prefix`` itself). ``skip`` names parameters that are filled in by the caller.
     """
     params = {
         name: p
@@ -67,7 +76,7 @@ def call_checked(
     }
     errors = check_keys(kwargs, params, prefix)
     errors += [
-        f"{prefix}{name}: required key is missing"
+        Problem(f"{prefix}{name}", "required key is missing")
         for name, p in params.items()
         if p.default is p.empty and name not in kwargs
     ]
@@ -75,15 +84,17 @@ def call_checked(
         raise ConfigError(errors)
     try:
         return fn(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as exc:  # keyed by argument name: report under the config's path
+        raise exc.under(prefix) from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(_prefixed(prefix, str(exc), params)) from None
+        raise ConfigError(_under_section(prefix, exc)) from None
     except ArithmeticError as exc:  # e.g. int(float("inf")): name the non-finite value
         bad = next((k for k, v in kwargs.items() if _non_finite(v)), None)
         if bad is None:
-            raise ConfigError(_prefixed(prefix, str(exc), params)) from None
-        raise ConfigError(f"{prefix}{bad}: must be a finite number, got {kwargs[bad]!r}") from None
+            raise ConfigError(_under_section(prefix, exc)) from None
+        raise ConfigError(
+            key=f"{prefix}{bad}", problem=f"must be a finite number, got {kwargs[bad]!r}"
+        ) from None
 
 
 def _non_finite(value: Any) -> bool:
@@ -99,13 +110,15 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
 
     Unknown keys get a did-you-mean; field values are type-checked against the annotations
     (int, float, str, bool, lists, dicts, ``X | None``, Literal); the class's own
-    ``__post_init__`` range checks (``ValueError`` starting with the field name) are reported
+    ``__post_init__`` range checks (:class:`ConfigError` keyed by the field name) are reported
     under ``prefix``.
     """
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.')}: must be a JSON object, got {_kind(data)}")
+        raise ConfigError(
+            key=prefix.rstrip("."), problem=f"must be a JSON object, got {_kind(data)}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     errors = check_keys(data, fields, prefix)
@@ -116,9 +129,9 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
         try:
             kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
         except ConfigError as exc:
-            errors += exc.messages
+            errors += exc.problems
     errors += [
-        f"{prefix}{name}: required key is missing"
+        Problem(f"{prefix}{name}", "required key is missing")
         for name, f in fields.items()
         if name not in data
         and f.default is dataclasses.MISSING
@@ -128,10 +141,10 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(errors)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as exc:  # __post_init__ checks are keyed by field name
+        raise exc.under(prefix) from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(_prefixed(prefix, str(exc), fields)) from None
+        raise ConfigError(_under_section(prefix, exc)) from None
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
@@ -151,56 +164,53 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             except ConfigError as exc:
                 problems.append(exc)
         expected = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(f"{key}: expected {expected}, got {_kind(value)} {value!r}")
+        raise ConfigError(key=key, problem=f"expected {expected}, got {_kind(value)} {value!r}")
     if origin is typing.Literal:
         if value in args:
             return value
         choices = ", ".join(repr(a) for a in args)
         hint_text = did_you_mean(str(value), [str(a) for a in args])
-        raise ConfigError(f"{key}: must be one of {choices}, got {value!r}{hint_text}")
+        raise ConfigError(key=key, problem=f"must be one of {choices}, got {value!r}{hint_text}")
     if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, key + ".")
+        return build_dataclass(typing.cast(type, hint), value, key + ".")
     if origin in (list, tuple) or hint in (list, tuple):
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {_kind(value)} {value!r}")
+            raise ConfigError(key=key, problem=f"expected a list, got {_kind(value)} {value!r}")
         item = args[0] if args else Any
         out = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if (origin or hint) is tuple else out
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a JSON object, got {_kind(value)} {value!r}")
+            raise ConfigError(
+                key=key, problem=f"expected a JSON object, got {_kind(value)} {value!r}"
+            )
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {_kind(value)} {value!r}")
+        raise ConfigError(key=key, problem=f"expected true or false, got {_kind(value)} {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {_kind(value)} {value!r}")
+        raise ConfigError(key=key, problem=f"expected an integer, got {_kind(value)} {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {_kind(value)} {value!r}")
+        raise ConfigError(key=key, problem=f"expected a number, got {_kind(value)} {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {_kind(value)} {value!r}")
+        raise ConfigError(key=key, problem=f"expected a string, got {_kind(value)} {value!r}")
     return value
 
 
-def _prefixed(prefix: str, message: str, names: Iterable[str]) -> str:
-    message = message.splitlines()[0] if message else "invalid value"
-    head, _, rest = message.partition(" ")
-    # "name: ..." or "section.name must ...": report under the config's own key path.
-    first = head.split("[", 1)[0].rstrip(":").rsplit(".", 1)[-1]
-    if first in set(names):
-        # Always "key: problem", also for "name must ..." (the colon after the key).
-        suffix = head[head.find(first) + len(first) :].rstrip(":") + ":"
-        return f"{prefix}{first}{suffix} {rest}".rstrip()
-    return f"{prefix.rstrip('.')}: {message}"
+def _under_section(prefix: str, exc: Exception) -> Problem:
+    """A third-party ``ValueError``/``TypeError`` (its text names no config key we can trust),
+    reported under the section: ``scheduler.params: <first line>``."""
+    text = str(exc).splitlines()[0] if str(exc) else "invalid value"
+    return Problem(prefix.rstrip("."), text)
 
 
 def _type_name(t: Any) -> str:

@@ -9,7 +9,6 @@ hands everything else to DeepSpeed unchanged.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from deepspeed.constants import TORCH_DISTRIBUTED_DEFAULT_PORT
 
 from . import dist
-from .config import RunConfig, load_config, resolve_batch, validate_config
+from .config import Batch, RunConfig, load_config, validate_config
 from .errors import ConfigError
 from .schedulers import SCHEDULERS, EpochScheduler
 
@@ -54,7 +53,7 @@ def initialize(
     ``engine.twophase_config``. Raises :class:`ConfigError` for invalid input.
     """
     if model is None:
-        raise ConfigError("initialize: model is required")
+        raise ConfigError(key="initialize", problem="model is required")
     if config is None:
         config = config_params
     if config is None and getattr(args, "deepspeed_config", None) is not None:
@@ -62,7 +61,9 @@ def initialize(
         args = copy.copy(args)
         args.deepspeed_config = None  # we hand DeepSpeed the cleaned dict instead
     if config is None:
-        raise ConfigError("config: pass config= (a JSON path or a dict) or args.deepspeed_config")
+        raise ConfigError(
+            key="config", problem="pass config= (a JSON path or a dict) or args.deepspeed_config"
+        )
     raw = load_config(config)
     dist.init_process_group(
         distributed_port=distributed_port, dist_init_required=dist_init_required
@@ -99,29 +100,40 @@ def initialize_run(
     mpu: Any = None,
     **deepspeed_kwargs: Any,
 ) -> tuple[Any, Any, Any, Any]:
-    """:func:`initialize` for an already validated :class:`RunConfig` (the trainer's path)."""
+    """:func:`initialize` for an already validated :class:`RunConfig` (the trainer's path).
+
+    Reuses what validation built: the optimizer factory, bound here to ``model``, and the
+    scheduler's checked params; the batch arithmetic is checked for this world size (a no-op
+    when validation already had it)."""
     world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
+    batch = run.check_world_size(world)
     if run.optimizer is not None:
         if optimizer is not None:
             raise ConfigError(
-                f"optimizer.type: '{run.optimizer.type}' is in the config and an optimizer was "
-                "passed to initialize(); remove one of them"
+                key="optimizer.type",
+                problem=f"'{run.optimizer.type}' is in the config and an optimizer was "
+                "passed to initialize(); remove one of them",
             )
-        from .optim import build_optimizer_factory
+        if run.optimizer_factory is None:  # a RunConfig not made by validate_config
+            from .optim import build_optimizer_factory
 
-        optimizer = build_optimizer_factory(run.optimizer.type, run.optimizer.params, model)
+            run.optimizer_factory = build_optimizer_factory(
+                run.optimizer.type, run.optimizer.params
+            )
+        optimizer = run.optimizer_factory.bind(model)
     if run.scheduler is not None:
         if lr_scheduler is not None:
             raise ConfigError(
-                f"scheduler.type: '{run.scheduler.type}' is in the config and lr_scheduler was "
-                "passed to initialize(); remove one of them"
+                key="scheduler.type",
+                problem=f"'{run.scheduler.type}' is in the config and lr_scheduler was "
+                "passed to initialize(); remove one of them",
             )
         lr_scheduler = scheduler_factory(
             run,
             total_epochs=total_epochs,
             steps_per_epoch=steps_per_epoch,
-            num_samples=None if training_data is None else len(training_data),
-            world_size=world,
+            num_samples=None if training_data is None else len(training_data),  # type: ignore[arg-type]
+            batch=batch,
         )
     engine, opt, loader, sched = deepspeed.initialize(
         model=model,
@@ -142,12 +154,13 @@ def scheduler_factory(
     total_epochs: int | None,
     steps_per_epoch: int | None,
     num_samples: int | None,
-    world_size: int,
+    batch: Batch,
 ) -> Callable[[torch.optim.Optimizer], EpochScheduler]:
     """A ``callable(optimizer)`` building the config's scheduler with resolved epoch lengths."""
-    assert run.scheduler is not None
+    if run.scheduler is None:
+        raise ValueError("scheduler_factory: the config names no ds_twophase scheduler")
     params = dict(run.scheduler.params)
-    trainer_epochs = getattr(run.trainer, "epochs", None)
+    trainer_epochs = run.trainer.epochs if run.trainer is not None else None
     params["total_epochs"] = _pick(
         "total_epochs",
         params.get("total_epochs"),
@@ -157,7 +170,7 @@ def scheduler_factory(
     )
     derived = None
     if num_samples is not None:
-        derived = steps_per_epoch_for(run.deepspeed, num_samples, world_size)
+        derived = steps_per_epoch_for(run.deepspeed, num_samples, batch)
     params["steps_per_epoch"] = _pick(
         "steps_per_epoch",
         params.get("steps_per_epoch"),
@@ -170,32 +183,23 @@ def scheduler_factory(
     def build(optimizer: torch.optim.Optimizer) -> EpochScheduler:
         try:
             return cls(optimizer, **params)
+        except ConfigError as exc:  # keyed by argument name
+            raise exc.under("scheduler.params.") from None
         except ValueError as exc:
-            raise ConfigError(f"scheduler.params.{exc}") from None
+            raise ConfigError(key="scheduler.params", problem=str(exc)) from None
 
     return build
 
 
-def steps_per_epoch_for(ds_config: dict[str, Any], num_samples: int, world_size: int) -> int:
+def steps_per_epoch_for(ds_config: dict[str, Any], num_samples: int, batch: Batch) -> int:
     """Optimizer steps per epoch with DeepSpeed's own loader over ``num_samples`` samples.
 
     DeepSpeed's DistributedSampler pads every rank to ``ceil(N / ranks)`` samples; its loader
     keeps the last partial micro-batch unless ``dataloader_drop_last``; the engine steps once per
     ``gradient_accumulation_steps`` micro-batches.
     """
-    _, micro, gas = resolve_batch(ds_config, world_size)
-    per_rank = math.ceil(num_samples / world_size)
-    if ds_config.get("dataloader_drop_last", False):
-        micro_batches = per_rank // micro
-    else:
-        micro_batches = math.ceil(per_rank / micro)
-    steps = micro_batches // gas
-    if steps < 1:
-        raise ConfigError(
-            f"train_batch_size: {num_samples} training samples make no full optimizer step per "
-            "epoch at this batch size; use a smaller batch or more data"
-        )
-    return steps
+    drop_last = bool(ds_config.get("dataloader_drop_last", False))
+    return batch.require_steps(num_samples, pad=True, drop_last=drop_last, key="train_batch_size")
 
 
 def load_checkpoint(
@@ -215,10 +219,10 @@ def load_checkpoint(
 def _pick(name: str, from_json: Any, from_arg: Any, derived: Any, *, fix: str) -> Any:
     if from_json is not None and from_arg is not None and from_json != from_arg:
         raise ConfigError(
-            f"scheduler.params.{name}: {from_json} in the config but {from_arg} passed to "
-            "initialize(); keep one"
+            key=f"scheduler.params.{name}",
+            problem=f"{from_json} in the config but {from_arg} passed to initialize(); keep one",
         )
     for value in (from_json, from_arg, derived):
         if value is not None:
             return value
-    raise ConfigError(f"scheduler.params.{name}: unknown; {fix}")
+    raise ConfigError(key=f"scheduler.params.{name}", problem=f"unknown; {fix}")

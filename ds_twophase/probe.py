@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from ds_twophase import dist
-from ds_twophase.errors import did_you_mean
+from ds_twophase.errors import ConfigError, check_number, did_you_mean
 from ds_twophase.hessian import (
     BN_MODES,
     METHODS,
@@ -67,7 +67,7 @@ class ProbeConfig:
     """Settings of the Hessian probe (JSON: the scheduler's ``params.probe`` object).
 
     Construct with ``ProbeConfig(**d)`` or ``ProbeConfig.from_dict(d)``; invalid values raise a
-    one-line ``ValueError`` naming the field (``probe.<field>``) and the allowed values.
+    one-line :class:`ConfigError` (a ``ValueError``) keyed by the field, with the allowed values.
     """
 
     layer: str | list[str] = "auto"
@@ -107,20 +107,16 @@ class ProbeConfig:
         _check_choice("method", self.method, METHODS)
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
         for name in ("batch_size", "micro_batch_size"):
-            _check_int(name, getattr(self, name), minimum=1, optional=True)
-        _check_int("max_iters", self.max_iters, minimum=1)
-        _check_int("seed", self.seed, minimum=0, optional=True)
-        if not _is_number(self.tol) or not (0 <= self.tol < math.inf):
-            raise ValueError(f"probe.tol must be a number >= 0, got {self.tol!r}")
+            check_number(name, getattr(self, name), low=1, integer=True, optional=True)
+        check_number("max_iters", self.max_iters, low=1, integer=True)
+        check_number("seed", self.seed, low=0, integer=True, optional=True)
+        check_number("tol", self.tol, low=0)
         for name in ("redraw", "warm_start"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"probe.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.max_graph_mb is not None and (
-            not _is_number(self.max_graph_mb) or not (0 <= self.max_graph_mb < math.inf)
-        ):
-            raise ValueError(
-                f"probe.max_graph_mb must be a number >= 0 or null, got {self.max_graph_mb!r}"
-            )
+                raise ConfigError(
+                    key=name, problem=f"must be true or false, got {getattr(self, name)!r}"
+                )
+        check_number("max_graph_mb", self.max_graph_mb, low=0, optional=True)
         if isinstance(self.layer, tuple):
             self.layer = list(self.layer)
 
@@ -139,22 +135,10 @@ class ProbeConfig:
         return cls(**d)
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         choices = " or ".join(repr(a) for a in allowed)
-        raise ValueError(f"probe.{name} must be {choices}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = f"an integer >= {minimum}" + (" or null" if optional else "")
-        raise ValueError(f"probe.{name} must be {what}, got {value!r}")
+        raise ConfigError(key=name, problem=f"must be {choices}, got {value!r}")
 
 
 def _check_layer(layer: Any) -> None:
@@ -164,9 +148,10 @@ def _check_layer(layer: Any) -> None:
         and all(isinstance(n, str) and n and n != "auto" for n in layer)
     )
     if not ok:
-        raise ValueError(
-            f'probe.layer must be "auto", a module name or a non-empty list of module names, '
-            f"got {layer!r}"
+        raise ConfigError(
+            key="layer",
+            problem='must be "auto", a module name or a non-empty list of module names, '
+            f"got {layer!r}",
         )
 
 

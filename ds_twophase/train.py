@@ -80,19 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(exc) if dist.is_main_process() else 2
     dist.set_threads()
     from .config import load_config, validate_config
+    from .trainer_config import prepare_output_dir
 
     try:
         raw = load_config(args.config or default_config_path(), args.overrides)
-        # Everything that does not need the process group, before starting it (with the
-        # launcher's world size, the batch arithmetic too).
-        checked = validate_config(raw, world_size=dist.launch_world_size())
-        if checked.trainer is None:
+        # The one validation pass, before the process group starts (with the launcher's world
+        # size, the batch arithmetic too).
+        run = validate_config(raw, world_size=dist.launch_world_size())
+        if run.trainer is None:
             raise ConfigError(
-                "trainer: the config has no trainer section; add one (dataset, model, epochs), "
-                "or drive your own loop with ds_twophase.initialize"
+                key="trainer",
+                problem="the config has no trainer section; add one (dataset, model, epochs), "
+                "or drive your own loop with ds_twophase.initialize",
             )
+        prepare_output_dir(run.trainer.output_dir)
         dist.init_process_group(quiet=True)  # no per-step INFO noise from any rank
-        run = validate_config(raw, world_size=dist.get_world_size())
+        run.check_world_size(dist.get_world_size())  # a no-op when the launcher said it
         from .trainer import Trainer, TrainingStopped
 
         try:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from . import checkpoint, dist
-from .config import RunConfig, resolve_batch
+from .config import RunConfig
 from .data import build_datasets
 from .engine import initialize_run, load_checkpoint
 from .epoch import (
@@ -65,7 +65,8 @@ class Trainer:
         self.out = Path(self.tc.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         world = dist.get_world_size()
-        self.train_batch, self.micro, self.gas = resolve_batch(run.deepspeed, world)
+        batch = run.check_world_size(world)
+        self.train_batch, self.micro, self.gas = batch.train, batch.micro, batch.gas
         seed_everything(self.tc.seed)
         self.splits = self._build_data()
         self.model = build_model(self.tc.model, self.splits.num_classes, self.splits.input_shape)
@@ -80,12 +81,10 @@ class Trainer:
             seed=self.tc.seed,
             drop_last=True,
         )
-        self.steps_per_epoch = (len(self.sampler) // self.micro) // self.gas
-        if self.steps_per_epoch < 1:
-            raise ConfigError(
-                f"train_batch_size: {len(self.splits.train)} training samples give no full step of "
-                f"{self.train_batch} samples per epoch; lower the batch size or raise trainer.dataset.train_size"
-            )
+        # The sampler drops the remainder over ranks and the loader the last partial micro-batch.
+        self.steps_per_epoch = batch.require_steps(
+            len(self.splits.train), pad=False, drop_last=True, key="trainer.dataset.train_size"
+        )
         self.loader = make_loader(self.splits.train, self.sampler, self.micro, self.tc.num_workers)
         self.engine, _, _, self.scheduler = initialize_run(
             run, model=self.model, total_epochs=self.tc.epochs, steps_per_epoch=self.steps_per_epoch

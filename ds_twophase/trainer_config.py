@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .data import DatasetConfig
+from .errors import ConfigError, check_number
 from .models import ModelConfig
 
 
@@ -50,16 +52,39 @@ class TrainerConfig:
             ("keep_checkpoints", 1),
             ("num_workers", 0),
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+            check_number(name, getattr(self, name), low=low, integer=True)
+        check_number("seed", self.seed, integer=True)
         if not isinstance(self.output_dir, str) or not self.output_dir:
-            raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
+            raise ConfigError(
+                key="output_dir", problem=f"must be a non-empty path, got {self.output_dir!r}"
+            )
         out = Path(self.output_dir).expanduser()
         if out.exists() and not out.is_dir():
-            raise ValueError(
-                f"output_dir: '{self.output_dir}' exists and is not a directory; choose a "
-                "directory path (it is created if missing)"
+            raise ConfigError(
+                key="output_dir",
+                problem=f"'{self.output_dir}' exists and is not a directory; choose a "
+                "directory path (it is created if missing)",
             )
+
+
+def prepare_output_dir(output_dir: str) -> Path:
+    """Create the run's output directory and check that files can be written in it.
+
+    Called once before any rank starts training, so a directory that cannot be created or
+    written is one ``trainer.output_dir`` error line instead of a traceback from every rank.
+    Raises :class:`ConfigError`.
+    """
+    out = Path(output_dir).expanduser()
+    fix = "choose a directory you can write to"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # mkdir succeeds on an existing read-only directory: try writing a file in it.
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            key="trainer.output_dir",
+            problem=f"cannot create or write '{output_dir}' ({reason}); {fix}",
+        ) from None
+    return out

@@ -145,6 +145,8 @@ CASES = [
     Case("config_not_utf8", ("config:", "UTF-8"), text=b'{"train_batch_size": 200, "x": "\xff"}'),
     Case("output_dir_is_a_file", ("trainer.output_dir:", "not a directory"),
          sets=("trainer.output_dir={tmp}/run.json",)),
+    Case("output_dir_cannot_be_created", ("trainer.output_dir:", "cannot create", "/proc/forbidden"),
+         sets=("trainer.output_dir=/proc/forbidden/run",)),
     # -- command-line flags -----------------------------------------------------------------
     Case("set_without_value", ("--set 'trainer.epochs'", "KEY=VALUE"), sets=("trainer.epochs",)),
     Case("set_into_a_number", ("--set 'trainer.epochs.max=3'", "not an object", "itself"),
@@ -365,6 +367,8 @@ LAUNCHED = [
          sets=("scheduler.params.probe.layer=fc9",)),
     Case("resume_path_missing_2_ranks", ("--resume:", "does not exist"),
          args=("--resume", "{tmp}/no-such-checkpoint")),
+    Case("output_dir_cannot_be_created_2_ranks", ("trainer.output_dir:", "cannot create"),
+         sets=("trainer.output_dir=/proc/forbidden/run",)),
 ]  # fmt: skip
 
 

@@ -157,3 +157,61 @@ def test_check_config_command(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     assert "Traceback" not in bad.stderr
+
+
+def test_problems_carry_their_key_as_data():
+    with pytest.raises(ConfigError) as info:
+        validate_config(with_changes("trainer.epochs=0", "scheduler.params.decay_factor=2"))
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["scheduler.params.decay_factor", "trainer.epochs"]
+    assert "trainer.epochs: must be an integer >= 1, got 0" in info.value.messages
+    assert str(ConfigError(key="a.b", problem="is bad")) == "a.b: is bad"
+
+
+def test_world_size_is_checked_once_it_is_known():
+    run = validate_config(BASE)  # the launcher did not say: no batch arithmetic yet
+    assert run.batch is None
+    with pytest.raises(ConfigError, match="train_batch_size: 64 != .* 16 x 2 x 3"):
+        run.check_world_size(3)
+    batch = run.check_world_size(2)
+    assert (batch.train, batch.micro, batch.gas, batch.world_size) == (64, 16, 2, 2)
+    assert run.check_world_size(2) is batch
+
+
+def test_validation_builds_the_optimizer_factory_the_engine_uses():
+    import torch
+
+    from ds_twophase.optim import LARS
+
+    run = validate_config(with_changes('optimizer={"type": "LARS", "params": {"lr": 0.5}}'))
+    assert run.optimizer_factory is not None and "optimizer" not in run.deepspeed
+    model = torch.nn.Linear(3, 2)
+    opt = run.optimizer_factory.bind(model)()
+    assert isinstance(opt, LARS) and opt.param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("pad", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_steps_per_epoch_match_real_samplers_and_loaders(pad, drop_last):
+    """Batch.steps_per_epoch against DistributedSampler + DataLoader, and min_samples is the
+    smallest sample count with one optimizer step."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from ds_twophase.config import Batch
+
+    for world, micro, gas in [(1, 4, 1), (2, 3, 2), (3, 2, 3)]:
+        batch = Batch(micro * gas * world, micro, gas, world)
+        steps = []
+        for n in range(1, 60):
+            data = list(range(n))
+            sampler = DistributedSampler(data, num_replicas=world, rank=0, drop_last=not pad)
+            loader = DataLoader(data, sampler=sampler, batch_size=micro, drop_last=drop_last)
+            real = len(loader) // gas
+            assert batch.steps_per_epoch(n, pad=pad, drop_last=drop_last) == real, (n, batch)
+            steps.append(real)
+        first = next(n for n, s in enumerate(steps, start=1) if s >= 1)
+        assert batch.min_samples(pad=pad, drop_last=drop_last) == first
+        with pytest.raises(ConfigError, match="trainer.dataset.train_size: .* at least"):
+            batch.require_steps(
+                first - 1, pad=pad, drop_last=drop_last, key="trainer.dataset.train_size"
+            )

@@ -53,32 +53,32 @@ def test_accepts_every_legal_value():
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("layer", "", "probe.layer"),
-        ("layer", [], "probe.layer"),
-        ("layer", ["fc", 3], "probe.layer"),
-        ("layer", 5, "probe.layer"),
-        ("mode", "rank1", "probe.mode must be 'rank0' or 'sharded'"),
-        ("method", "lanczos", "probe.method must be 'exact' or 'finite_difference'"),
-        ("bn_mode", "frozen", "probe.bn_mode must be 'eval' or 'train'"),
-        ("batch_size", 0, "probe.batch_size must be an integer >= 1 or null"),
-        ("batch_size", 2.5, "probe.batch_size"),
-        ("micro_batch_size", True, "probe.micro_batch_size"),
-        ("max_iters", 0, "probe.max_iters must be an integer >= 1"),
-        ("max_iters", None, "probe.max_iters"),
-        ("tol", -1e-3, "probe.tol must be a number >= 0"),
-        ("tol", float("nan"), "probe.tol"),
-        ("tol", "1e-3", "probe.tol"),
-        ("redraw", 1, "probe.redraw must be true or false"),
-        ("warm_start", "yes", "probe.warm_start must be true or false"),
-        ("seed", -1, "probe.seed must be an integer >= 0 or null"),
-        ("max_graph_mb", -5, "probe.max_graph_mb"),
+        ("layer", "", "layer:"),
+        ("layer", [], "layer:"),
+        ("layer", ["fc", 3], "layer:"),
+        ("layer", 5, "layer:"),
+        ("mode", "rank1", "mode: must be 'rank0' or 'sharded'"),
+        ("method", "lanczos", "method: must be 'exact' or 'finite_difference'"),
+        ("bn_mode", "frozen", "bn_mode: must be 'eval' or 'train'"),
+        ("batch_size", 0, "batch_size: must be an integer >= 1 or null"),
+        ("batch_size", 2.5, "batch_size:"),
+        ("micro_batch_size", True, "micro_batch_size:"),
+        ("max_iters", 0, "max_iters: must be an integer >= 1"),
+        ("max_iters", None, "max_iters:"),
+        ("tol", -1e-3, "tol: must be a number >= 0"),
+        ("tol", float("nan"), "tol:"),
+        ("tol", "1e-3", "tol:"),
+        ("redraw", 1, "redraw: must be true or false"),
+        ("warm_start", "yes", "warm_start: must be true or false"),
+        ("seed", -1, "seed: must be an integer >= 0 or null"),
+        ("max_graph_mb", -5, "max_graph_mb:"),
     ],
 )
 def test_invalid_values_name_the_field_in_one_line(field, value, expected):
     with pytest.raises(ValueError) as err:
         ProbeConfig(**{field: value})
     msg = str(err.value)
-    assert msg.startswith(f"probe.{field}") and expected in msg and "\n" not in msg
+    assert msg.startswith(f"{field}: ") and expected in msg and "\n" not in msg
 
 
 def test_from_dict_rejects_unknown_keys_with_a_hint():

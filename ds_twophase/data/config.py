@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import did_you_mean
+from ..errors import ConfigError, check_number, did_you_mean, is_int, is_number
 from .mnist1d import GENERATOR_ARGS
 from .registry import DATASETS, PLANNED_DATASETS, DatasetSpec
 
@@ -24,16 +24,12 @@ _OPTION_UNSET: dict[str, Any] = {
 }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass
 class DatasetConfig:
     """Which dataset to train on and how to build it.
 
-    Errors are ``ValueError`` messages that start with the field name, which the config loader
-    reports under the section's key (``trainer.dataset.<field>: ...``).
+    Errors are :class:`ConfigError` (a ``ValueError``) keyed by the field name, which the config
+    loader reports under the section's key (``trainer.dataset.<field>: ...``).
     """
 
     name: str = "mnist1d"
@@ -75,99 +71,109 @@ class DatasetConfig:
         spec = self._check_name()
         self._check_options(spec)
         for key in ("train_size", "test_size"):
-            value = getattr(self, key)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(f"{key}: must be a positive integer or null, got {value!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"seed: must be an integer, got {self.seed!r}")
+            check_number(key, getattr(self, key), low=1, integer=True, optional=True)
+        check_number("seed", self.seed, integer=True)
         if not isinstance(self.normalize, bool):
-            raise ValueError(f"normalize: must be true or false, got {self.normalize!r}")
+            raise ConfigError(
+                key="normalize", problem=f"must be true or false, got {self.normalize!r}"
+            )
         for key in ("augment", "extra"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{key}: must be true, false or null, got {value!r}")
+                raise ConfigError(key=key, problem=f"must be true, false or null, got {value!r}")
         self._check_root(spec)
         if self.shape is not None:
             shape = self.shape
             if (
                 not isinstance(shape, (list, tuple))
                 or len(shape) not in (2, 3)
-                or not all(_is_int(d) and d >= 1 for d in shape)
+                or not all(is_int(d) and d >= 1 for d in shape)
             ):
-                raise ValueError(
-                    f"shape: must be [C, L] or [C, H, W] with positive integers, got {shape!r}"
+                raise ConfigError(
+                    key="shape",
+                    problem=f"must be [C, L] or [C, H, W] with positive integers, got {shape!r}",
                 )
             self.shape = list(shape)
-        if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 2):
-            raise ValueError(f"num_classes: must be an integer >= 2, got {self.num_classes!r}")
+        check_number("num_classes", self.num_classes, low=2, integer=True, optional=True)
         self._check_mnist1d_args()
 
     def _check_name(self) -> DatasetSpec:
         if not isinstance(self.name, str):
-            raise ValueError(f"name: must be a string, got {self.name!r}")
+            raise ConfigError(key="name", problem=f"must be a string, got {self.name!r}")
         if self.name in DATASETS:
             return DATASETS[self.name]
         available = ", ".join(sorted(DATASETS))
         if self.name in PLANNED_DATASETS:
-            raise ValueError(
-                f"name: dataset '{self.name}' ({PLANNED_DATASETS[self.name]}) is not available "
-                f"yet; choose one of {available}"
+            raise ConfigError(
+                key="name",
+                problem=f"dataset '{self.name}' ({PLANNED_DATASETS[self.name]}) is not available "
+                f"yet; choose one of {available}",
             )
         hint = did_you_mean(self.name, [*DATASETS, *PLANNED_DATASETS])
-        raise ValueError(f"name: unknown dataset '{self.name}'{hint}; choose one of {available}")
+        raise ConfigError(
+            key="name", problem=f"unknown dataset '{self.name}'{hint}; choose one of {available}"
+        )
 
     def _check_options(self, spec: DatasetSpec) -> None:
         for key, unset in _OPTION_UNSET.items():
             if key not in spec.options and getattr(self, key) != unset:
                 users = sorted(n for n, s in DATASETS.items() if key in s.options)
-                raise ValueError(
-                    f"{key}: does not apply to dataset '{self.name}' (only to {', '.join(users)}); "
-                    f"remove it"
+                raise ConfigError(
+                    key=key,
+                    problem=f"does not apply to dataset '{self.name}' (only to {', '.join(users)}); "
+                    f"remove it",
                 )
 
     def _check_root(self, spec: DatasetSpec) -> None:
         if self.root is not None and not isinstance(self.root, str):
-            raise ValueError(f"root: must be a path string or null, got {self.root!r}")
+            raise ConfigError(
+                key="root", problem=f"must be a path string or null, got {self.root!r}"
+            )
         if not spec.needs_root:
             return
         if self.root is None:
-            raise ValueError(
-                f"root: dataset '{self.name}' reads local files; set root to the directory that "
-                f"holds them (nothing is downloaded)"
+            raise ConfigError(
+                key="root",
+                problem=f"dataset '{self.name}' reads local files; set root to the directory that "
+                f"holds them (nothing is downloaded)",
             )
         if not Path(self.root).expanduser().is_dir():
-            raise ValueError(f"root: directory '{self.root}' does not exist")
+            raise ConfigError(key="root", problem=f"directory '{self.root}' does not exist")
         problem = spec.check_root(self) if spec.check_root else None
         if problem:
-            raise ValueError(f"root: {problem}")
+            raise ConfigError(key="root", problem=f"{problem}")
 
     def _check_mnist1d_args(self) -> None:
         if not isinstance(self.mnist1d_args, dict):
-            raise ValueError(f"mnist1d_args: must be an object, got {self.mnist1d_args!r}")
+            raise ConfigError(
+                key="mnist1d_args", problem=f"must be an object, got {self.mnist1d_args!r}"
+            )
         for key, value in self.mnist1d_args.items():
             if key not in GENERATOR_ARGS:
                 hint = did_you_mean(key, GENERATOR_ARGS)
-                raise ValueError(
-                    f"mnist1d_args: unknown generator argument '{key}'{hint}; allowed: "
-                    f"{', '.join(GENERATOR_ARGS)} (size and seed have their own fields)"
+                raise ConfigError(
+                    key="mnist1d_args",
+                    problem=f"unknown generator argument '{key}'{hint}; allowed: "
+                    f"{', '.join(GENERATOR_ARGS)} (size and seed have their own fields)",
                 )
             default = GENERATOR_ARGS[key]
             if isinstance(default, bool):
                 ok = isinstance(value, bool)
             elif isinstance(default, int):
-                ok = _is_int(value) and value >= 1
+                ok = is_int(value) and value >= 1
             elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+                ok = is_number(value) and value >= 0
             else:  # padding: [low, high]
                 ok = (
                     isinstance(value, (list, tuple))
                     and len(value) == 2
-                    and all(_is_int(v) and v >= 0 for v in value)
+                    and all(is_int(v) and v >= 0 for v in value)
                     and value[0] <= value[1]
                 )
             if not ok:
-                raise ValueError(
-                    f"mnist1d_args: '{key}' must be like the default {default!r}, got {value!r}"
+                raise ConfigError(
+                    key="mnist1d_args",
+                    problem=f"'{key}' must be like the default {default!r}, got {value!r}",
                 )
 
     @property

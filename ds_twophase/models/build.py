@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_int
 from .config import ModelConfig
 from .registry import MODELS
 from .timm_models import build_timm
@@ -75,7 +75,7 @@ def _check_rank(
     cfg: ModelConfig, num_classes: int, input_shape: Sequence[int], dataset_name: str | None
 ) -> tuple[tuple[int, ...], str]:
     shape = tuple(int(d) for d in input_shape)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ConfigError(
             f"trainer.model: num_classes must be an integer >= 1, got {num_classes!r}"
         )

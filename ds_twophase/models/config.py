@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import did_you_mean
+from ..errors import ConfigError, did_you_mean
 from .registry import MODELS
 from .timm_models import check_timm_name, timm_name
 
@@ -19,8 +19,8 @@ _RESERVED = ("num_classes", "in_channels", "length")
 class ModelConfig:
     """Which model to train.
 
-    Errors are ``ValueError`` messages that start with the field name, which the config loader
-    reports under the section's key (``trainer.model.<field>: ...``).
+    Errors are :class:`ConfigError` (a ``ValueError``) keyed by the field name, which the config
+    loader reports under the section's key (``trainer.model.<field>: ...``).
     """
 
     name: str = "mnist1d_cnn"
@@ -33,28 +33,32 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
-            raise ValueError(f"name: must be a string, got {self.name!r}")
+            raise ConfigError(key="name", problem=f"must be a string, got {self.name!r}")
         if not isinstance(self.kwargs, dict):
-            raise ValueError(f"kwargs: must be an object, got {self.kwargs!r}")
+            raise ConfigError(key="kwargs", problem=f"must be an object, got {self.kwargs!r}")
         timm_model = timm_name(self.name)
         if timm_model is not None:
             check_timm_name(timm_model, self.kwargs)
             return
         if self.name not in MODELS:
             hint = did_you_mean(self.name, MODELS)
-            raise ValueError(
-                f"name: unknown model '{self.name}'{hint}; choose one of "
-                f"{', '.join(sorted(MODELS))}, or 'timm:<name>' for any timm model"
+            raise ConfigError(
+                key="name",
+                problem=f"unknown model '{self.name}'{hint}; choose one of "
+                f"{', '.join(sorted(MODELS))}, or 'timm:<name>' for any timm model",
             )
         options = MODELS[self.name].options
         for key in self.kwargs:
             if key in _RESERVED:
-                raise ValueError(f"kwargs: '{key}' is set from the dataset; remove it")
+                raise ConfigError(
+                    key="kwargs", problem=f"'{key}' is set from the dataset; remove it"
+                )
             if key not in options:
                 allowed = ", ".join(options) if options else "none"
-                raise ValueError(
-                    f"kwargs: unknown option '{key}' for model '{self.name}'"
-                    f"{did_you_mean(key, options)}; allowed: {allowed}"
+                raise ConfigError(
+                    key="kwargs",
+                    problem=f"unknown option '{key}' for model '{self.name}'"
+                    f"{did_you_mean(key, options)}; allowed: {allowed}",
                 )
 
     @property

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import did_you_mean
+from ..errors import ConfigError, did_you_mean
 
 __all__ = ["TIMM_PREFIXES", "build_timm", "check_timm_name", "timm_name"]
 
@@ -29,17 +29,19 @@ def check_timm_name(name: str, kwargs: dict[str, Any]) -> None:
 
     if not timm.is_model(name):
         hint = did_you_mean(name, timm.list_models())
-        raise ValueError(
-            f"name: timm has no model '{name}'{hint}; see timm.list_models() for the names"
+        raise ConfigError(
+            key="name",
+            problem=f"timm has no model '{name}'{hint}; see timm.list_models() for the names",
         )
     if kwargs.get("pretrained"):
-        raise ValueError(
-            "kwargs: pretrained weights cannot be used (nothing is downloaded); remove "
-            "'pretrained' or set it to false, or load a local file with 'checkpoint_path'"
+        raise ConfigError(
+            key="kwargs",
+            problem="pretrained weights cannot be used (nothing is downloaded); remove "
+            "'pretrained' or set it to false, or load a local file with 'checkpoint_path'",
         )
     for key in _RESERVED:
         if key in kwargs:
-            raise ValueError(f"kwargs: '{key}' is set from the dataset; remove it")
+            raise ConfigError(key="kwargs", problem=f"'{key}' is set from the dataset; remove it")
 
 
 def build_timm(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:

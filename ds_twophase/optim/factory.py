@@ -103,6 +103,11 @@ class OptimizerFactory:
         groups = split_param_groups(params, self.model, **self.options)
         return self.cls(groups, **self.kwargs)
 
+    def bind(self, model: nn.Module | None) -> OptimizerFactory:
+        """This factory (already validated) for ``model``: the engine binds the factory that
+        config validation built to the model it trains, without checking the options again."""
+        return OptimizerFactory(self.cls, self.kwargs, self.options, model)
+
     def __repr__(self) -> str:
         return f"OptimizerFactory({self.cls.__name__}, {self.kwargs}, {self.options})"
 

@@ -8,35 +8,14 @@ boundaries, and not when an fp16/bf16 overflow skipped the step) and reads the L
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..errors import check_number
 
-def check_number(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number in the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    if integer and not float(value).is_integer():
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+__all__ = ["EpochScheduler", "check_number", "linear_warmup_factor"]
 
 
 def linear_warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:

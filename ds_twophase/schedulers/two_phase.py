@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .base import EpochScheduler, check_number
 
 EXPLORATION = "exploration"
@@ -245,7 +246,9 @@ class TwoPhaseLR(EpochScheduler):
             check_number("max_exploration_epochs", max_exploration_epochs, low=1, integer=True)
         peak = min(float(g["lr"]) for g in optimizer.param_groups)
         if min_lr > peak:
-            raise ValueError(f"min_lr ({min_lr}) must not exceed the peak LR ({peak})")
+            raise ConfigError(
+                key="min_lr", problem=f"{min_lr} must not exceed the peak LR ({peak})"
+            )
         self.min_lr = float(min_lr)
         self.decision = TwoPhaseDecision(
             total_epochs=int(total_epochs),

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .base import EpochScheduler, check_number
 from .two_phase import EpochRecord
 
@@ -21,7 +22,7 @@ def resolve_milestones(milestones: Sequence[float], total_epochs: int) -> list[i
             check_number(f"milestones[{i}]", m, integer=True)
         out.append(int(m) if m >= 1 else max(1, math.floor(m * total_epochs + 0.5)))
     if out != sorted(out):
-        raise ValueError(f"milestones must be increasing, got {list(milestones)!r}")
+        raise ConfigError(key="milestones", problem=f"must be increasing, got {list(milestones)!r}")
     return out
 
 
@@ -46,8 +47,9 @@ class WarmupStepLR(EpochScheduler):
     ) -> None:
         check_number("total_epochs", total_epochs, low=1, integer=True)
         if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
-            raise ValueError(
-                f"milestones must be a list of epochs or fractions, got {milestones!r}"
+            raise ConfigError(
+                key="milestones",
+                problem=f"must be a list of epochs or fractions, got {milestones!r}",
             )
         check_number("gamma", gamma, low=0, high=1, low_open=True, high_open=True)
         self.milestones = resolve_milestones(milestones, int(total_epochs))
