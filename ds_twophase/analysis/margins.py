@@ -65,11 +65,11 @@ def normalised_margins(
         raw = logits[rows, first] - logits[rows, second]
         (grad,) = torch.autograd.grad(raw.sum(), x)
     norms = grad.float().flatten(1).norm(dim=1)
-    # A zero gradient (a dead network) leaves the boundary undefined: report inf, not a crash.
+    # A zero gradient (a dead network) leaves the boundary undefined: inf or nan, not a crash;
+    # summarise() leaves such samples out of the quartiles.
     return (raw.detach() / norms).float()
 
 
-@torch.no_grad()
 def _restore_mode(model: nn.Module, modes: dict[nn.Module, bool]) -> None:
     for module, training in modes.items():
         module.train(training)

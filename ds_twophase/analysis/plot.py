@@ -100,8 +100,8 @@ def draw(data: Sequence[RunCurves], path: str | Path, title: str | None = None) 
                         epoch,
                         color=color,
                         linestyle=MARKER_STYLES[kind],
-                        linewidth=0.8,
-                        alpha=0.7,
+                        linewidth=1.0,
+                        alpha=0.8,
                     )
     for ax, (key, label) in zip(axes.flat, PANELS, strict=True):
         ax.set_ylabel(label)
