@@ -1,4 +1,5 @@
-"""The ``ds-twophase`` command: ``check-config`` (and ``train``, see ds_twophase.train)."""
+"""The ``ds-twophase`` command: ``check-config`` (and ``train``, see ds_twophase.train; ``plot``,
+``report``, ``margins``, see ds_twophase.analysis.commands)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,24 @@ def train(argv: Sequence[str]) -> int:
     return train_main(argv)
 
 
-COMMANDS = {"check-config": check_config, "train": train}
+def analysis(name: str):
+    """A command from ds_twophase.analysis.commands, imported only when it runs."""
+
+    def command(argv: Sequence[str]) -> int:
+        from .analysis import commands
+
+        return getattr(commands, f"{name}_main")(argv)
+
+    return command
+
+
+COMMANDS = {
+    "check-config": check_config,
+    "train": train,
+    "plot": analysis("plot"),
+    "report": analysis("report"),
+    "margins": analysis("margins"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
