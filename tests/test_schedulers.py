@@ -140,10 +140,59 @@ def test_min_lr_floor():
     losses = [1.0, 1.0, 0.9] + [1.0 + 0.1 * i for i in range(1, 9)]
     hmax = {e: float(e) for e in range(3, 12)}
     records, _, sched = run(losses, hmax, plateau_patience=1, decay_factor=0.5, min_lr=0.2)
-    lrs = [r.lr for r in records]
-    # decays at 4, 6, 8, 10: 0.5, 0.25, 0.125 -> floored 0.2, 0.0625 -> 0.2
-    assert lrs[2:] == [1.0, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2]
+    # decays at 4, 6, 8 (0.25 -> 0.125, floored to 0.2: the LR still moves); at 10 the LR already
+    # sits at min_lr, so the decay is a no-op: "floor", which keeps like "keep" (h_prev = hmax),
+    # so epoch 11 compares with epoch 10 and is a floor again instead of a keep.
+    assert [(r.epoch, r.decision, r.lr, r.decayed) for r in records[2:]] == [
+        (3, "switch", 1.0, False),
+        (4, "decay", 0.5, True),
+        (5, "keep", 0.5, False),
+        (6, "decay", 0.25, True),
+        (7, "keep", 0.25, False),
+        (8, "decay", 0.2, True),
+        (9, "keep", 0.2, False),
+        (10, "floor", 0.2, False),
+        (11, "floor", 0.2, False),
+    ]
     assert sched.get_last_lr() == [0.2]
+    assert sched.decision.num_decays == 3 and sched.decision.scale == 0.125
+    assert (sched.decision.h_prev, sched.decision.f_prev) == (11.0, losses[10])
+
+
+@pytest.mark.parametrize(
+    "groups,min_lr,expected",
+    [
+        # one group at 1.0: 0.5, 0.25, 0.2 (from 0.25), then at the floor
+        (1, 0.2, ["decay", "decay", "decay", "floor", "floor"]),
+        # groups at 1.0 and 2.0: the second still moves 0.25 -> 0.2 in the 4th decay
+        (2, 0.2, ["decay", "decay", "decay", "decay", "floor"]),
+        # min_lr equal to the peak: no decay can move the LR
+        (1, 1.0, ["floor"] * 5),
+    ],
+)
+def test_floor_only_when_no_group_moves(groups, min_lr, expected):
+    # switch at 2 (patience 1, alpha 0), then hmax and loss rise every epoch: with a floor
+    # keeping h_prev every epoch can ask for a decay; after a real decay the next epoch keeps.
+    sched = TwoPhaseLR(
+        make_optimizer(groups=groups),
+        steps_per_epoch=1,
+        total_epochs=50,
+        warmup_epochs=0,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+        min_lr=min_lr,
+    )
+    sched.end_epoch(1.0, lambda: 1.0)
+    assert sched.end_epoch(1.0, lambda: 1.0).decision == "switch"
+    asked = []
+    e = 2
+    while len(asked) < len(expected):
+        e += 1
+        rec = sched.end_epoch(float(e), lambda e=e: float(e))
+        if rec.decision != "keep":
+            asked.append(rec.decision)
+    assert asked == expected
+    assert all(lr >= min_lr for lr in sched.get_last_lr())
 
 
 def test_forced_switch_without_plateau():
@@ -240,13 +289,12 @@ def test_decay_during_warmup_multiplies():
         steps_per_epoch=2,
         total_epochs=10,
         warmup_epochs=4,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        max_exploration_epochs=2,
     )
     sched.step()
     sched.step()
     sched.end_epoch(1.0, lambda: 1.0)
-    sched.end_epoch(1.0, lambda: 1.0)  # plateau + switch (alpha 0)
+    sched.end_epoch(1.0, lambda: 1.0)  # forced switch (no plateau can be seen during warmup)
     sched.end_epoch(1.1, lambda: 2.0)  # decay
     assert sched.get_last_lr() == pytest.approx([0.5 * 3 / 8])
 
@@ -286,6 +334,10 @@ def test_patience_resolution(patience, total, expected):
         ({"steps_per_epoch": 0}, "steps_per_epoch"),
         ({"total_epochs": "90"}, "total_epochs"),
         ({"plateau_threshold": 1.0}, "plateau_threshold"),
+        ({"probe_max_failures": 0}, "probe_max_failures"),
+        ({"probe_max_failures": 1.5}, "probe_max_failures"),
+        ({"warmup_epochs": math.inf}, "warmup_epochs"),
+        ({"warmup_epochs": [1]}, "warmup_epochs"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -297,7 +349,14 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 def test_state_dict_round_trip_mid_convergence_continues_identically():
     losses = [1.0, 1.0, 0.9, 1.0, 1.1, 1.05, 1.2, 1.3, 1.25, 1.4]
     hmax = {e: 1.0 + 0.5 * e for e in range(3, 11)}
-    kw = dict(steps_per_epoch=3, total_epochs=20, warmup_epochs=2, plateau_patience=1)
+    # warmup 2: epoch 3 sets the best loss, 4 plateaus and switches (alpha 0), 5 decays
+    kw = dict(
+        steps_per_epoch=3,
+        total_epochs=20,
+        warmup_epochs=2,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+    )
     a = TwoPhaseLR(make_optimizer(groups=2), **kw)
 
     def epoch(s, e):
@@ -318,7 +377,7 @@ def test_state_dict_round_trip_mid_convergence_continues_identically():
         assert ra == rb
         assert a.get_last_lr() == b.get_last_lr()
     assert a.state_dict() == b.state_dict()
-    assert a.decision.num_decays == 3  # decays at epochs 4, 7 and 10: two after the resume
+    assert a.decision.num_decays == 3  # decays at epochs 5, 7 and 10: two after the resume
 
 
 def test_load_state_dict_rejects_other_scheduler_state():
