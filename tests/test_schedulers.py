@@ -211,6 +211,197 @@ def test_forced_switch_cuts_long_extra_phase():
     assert [r.decision for r in records] == ["none"] * 4 + ["plateau", "switch", "keep"]
 
 
+# The trace: with E=60, warmup 5, patience 3 the old detector "plateaued" at epoch 5.
+WARMUP_LOSSES = [2.0, 1.0, 1.2, 1.3, 1.1, 1.0, 1.05, 1.1, 1.02, 1.03, 1.04, 1.05] + [1.1] * 8
+
+
+@pytest.mark.parametrize(
+    "warmup,plateau_at,switch_at",
+    [
+        (0, 5, 7),  # best 1.0 at 2; 3, 4, 5 do not improve; alpha = floor(5/3 + .5) = 2
+        (0.5, 5, 7),  # ceil(0.5) = 1: epoch 1 unseen, epoch 2 still sets the best
+        (1.2, 9, 12),  # ceil, not round: epochs 1-2 unseen; best 1.0 at 6; 7, 8, 9 do not improve
+        (2.5, 9, 12),
+        (5, 9, 12),  # the case: no plateau at 5; epoch 6 is the first one seen
+        (5.5, 12, 16),  # ceil, not floor: epochs 1-6 unseen; best 1.02 at 9; 10, 11, 12
+    ],
+)
+def test_plateau_detector_starts_after_warmup(warmup, plateau_at, switch_at):
+    hmax = {e: 1.0 for e in range(1, 21)}
+    records, probe, sched = run(
+        WARMUP_LOSSES, hmax, warmup_epochs=warmup, plateau_patience=3, total_epochs=60
+    )
+    assert [r.epoch for r in records if r.plateau] == [plateau_at]
+    assert [r.epoch for r in records if r.decision == "plateau"] == [plateau_at]
+    assert [r.epoch for r in records if r.switched] == [switch_at]
+    assert records[plateau_at - 1].switch_epoch == switch_at
+    assert probe.calls[0] == switch_at
+
+
+def test_warmup_epochs_do_not_delay_max_exploration_epochs():
+    # the cap is unchanged by the warmup rule: it forces the switch even inside warmup
+    records, probe, _ = run([1.0] * 4, {3: 2.0, 4: 2.0}, warmup_epochs=5, max_exploration_epochs=3)
+    assert [r.decision for r in records] == ["none", "none", "switch", "keep"]
+    assert not any(r.plateau for r in records)
+
+
+def test_plateau_flag_when_the_plateau_epoch_also_switches():
+    # patience 1, alpha = 0: epoch 2 completes the plateau and switches in the same epoch
+    records, _, _ = run([1.0, 1.0, 1.1], {2: 1.0, 3: 2.0}, plateau_patience=1, extra_epochs_ratio=0)
+    assert [(r.decision, r.plateau, r.switched) for r in records] == [
+        ("none", False, False),
+        ("switch", True, True),
+        ("decay", False, False),
+    ]
+
+
+def test_plateau_flag_when_the_plateau_epoch_probe_fails():
+    hmax = {2: RuntimeError("out of memory"), 3: 1.0}
+    records, _, _ = run([1.0, 1.0, 1.0], hmax, plateau_patience=1, extra_epochs_ratio=0)
+    assert [(r.decision, r.plateau) for r in records] == [
+        ("none", False),
+        ("skipped", True),
+        ("switch", False),
+    ]
+    assert "out of memory" in records[1].warning
+
+
+def test_max_failures_forces_the_switch_then_compares_from_the_next_good_probe():
+    # plateau at 2, switch due at 2 (alpha 0); the probe fails at 2, 3 and 4 (the third is
+    # non-finite, also a failure); epoch 5 is a nan loss (no probe: neither counts nor resets).
+    failed = RuntimeError("probe died")
+    hmax = {2: failed, 3: failed, 4: math.nan, 6: 5.0, 7: 6.0, 8: 7.0}
+    losses = [1.0, 1.0, 1.0, 1.0, math.nan, 1.1, 1.2, 1.3]
+    records, probe, sched = run(
+        losses, hmax, plateau_patience=1, extra_epochs_ratio=0, probe_max_failures=3
+    )
+    assert [(r.epoch, r.decision, r.phase[0], r.hmax) for r in records] == [
+        (1, "none", "e", None),
+        (2, "skipped", "e", None),
+        (3, "skipped", "e", None),
+        (4, "switch", "c", None),  # forced after 3 failures
+        (5, "skipped", "c", None),
+        (6, "keep", "c", 5.0),  # h_prev was 0: the first good probe only records h_prev/f_prev
+        (7, "decay", "c", 6.0),  # h 5 -> 6 and f 1.1 -> 1.2
+        (8, "keep", "c", 7.0),
+    ]
+    assert "1 of 3" in records[1].warning and "2 of 3" in records[2].warning
+    assert "probe.max_failures" in records[3].warning and "WITHOUT hmax" in records[3].warning
+    assert records[3].switched and not records[3].plateau
+    assert probe.calls == [2, 3, 4, 6, 7, 8]
+    assert sched.decision.probe_failures == 0
+
+
+def test_max_failures_one_switches_at_the_first_failure():
+    records, _, _ = run(
+        [1.0, 1.0, 1.0, 1.1],
+        {2: RuntimeError("x"), 3: 1.0, 4: 2.0},
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+        probe_max_failures=1,
+    )
+    assert [r.decision for r in records] == ["none", "switch", "keep", "decay"]
+
+
+def test_max_failures_count_survives_a_resume():
+    kw = dict(
+        steps_per_epoch=1,
+        total_epochs=20,
+        warmup_epochs=0,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+        probe_max_failures=3,
+    )
+
+    def fail():
+        raise RuntimeError("probe died")
+
+    a = TwoPhaseLR(make_optimizer(), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        decisions = [a.end_epoch(1.0, fail).decision for _ in range(3)]
+        assert decisions == ["none", "skipped", "skipped"]
+        state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
+        assert state["decision"]["probe_failures"] == 2
+        b = TwoPhaseLR(make_optimizer(), **kw)
+        b.load_state_dict(state)
+        assert b.end_epoch(1.0, fail).decision == "switch"
+
+
+@pytest.mark.parametrize(
+    "kwargs,losses,expected",
+    [
+        # the loss keeps improving: no plateau, no cap
+        (
+            {"plateau_patience": 2},
+            [1.0 - 0.05 * e for e in range(8)],
+            [
+                "still in the exploration phase after 8 epochs",
+                "did not plateau (2 epochs without improvement after the 2 warmup epochs)",
+                "no max_exploration_epochs is set",
+            ],
+        ),
+        # a cap beyond the budget
+        (
+            {"plateau_patience": 2, "max_exploration_epochs": 20},
+            [1.0 - 0.05 * e for e in range(8)],
+            ["did not plateau", "max_exploration_epochs (20) was not reached"],
+        ),
+        # plateau at 7 (best 0.5 at 5), switch planned at 7 + floor(7/3 + .5) = 9 > 8
+        (
+            {"plateau_patience": 2},
+            [1.0, 0.9, 0.8, 0.7, 0.5, 0.6, 0.6, 0.6],
+            ["plateau at epoch 7", "end of epoch 9, after the last epoch"],
+        ),
+    ],
+)
+def test_a_run_that_never_leaves_exploration_says_why(kwargs, losses, expected):
+    sched = TwoPhaseLR(
+        make_optimizer(), steps_per_epoch=1, total_epochs=8, warmup_epochs=2, **kwargs
+    )
+    records = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for loss in losses:
+            sched.step()
+            records.append(sched.end_epoch(loss, lambda: 1.0))
+    reason = sched.exploration_unfinished()
+    assert reason is not None
+    for text in expected:
+        assert text in reason
+    assert records[-1].warning == reason and records[-1].phase == "exploration"
+    assert all(r.warning is None for r in records[:-1])
+    assert [str(w.message) for w in caught] == [reason]
+
+
+def test_a_pending_switch_at_the_end_of_the_run_says_why():
+    sched = TwoPhaseLR(
+        make_optimizer(),
+        steps_per_epoch=1,
+        total_epochs=3,
+        warmup_epochs=0,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+    )
+
+    def fail():
+        raise RuntimeError("probe died")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        records = [sched.end_epoch(1.0, fail) for _ in range(3)]
+    assert [r.decision for r in records] == ["none", "skipped", "skipped"]
+    assert "probe died" in records[-1].warning
+    assert "end of epoch 2 is waiting for a successful hmax probe" in records[-1].warning
+    assert "2 failed in a row" in sched.exploration_unfinished()
+
+
+def test_a_run_that_switched_has_nothing_to_report():
+    records, _, sched = run([1.0, 1.0, 1.0], {2: 1.0, 3: 1.0}, plateau_patience=1, total_epochs=3)
+    assert sched.exploration_unfinished() is None
+    assert records[-1].warning is None
+
+
 def test_non_finite_loss_makes_no_decision_and_keeps_state():
     losses = [1.0, 0.9, math.nan, 0.9, math.inf, 0.9, 0.95]
     # patience 2: nan/inf epochs neither improve nor count as bad: bad epochs at 4 and 6 -> plateau at 6
@@ -378,6 +569,19 @@ def test_state_dict_round_trip_mid_convergence_continues_identically():
         assert a.get_last_lr() == b.get_last_lr()
     assert a.state_dict() == b.state_dict()
     assert a.decision.num_decays == 3  # decays at epochs 5, 7 and 10: two after the resume
+
+
+def test_state_saved_before_probe_failures_existed_still_loads():
+    kw = dict(steps_per_epoch=1, total_epochs=20, warmup_epochs=0, plateau_patience=1)
+    a = TwoPhaseLR(make_optimizer(), **kw)
+    for loss, h in [(1.0, 1.0), (1.0, 1.0), (1.1, 2.0)]:
+        a.end_epoch(loss, lambda h=h: h)
+    old = json.loads(json.dumps(a.state_dict()))
+    del old["decision"]["probe_failures"]
+    b = TwoPhaseLR(make_optimizer(), **kw)
+    b.load_state_dict(old)
+    assert b.state_dict() == a.state_dict()
+    assert b.end_epoch(1.2, lambda: 3.0) == a.end_epoch(1.2, lambda: 3.0)
 
 
 def test_load_state_dict_rejects_other_scheduler_state():
