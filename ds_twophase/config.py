@@ -514,6 +514,10 @@ def _scheduler(cfg: dict[str, Any], zero_stage: int) -> tuple[ComponentSpec | No
     if type_name == "TwoPhaseLR":
         probe, probe_errors = _probe(probe_raw, zero_stage)
         errors += probe_errors
+        if "probe_max_failures" in params:  # the Python argument; JSON has one spelling
+            errors.append(
+                "scheduler.params.probe_max_failures: write it as scheduler.params.probe.max_failures"
+            )
     elif probe_raw is not None:
         errors.append(f"scheduler.params.probe: only TwoPhaseLR uses a probe, not {type_name}")
     errors += _check_scheduler_params(type_name, params, cfg)

@@ -101,6 +101,11 @@ class ProbeConfig:
     (kept in checkpoints) instead of the seeded random vector: fewer HVPs when the model changed
     little in one epoch. ``false`` = every probe starts from the same random vector."""
 
+    max_failures: int = 3
+    """Consecutive failed probes at a pending phase switch after which the schedule switches to
+    the convergence phase anyway (a loud warning; LR decays compare from the next successful
+    probe on), so a probe that keeps failing cannot hold the run at its peak LR."""
+
     def __post_init__(self) -> None:
         _check_layer(self.layer)
         _check_choice("mode", self.mode, MODES)
@@ -109,6 +114,7 @@ class ProbeConfig:
         for name in ("batch_size", "micro_batch_size"):
             _check_int(name, getattr(self, name), minimum=1, optional=True)
         _check_int("max_iters", self.max_iters, minimum=1)
+        _check_int("max_failures", self.max_failures, minimum=1)
         _check_int("seed", self.seed, minimum=0, optional=True)
         if not _is_number(self.tol) or not (0 <= self.tol < math.inf):
             raise ValueError(f"probe.tol must be a number >= 0, got {self.tol!r}")

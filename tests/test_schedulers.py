@@ -328,6 +328,46 @@ def test_max_failures_count_survives_a_resume():
         assert b.end_epoch(1.0, fail).decision == "switch"
 
 
+@pytest.mark.parametrize("probe", [{"max_failures": 5}, {}])
+def test_probe_max_failures_reaches_the_schedule_from_json(probe):
+    from ds_twophase.config import validate_config
+    from ds_twophase.engine import scheduler_factory
+
+    cfg = {
+        "train_batch_size": 8,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "scheduler": {"type": "TwoPhaseLR", "params": {"total_epochs": 10, "probe": probe}},
+    }
+    run = validate_config(cfg, world_size=1)
+    build = scheduler_factory(
+        run, total_epochs=None, steps_per_epoch=2, num_samples=None, world_size=1
+    )
+    sched = build(make_optimizer())
+    assert sched.decision.max_probe_failures == probe.get("max_failures", 3)
+
+
+@pytest.mark.parametrize(
+    "params,key",
+    [
+        ({"probe": {"max_failures": 0}}, "scheduler.params.probe.max_failures"),
+        ({"probe": {"max_failures": "3"}}, "scheduler.params.probe.max_failures"),
+        ({"probe_max_failures": 5}, "scheduler.params.probe_max_failures"),
+    ],
+)
+def test_bad_max_failures_is_one_config_line(params, key):
+    from ds_twophase.config import validate_config
+    from ds_twophase.errors import ConfigError
+
+    cfg = {
+        "train_batch_size": 8,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "scheduler": {"type": "TwoPhaseLR", "params": {"total_epochs": 10, **params}},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, world_size=1)
+    assert [m for m in info.value.messages if m.startswith(key)], info.value.messages
+
+
 @pytest.mark.parametrize(
     "kwargs,losses,expected",
     [
