@@ -152,7 +152,7 @@ class TwoPhaseDecision:
         if self.plateau_epoch is not None:
             return (
                 f"{head}: the plateau at epoch {self.plateau_epoch} put the switch at the end of "
-                f"epoch {switch_at}, after the last epoch; lower extra_epochs_ratio or set "
+                f"epoch {switch_at}, after the last epoch; lower extra_epochs_ratio or set a lower "
                 "max_exploration_epochs"
             )
         after = f" after the {self.warmup_epochs} warmup epochs" if self.warmup_epochs else ""
@@ -191,20 +191,23 @@ class TwoPhaseDecision:
             self.probe_failures = 0
             return EpochDecision("switch", hmax, plateau=plateau)
         self.probe_failures += 1
-        failed = f"{self.probe_failures} of {self.max_probe_failures}"
         if self.probe_failures < self.max_probe_failures:
-            warning = f"epoch {self.epoch}: {problem}; phase switch postponed ({failed} failures)"
+            warning = (
+                f"epoch {self.epoch}: {problem}; phase switch postponed "
+                f"({self.probe_failures} of {self.max_probe_failures} failures)"
+            )
             return EpochDecision("skipped", warning=warning, plateau=plateau)
         # Staying in exploration would keep the peak LR to the end of the run; switch without
         # hmax and let the first successful probe only record h_prev/f_prev (h_prev = 0).
         self.phase = CONVERGENCE
         self.h_prev, self.f_prev = 0.0, None
-        self.probe_failures = 0
         warning = (
-            f"epoch {self.epoch}: {problem}; the hmax probe failed {failed} times in a row at the "
-            "pending phase switch (probe.max_failures), so the schedule SWITCHES TO THE "
-            "CONVERGENCE PHASE WITHOUT hmax; LR decays compare from the next successful probe on"
+            f"epoch {self.epoch}: {problem}; the hmax probe failed {self.probe_failures} times "
+            "in a row at the pending phase switch (probe.max_failures), so the schedule "
+            "SWITCHES TO THE CONVERGENCE PHASE WITHOUT hmax; LR decays compare from the next "
+            "successful probe on"
         )
+        self.probe_failures = 0
         return EpochDecision("switch", warning=warning, plateau=plateau)
 
     def _converge(self, loss: float, hessian: Callable[[], float]) -> EpochDecision:
