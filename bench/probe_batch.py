@@ -445,15 +445,22 @@ def sign_agreement(study: Study, n: int, loss_rose_only: bool) -> tuple[int, int
 
 def replay(epochs: list[int], hmax: list[float], loss: list[float]) -> list[int]:
     """Epochs that decay under the convergence-phase rule (DESIGN.md), the first epoch being
-    the switch (``h_prev, f_prev = hmax, loss``)."""
-    h_prev, f_prev = hmax[0], loss[0]
+    the switch (``h_prev, f_prev = hmax, loss``): the schedule's own state machine
+    (``TwoPhaseDecision``), forced to switch at its first epoch, replays the sequence."""
+    from ds_twophase.schedulers import TwoPhaseDecision
+
+    rule = TwoPhaseDecision(
+        total_epochs=len(epochs),
+        patience=1,
+        threshold=0.0,
+        extra_epochs_ratio=0.0,
+        decay_factor=0.5,
+        max_exploration_epochs=1,
+    )
     out = []
-    for e, h, f in zip(epochs[1:], hmax[1:], loss[1:], strict=True):
-        if h_prev > 0 and h_prev < h and f_prev < f:
+    for e, h, f in zip(epochs, hmax, loss, strict=True):
+        if rule.end_epoch(f, lambda h=h: h).decision == "decay":
             out.append(e)
-            h_prev = 0.0
-        else:
-            h_prev, f_prev = h, f
     return out
 
 

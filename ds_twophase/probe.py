@@ -101,6 +101,11 @@ class ProbeConfig:
     (kept in checkpoints) instead of the seeded random vector: fewer HVPs when the model changed
     little in one epoch. ``false`` = every probe starts from the same random vector."""
 
+    max_failures: int = 3
+    """Consecutive failed probes at a pending phase switch after which the schedule switches to
+    the convergence phase anyway (a loud warning; LR decays compare from the next successful
+    probe on), so a probe that keeps failing cannot hold the run at its peak LR."""
+
     def __post_init__(self) -> None:
         _check_layer(self.layer)
         _check_choice("mode", self.mode, MODES)
@@ -109,6 +114,7 @@ class ProbeConfig:
         for name in ("batch_size", "micro_batch_size"):
             check_number(name, getattr(self, name), low=1, integer=True, optional=True)
         check_number("max_iters", self.max_iters, low=1, integer=True)
+        check_number("max_failures", self.max_failures, low=1, integer=True)
         check_number("seed", self.seed, low=0, integer=True, optional=True)
         check_number("tol", self.tol, low=0)
         for name in ("redraw", "warm_start"):

@@ -196,26 +196,39 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, precision
 @pytest.mark.timeout(300)
 def test_skip_nonfinite_and_failing_rank0_probe_keep_training(tmp_path):
     env = {"DS_TWOPHASE_NAN_LOSS": "3:0:1", "DS_TWOPHASE_PROBE_FAIL": "rank0"}
+    cap = ("--set", "scheduler.params.max_exploration_epochs=3")  # the switch is due at 3
     proc = train(
-        tmp_path, "--set", "trainer.on_nonfinite_loss=skip", "--set", "trainer.epochs=6", env=env
+        tmp_path,
+        "--set",
+        "trainer.on_nonfinite_loss=skip",
+        "--set",
+        "trainer.epochs=6",
+        *cap,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["skipped_micro_batches"] for r in rows] == [0, 0, 1, 0, 0, 0]
     assert all(r["train_loss"] is not None for r in rows)
-    # the switch is due at epoch 3; every probe fails, so no decision is made and the run goes on
-    assert rows[1]["decision"] == "plateau"
-    assert [r["decision"] for r in rows[2:]] == ["skipped"] * 4
-    assert all(r["phase"] == "exploration" and r["hmax"] is None for r in rows)
+    # every probe fails: no decision at 3 and 4; the third failure (probe.max_failures = 3)
+    # forces the switch at 5 instead of leaving the run at its peak LR; 6 makes no decision
+    decisions = [(r["decision"], r["phase"]) for r in rows]
+    assert decisions == [("none", "exploration")] * 2 + [("skipped", "exploration")] * 2 + [
+        ("switch", "convergence"),
+        ("skipped", "convergence"),
+    ]
+    assert all(r["hmax"] is None for r in rows)
     assert all("injected probe failure" in r["probe_error"] for r in rows[2:])
+    assert "probe.max_failures" in rows[4]["warning"]
     assert proc.stderr.count("warning: epoch 4:") == 1  # once, by rank 0
 
 
 @pytest.mark.timeout(300)
 def test_sharded_probe_failure_on_rank1_then_rank_disagreement_stops(tmp_path):
     env = {"DS_TWOPHASE_PROBE_FAIL": "rank1@2", "DS_TWOPHASE_DESYNC_AT": "5"}
-    proc = train(tmp_path, "--set", "scheduler.params.probe.mode=sharded", env=env)
+    cap = ("--set", "scheduler.params.max_exploration_epochs=3")  # the first probe at 3
+    proc = train(tmp_path, "--set", "scheduler.params.probe.mode=sharded", *cap, env=env)
     assert proc.returncode != 0  # 1 from each rank, or a teardown abort (see above)
     rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 5's decision is where they differ

@@ -140,10 +140,59 @@ def test_min_lr_floor():
     losses = [1.0, 1.0, 0.9] + [1.0 + 0.1 * i for i in range(1, 9)]
     hmax = {e: float(e) for e in range(3, 12)}
     records, _, sched = run(losses, hmax, plateau_patience=1, decay_factor=0.5, min_lr=0.2)
-    lrs = [r.lr for r in records]
-    # decays at 4, 6, 8, 10: 0.5, 0.25, 0.125 -> floored 0.2, 0.0625 -> 0.2
-    assert lrs[2:] == [1.0, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2]
+    # decays at 4, 6, 8 (0.25 -> 0.125, floored to 0.2: the LR still moves); at 10 the LR already
+    # sits at min_lr, so the decay is a no-op: "floor", which keeps like "keep" (h_prev = hmax),
+    # so epoch 11 compares with epoch 10 and is a floor again instead of a keep.
+    assert [(r.epoch, r.decision, r.lr, r.decayed) for r in records[2:]] == [
+        (3, "switch", 1.0, False),
+        (4, "decay", 0.5, True),
+        (5, "keep", 0.5, False),
+        (6, "decay", 0.25, True),
+        (7, "keep", 0.25, False),
+        (8, "decay", 0.2, True),
+        (9, "keep", 0.2, False),
+        (10, "floor", 0.2, False),
+        (11, "floor", 0.2, False),
+    ]
     assert sched.get_last_lr() == [0.2]
+    assert sched.decision.num_decays == 3 and sched.decision.scale == 0.125
+    assert (sched.decision.h_prev, sched.decision.f_prev) == (11.0, losses[10])
+
+
+@pytest.mark.parametrize(
+    "groups,min_lr,expected",
+    [
+        # one group at 1.0: 0.5, 0.25, 0.2 (from 0.25), then at the floor
+        (1, 0.2, ["decay", "decay", "decay", "floor", "floor"]),
+        # groups at 1.0 and 2.0: the second still moves 0.25 -> 0.2 in the 4th decay
+        (2, 0.2, ["decay", "decay", "decay", "decay", "floor"]),
+        # min_lr equal to the peak: no decay can move the LR
+        (1, 1.0, ["floor"] * 5),
+    ],
+)
+def test_floor_only_when_no_group_moves(groups, min_lr, expected):
+    # switch at 2 (patience 1, alpha 0), then hmax and loss rise every epoch: with a floor
+    # keeping h_prev every epoch can ask for a decay; after a real decay the next epoch keeps.
+    sched = TwoPhaseLR(
+        make_optimizer(groups=groups),
+        steps_per_epoch=1,
+        total_epochs=50,
+        warmup_epochs=0,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+        min_lr=min_lr,
+    )
+    sched.end_epoch(1.0, lambda: 1.0)
+    assert sched.end_epoch(1.0, lambda: 1.0).decision == "switch"
+    asked = []
+    e = 2
+    while len(asked) < len(expected):
+        e += 1
+        rec = sched.end_epoch(float(e), lambda e=e: float(e))
+        if rec.decision != "keep":
+            asked.append(rec.decision)
+    assert asked == expected
+    assert all(lr >= min_lr for lr in sched.get_last_lr())
 
 
 def test_forced_switch_without_plateau():
@@ -160,6 +209,237 @@ def test_forced_switch_cuts_long_extra_phase():
     losses = [1.0, 0.8, 0.7, 0.7, 0.75, 0.72, 0.71]
     records, _, _ = run(losses, {6: 1.0, 7: 1.0}, plateau_patience=2, max_exploration_epochs=6)
     assert [r.decision for r in records] == ["none"] * 4 + ["plateau", "switch", "keep"]
+
+
+# The trace: with E=60, warmup 5, patience 3 the old detector "plateaued" at epoch 5.
+WARMUP_LOSSES = [2.0, 1.0, 1.2, 1.3, 1.1, 1.0, 1.05, 1.1, 1.02, 1.03, 1.04, 1.05] + [1.1] * 8
+
+
+@pytest.mark.parametrize(
+    "warmup,plateau_at,switch_at",
+    [
+        (0, 5, 7),  # best 1.0 at 2; 3, 4, 5 do not improve; alpha = floor(5/3 + .5) = 2
+        (0.5, 5, 7),  # ceil(0.5) = 1: epoch 1 unseen, epoch 2 still sets the best
+        (1.2, 9, 12),  # ceil, not round: epochs 1-2 unseen; best 1.0 at 6; 7, 8, 9 do not improve
+        (2.5, 9, 12),
+        (5, 9, 12),  # the case: no plateau at 5; epoch 6 is the first one seen
+        (5.5, 12, 16),  # ceil, not floor: epochs 1-6 unseen; best 1.02 at 9; 10, 11, 12
+    ],
+)
+def test_plateau_detector_starts_after_warmup(warmup, plateau_at, switch_at):
+    hmax = {e: 1.0 for e in range(1, 21)}
+    records, probe, sched = run(
+        WARMUP_LOSSES, hmax, warmup_epochs=warmup, plateau_patience=3, total_epochs=60
+    )
+    assert [r.epoch for r in records if r.plateau] == [plateau_at]
+    assert [r.epoch for r in records if r.decision == "plateau"] == [plateau_at]
+    assert [r.epoch for r in records if r.switched] == [switch_at]
+    assert records[plateau_at - 1].switch_epoch == switch_at
+    assert probe.calls[0] == switch_at
+
+
+def test_warmup_epochs_do_not_delay_max_exploration_epochs():
+    # the cap is unchanged by the warmup rule: it forces the switch even inside warmup
+    records, probe, _ = run([1.0] * 4, {3: 2.0, 4: 2.0}, warmup_epochs=5, max_exploration_epochs=3)
+    assert [r.decision for r in records] == ["none", "none", "switch", "keep"]
+    assert not any(r.plateau for r in records)
+
+
+def test_plateau_flag_when_the_plateau_epoch_also_switches():
+    # patience 1, alpha = 0: epoch 2 completes the plateau and switches in the same epoch
+    records, _, _ = run([1.0, 1.0, 1.1], {2: 1.0, 3: 2.0}, plateau_patience=1, extra_epochs_ratio=0)
+    assert [(r.decision, r.plateau, r.switched) for r in records] == [
+        ("none", False, False),
+        ("switch", True, True),
+        ("decay", False, False),
+    ]
+
+
+def test_plateau_flag_when_the_plateau_epoch_probe_fails():
+    hmax = {2: RuntimeError("out of memory"), 3: 1.0}
+    records, _, _ = run([1.0, 1.0, 1.0], hmax, plateau_patience=1, extra_epochs_ratio=0)
+    assert [(r.decision, r.plateau) for r in records] == [
+        ("none", False),
+        ("skipped", True),
+        ("switch", False),
+    ]
+    assert "out of memory" in records[1].warning
+
+
+def test_max_failures_forces_the_switch_then_compares_from_the_next_good_probe():
+    # plateau at 2, switch due at 2 (alpha 0); the probe fails at 2, 3 and 4 (the third is
+    # non-finite, also a failure); epoch 5 is a nan loss (no probe: neither counts nor resets).
+    failed = RuntimeError("probe died")
+    hmax = {2: failed, 3: failed, 4: math.nan, 6: 5.0, 7: 6.0, 8: 7.0}
+    losses = [1.0, 1.0, 1.0, 1.0, math.nan, 1.1, 1.2, 1.3]
+    records, probe, sched = run(
+        losses, hmax, plateau_patience=1, extra_epochs_ratio=0, probe_max_failures=3
+    )
+    assert [(r.epoch, r.decision, r.phase[0], r.hmax) for r in records] == [
+        (1, "none", "e", None),
+        (2, "skipped", "e", None),
+        (3, "skipped", "e", None),
+        (4, "switch", "c", None),  # forced after 3 failures
+        (5, "skipped", "c", None),
+        (6, "keep", "c", 5.0),  # h_prev was 0: the first good probe only records h_prev/f_prev
+        (7, "decay", "c", 6.0),  # h 5 -> 6 and f 1.1 -> 1.2
+        (8, "keep", "c", 7.0),
+    ]
+    assert "1 of 3" in records[1].warning and "2 of 3" in records[2].warning
+    assert "probe.max_failures" in records[3].warning and "WITHOUT hmax" in records[3].warning
+    assert records[3].switched and not records[3].plateau
+    assert probe.calls == [2, 3, 4, 6, 7, 8]
+    assert sched.decision.probe_failures == 0
+
+
+def test_max_failures_one_switches_at_the_first_failure():
+    records, _, _ = run(
+        [1.0, 1.0, 1.0, 1.1],
+        {2: RuntimeError("x"), 3: 1.0, 4: 2.0},
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+        probe_max_failures=1,
+    )
+    assert [r.decision for r in records] == ["none", "switch", "keep", "decay"]
+
+
+def test_max_failures_count_survives_a_resume():
+    kw = dict(
+        steps_per_epoch=1,
+        total_epochs=20,
+        warmup_epochs=0,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+        probe_max_failures=3,
+    )
+
+    def fail():
+        raise RuntimeError("probe died")
+
+    a = TwoPhaseLR(make_optimizer(), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        decisions = [a.end_epoch(1.0, fail).decision for _ in range(3)]
+        assert decisions == ["none", "skipped", "skipped"]
+        state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
+        assert state["decision"]["probe_failures"] == 2
+        b = TwoPhaseLR(make_optimizer(), **kw)
+        b.load_state_dict(state)
+        assert b.end_epoch(1.0, fail).decision == "switch"
+
+
+@pytest.mark.parametrize("probe", [{"max_failures": 5}, {}])
+def test_probe_max_failures_reaches_the_schedule_from_json(probe):
+    from ds_twophase.config import validate_config
+    from ds_twophase.engine import scheduler_factory
+
+    cfg = {
+        "train_batch_size": 8,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "scheduler": {"type": "TwoPhaseLR", "params": {"total_epochs": 10, "probe": probe}},
+    }
+    run = validate_config(cfg, world_size=1)
+    build = scheduler_factory(
+        run, total_epochs=None, steps_per_epoch=2, num_samples=None, world_size=1
+    )
+    sched = build(make_optimizer())
+    assert sched.decision.max_probe_failures == probe.get("max_failures", 3)
+
+
+@pytest.mark.parametrize(
+    "params,key",
+    [
+        ({"probe": {"max_failures": 0}}, "scheduler.params.probe.max_failures"),
+        ({"probe": {"max_failures": "3"}}, "scheduler.params.probe.max_failures"),
+        ({"probe_max_failures": 5}, "scheduler.params.probe_max_failures"),
+    ],
+)
+def test_bad_max_failures_is_one_config_line(params, key):
+    from ds_twophase.config import validate_config
+    from ds_twophase.errors import ConfigError
+
+    cfg = {
+        "train_batch_size": 8,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "scheduler": {"type": "TwoPhaseLR", "params": {"total_epochs": 10, **params}},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, world_size=1)
+    assert [m for m in info.value.messages if m.startswith(key)], info.value.messages
+
+
+@pytest.mark.parametrize(
+    "kwargs,losses,expected",
+    [
+        # the loss keeps improving: no plateau, no cap
+        (
+            {"plateau_patience": 2},
+            [1.0 - 0.05 * e for e in range(8)],
+            [
+                "still in the exploration phase after 8 epochs",
+                "did not plateau (2 epochs without improvement after the 2 warmup epochs)",
+                "no max_exploration_epochs is set",
+            ],
+        ),
+        # a cap beyond the budget
+        (
+            {"plateau_patience": 2, "max_exploration_epochs": 20},
+            [1.0 - 0.05 * e for e in range(8)],
+            ["did not plateau", "max_exploration_epochs (20) was not reached"],
+        ),
+        # plateau at 7 (best 0.5 at 5), switch planned at 7 + floor(7/3 + .5) = 9 > 8
+        (
+            {"plateau_patience": 2},
+            [1.0, 0.9, 0.8, 0.7, 0.5, 0.6, 0.6, 0.6],
+            ["plateau at epoch 7", "end of epoch 9, after the last epoch"],
+        ),
+    ],
+)
+def test_a_run_that_never_leaves_exploration_says_why(kwargs, losses, expected):
+    sched = TwoPhaseLR(
+        make_optimizer(), steps_per_epoch=1, total_epochs=8, warmup_epochs=2, **kwargs
+    )
+    records = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for loss in losses:
+            sched.step()
+            records.append(sched.end_epoch(loss, lambda: 1.0))
+    reason = sched.exploration_unfinished()
+    assert reason is not None
+    for text in expected:
+        assert text in reason
+    assert records[-1].warning == reason and records[-1].phase == "exploration"
+    assert all(r.warning is None for r in records[:-1])
+    assert [str(w.message) for w in caught] == [reason]
+
+
+def test_a_pending_switch_at_the_end_of_the_run_says_why():
+    sched = TwoPhaseLR(
+        make_optimizer(),
+        steps_per_epoch=1,
+        total_epochs=3,
+        warmup_epochs=0,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+    )
+
+    def fail():
+        raise RuntimeError("probe died")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        records = [sched.end_epoch(1.0, fail) for _ in range(3)]
+    assert [r.decision for r in records] == ["none", "skipped", "skipped"]
+    assert "probe died" in records[-1].warning
+    assert "end of epoch 2 is waiting for a successful hmax probe" in records[-1].warning
+    assert "2 failed in a row" in sched.exploration_unfinished()
+
+
+def test_a_run_that_switched_has_nothing_to_report():
+    records, _, sched = run([1.0, 1.0, 1.0], {2: 1.0, 3: 1.0}, plateau_patience=1, total_epochs=3)
+    assert sched.exploration_unfinished() is None
+    assert records[-1].warning is None
 
 
 def test_non_finite_loss_makes_no_decision_and_keeps_state():
@@ -240,13 +520,12 @@ def test_decay_during_warmup_multiplies():
         steps_per_epoch=2,
         total_epochs=10,
         warmup_epochs=4,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        max_exploration_epochs=2,
     )
     sched.step()
     sched.step()
     sched.end_epoch(1.0, lambda: 1.0)
-    sched.end_epoch(1.0, lambda: 1.0)  # plateau + switch (alpha 0)
+    sched.end_epoch(1.0, lambda: 1.0)  # forced switch (no plateau can be seen during warmup)
     sched.end_epoch(1.1, lambda: 2.0)  # decay
     assert sched.get_last_lr() == pytest.approx([0.5 * 3 / 8])
 
@@ -286,6 +565,10 @@ def test_patience_resolution(patience, total, expected):
         ({"steps_per_epoch": 0}, "steps_per_epoch"),
         ({"total_epochs": "90"}, "total_epochs"),
         ({"plateau_threshold": 1.0}, "plateau_threshold"),
+        ({"probe_max_failures": 0}, "probe_max_failures"),
+        ({"probe_max_failures": 1.5}, "probe_max_failures"),
+        ({"warmup_epochs": math.inf}, "warmup_epochs"),
+        ({"warmup_epochs": [1]}, "warmup_epochs"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -297,7 +580,14 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 def test_state_dict_round_trip_mid_convergence_continues_identically():
     losses = [1.0, 1.0, 0.9, 1.0, 1.1, 1.05, 1.2, 1.3, 1.25, 1.4]
     hmax = {e: 1.0 + 0.5 * e for e in range(3, 11)}
-    kw = dict(steps_per_epoch=3, total_epochs=20, warmup_epochs=2, plateau_patience=1)
+    # warmup 2: epoch 3 sets the best loss, 4 plateaus and switches (alpha 0), 5 decays
+    kw = dict(
+        steps_per_epoch=3,
+        total_epochs=20,
+        warmup_epochs=2,
+        plateau_patience=1,
+        extra_epochs_ratio=0,
+    )
     a = TwoPhaseLR(make_optimizer(groups=2), **kw)
 
     def epoch(s, e):
@@ -318,7 +608,20 @@ def test_state_dict_round_trip_mid_convergence_continues_identically():
         assert ra == rb
         assert a.get_last_lr() == b.get_last_lr()
     assert a.state_dict() == b.state_dict()
-    assert a.decision.num_decays == 3  # decays at epochs 4, 7 and 10: two after the resume
+    assert a.decision.num_decays == 3  # decays at epochs 5, 7 and 10: two after the resume
+
+
+def test_state_saved_before_probe_failures_existed_still_loads():
+    kw = dict(steps_per_epoch=1, total_epochs=20, warmup_epochs=0, plateau_patience=1)
+    a = TwoPhaseLR(make_optimizer(), **kw)
+    for loss, h in [(1.0, 1.0), (1.0, 1.0), (1.1, 2.0)]:
+        a.end_epoch(loss, lambda h=h: h)
+    old = json.loads(json.dumps(a.state_dict()))
+    del old["decision"]["probe_failures"]
+    b = TwoPhaseLR(make_optimizer(), **kw)
+    b.load_state_dict(old)
+    assert b.state_dict() == a.state_dict()
+    assert b.end_epoch(1.2, lambda: 3.0) == a.end_epoch(1.2, lambda: 3.0)
 
 
 def test_load_state_dict_rejects_other_scheduler_state():

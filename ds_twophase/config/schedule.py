@@ -66,6 +66,13 @@ def scheduler_section(
     if type_name == "TwoPhaseLR":
         probe, probe_errors = _probe(probe_raw, zero_stage)
         errors += probe_errors
+        if "probe_max_failures" in params:  # the Python argument; JSON has one spelling
+            errors.append(
+                Problem(
+                    "scheduler.params.probe_max_failures",
+                    "write it as scheduler.params.probe.max_failures",
+                )
+            )
     elif probe_raw is not None:
         errors.append(
             Problem("scheduler.params.probe", f"only TwoPhaseLR uses a probe, not {type_name}")

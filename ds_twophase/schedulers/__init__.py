@@ -1,7 +1,7 @@
 """LR schedulers by name, for the ``"scheduler": {"type": ...}`` section of a DeepSpeed JSON."""
 
 from .base import EpochScheduler
-from .two_phase import EpochRecord, TwoPhaseDecision, TwoPhaseLR
+from .two_phase import EpochDecision, EpochRecord, TwoPhaseDecision, TwoPhaseLR
 from .warmup_step import WarmupStepLR
 
 SCHEDULERS: dict[str, type[EpochScheduler]] = {
@@ -12,6 +12,7 @@ SCHEDULERS: dict[str, type[EpochScheduler]] = {
 
 __all__ = [
     "SCHEDULERS",
+    "EpochDecision",
     "EpochRecord",
     "EpochScheduler",
     "TwoPhaseDecision",

@@ -15,7 +15,9 @@ import torch
 import ds_twophase
 from ds_twophase import dist
 
-LOSSES = [1.0, 1.0, 1.1, 1.2, 1.3, 1.4]  # plateau at 2 -> switch at 2 (alpha 0)
+# The plateau detector ignores the 2 warmup epochs (ceil(1.5)): max_exploration_epochs forces
+# the switch at 2, inside the LR warmup, so decays multiply a warmup factor.
+LOSSES = [1.0, 1.0, 1.1, 1.2, 1.3, 1.4]
 HMAX = [None, 1.0, 2.0, 3.0, 4.0, 5.0]  # decays at 3 and 5
 
 
@@ -33,6 +35,7 @@ def config(stage: int) -> dict:
                 "plateau_patience": 1,
                 "extra_epochs_ratio": 0,
                 "decay_factor": 0.5,
+                "max_exploration_epochs": 2,
             },
         },
         "zero_optimization": {"stage": stage},
