@@ -67,3 +67,61 @@ def test_paper_config_without_its_data_is_one_error_line(capsys, monkeypatch, tm
     assert cli_main(["check-config", str(path), "--world-size", "8"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["error: trainer.dataset.root: directory 'data/cifar10' does not exist"]
+
+
+#: The paper's Tables 2-5 as read in configs/paper/README.md: (batch, LR, LARS eta or None,
+#: step-decay epochs or None for the adaptive two-phase schedule), and the epoch budget.
+PAPER = {
+    "cifar10_resnet20": (300, {
+        "small_batch": (128, 0.1, None, [150, 225]),
+        "large_batch": (8192, 6.4, None, [150, 225]),
+        "lars": (8192, 3.5, 0.01, [150, 225]),
+        "two_phase": (8192, 4.8, None, None),
+        "two_phase_lars": (8192, 3.5, 0.01, None),
+    }),
+    "cifar100_wrn28_10": (250, {
+        "small_batch": (128, 0.1, None, [125, 185]),
+        "large_batch": (8192, 6.4, None, [125, 185]),
+        "lars": (8192, 6.0, 0.01, [125, 185]),
+        "two_phase": (8192, 6.4, None, None),
+        "two_phase_lars": (8192, 6.0, 0.01, None),
+    }),
+    "svhn_wrn16_8": (160, {
+        "small_batch": (256, 0.01, None, [80, 120]),
+        "large_batch": (4096, 0.32, None, [80, 120]),
+        "lars": (4096, 0.32, 0.001, [80, 120]),
+        "two_phase": (4096, 0.32, None, None),
+        "two_phase_lars": (4096, 0.32, 0.001, None),
+    }),
+    "imagenet_resnet50": (100, {
+        "small_batch": (256, 0.1, None, [30, 60, 80]),
+        "large_batch": (16384, 6.4, None, [30, 60, 80]),
+        "lars": (16384, 32.0, 0.001, [30, 60, 80]),
+        "two_phase": (16384, 6.4, None, None),
+        "two_phase_lars": (16384, 32.0, 0.001, None),
+    }),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("table", PAPER)
+def test_paper_configs_hold_the_tables_values(table):
+    epochs, rows = PAPER[table]
+    readme = (REPO / "configs/paper/README.md").read_text()
+    for row, (batch, lr, eta, milestones) in rows.items():
+        name = f"{table}_{row}.json"
+        assert f"`{name}`" in readme, name
+        cfg = json.loads((REPO / "configs/paper" / name).read_text())
+        opt, sched = cfg["optimizer"], cfg["scheduler"]
+        assert cfg["train_batch_size"] == batch and cfg["trainer"]["epochs"] == epochs, name
+        assert opt["type"] == ("LARS" if eta else "SGD") and opt["params"]["lr"] == lr, name
+        assert opt["params"]["momentum"] == 0.9 and opt["params"].get("trust_coefficient") == eta
+        assert sched["params"]["warmup_epochs"] == (0 if row == "small_batch" else 10), name
+        if milestones is None:  # two-phase: beta 0.5, plateau after 5% of E, a third more
+            assert sched["type"] == "TwoPhaseLR", name
+            assert sched["params"]["decay_factor"] == 0.5
+            assert sched["params"]["plateau_patience"] == 0.05
+            assert sched["params"]["extra_epochs_ratio"] == pytest.approx(1 / 3, abs=1e-4)
+        else:
+            assert sched["type"] == "WarmupStepLR", name
+            assert sched["params"] == {"warmup_epochs": sched["params"]["warmup_epochs"],
+                                       "milestones": milestones, "gamma": 0.1}  # fmt: skip
