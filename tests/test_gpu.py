@@ -16,10 +16,6 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ds_twophase.models.cifar_resnet import resnet20
-from ds_twophase.optim import LARS, lars_param_groups
-from ds_twophase.probe import ProbeConfig, measure_hmax
-
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -30,6 +26,8 @@ TINY = "configs/tiny/mnist1d_2rank.json"
 
 
 def lars_params(model: nn.Module) -> list[dict]:
+    from ds_twophase.optim import lars_param_groups
+
     return lars_param_groups(model, weight_decay=5e-4)
 
 
@@ -39,6 +37,10 @@ def lars_params(model: nn.Module) -> list[dict]:
 def test_lars_cuda_matches_cpu_over_50_steps(dtype, rtol, atol, monkeypatch):
     """ResNet-20's parameter set, the same gradients on both devices, 50 steps; on CUDA the
     step is the multi-tensor path that ends in ``torch._fused_sgd_``."""
+    # imported here, so that a CPU-only run only collects and skips
+    from ds_twophase.models.cifar_resnet import resnet20
+    from ds_twophase.optim import LARS
+
     torch.manual_seed(0)
     cpu_model = resnet20(num_classes=10).to(dtype)
     gpu_model = resnet20(num_classes=10).to(dtype).cuda()
@@ -68,6 +70,9 @@ def test_lars_cuda_matches_cpu_over_50_steps(dtype, rtol, atol, monkeypatch):
 
 
 def test_probe_cuda_equals_cpu_for_the_same_weights_and_batch():
+    from ds_twophase.models.cifar_resnet import resnet20
+    from ds_twophase.probe import ProbeConfig, measure_hmax
+
     torch.manual_seed(0)
     model = resnet20(num_classes=10)
     model.train()
