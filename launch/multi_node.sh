@@ -12,5 +12,7 @@ hostfile=${1:?hostfile}
 config=${2:?config file}
 shift 2
 master=$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$hostfile")
-exec deepspeed --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}" \
+# DS_LAUNCHER picks the runner's way of reaching the hosts (pdsh by default; openmpi, mvapich,
+# slurm, ...).
+exec deepspeed ${DS_LAUNCHER:+--launcher "$DS_LAUNCHER"} --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}" \
   --module ds_twophase.train --config "$config" "$@"
