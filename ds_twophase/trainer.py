@@ -231,6 +231,7 @@ class Trainer:
             "phase": rec.phase,
             "hmax": rec.hmax,
             "decision": rec.decision,
+            "plateau": rec.plateau,
             "warning": rec.warning,
             "probe_error": None if end.probe is None else end.probe.error,
             "probe_hvps": None if end.probe is None else end.probe.iterations,
