@@ -651,6 +651,7 @@ def _check_train_size(cfg: dict[str, Any], trainer: Any, world_size: int | None)
     train_size = trainer.dataset.resolved_sizes()[0]
     if train_size is None:  # a real dataset used whole: its size is known only once it is read
         return []
+    train_size -= trainer.dataset.val_size  # held-out validation samples are not trained on
     if world_size is not None:
         batch = resolve_batch(cfg, world_size)[0]
     elif isinstance(cfg.get("train_batch_size"), int):
@@ -661,8 +662,11 @@ def _check_train_size(cfg: dict[str, Any], trainer: Any, world_size: int | None)
         return []
     key = "trainer.dataset.train_size"
     given = "" if trainer.dataset.train_size is not None else " (the dataset's default)"
+    held = trainer.dataset.val_size
+    if held:
+        given += f" left after val_size {held}"
     return [
         f"{key}: {train_size} training samples{given} are fewer than one global batch of "
         f"{batch} (train_batch_size), so an epoch would have no optimizer step; set {key} to at "
-        f"least {batch} or lower train_batch_size"
+        f"least {batch + held} or lower train_batch_size"
     ]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
-from . import checkpoint, dist, faults
+from . import checkpoint, dist, faults, summary
 from .config import RunConfig, resolve_batch
 from .data import build_datasets
 from .engine import initialize_run, load_checkpoint
@@ -92,6 +92,8 @@ class RunResult:
     """Validation accuracy after the last epoch."""
     output_dir: Path
     """Where the run's files are."""
+    test_accuracy: float | None = None
+    """Test accuracy after the last epoch (the validation accuracy when ``val_size`` is 0)."""
 
 
 def log(message: str) -> None:
@@ -420,6 +422,11 @@ class Trainer:
                 val_acc = row["val_accuracy"]
             else:
                 row["val_loss"] = row["val_accuracy"] = None
+            if epoch == last and self.splits.test is not None:
+                # The test split is touched once, after the last epoch (val_size > 0).
+                row["test_loss"], row["test_accuracy"] = evaluate(
+                    self.engine, self.splits.test, 4 * self.micro
+                )
             row["probe_seconds"] = probe_seconds
             row["epoch_seconds"] = time.perf_counter() - t0
             if dist.is_rank_zero():
@@ -428,13 +435,34 @@ class Trainer:
             every = self.tc.checkpoint_every
             if epoch == end_at or (every and epoch % every == 0):
                 self._save(epoch)
+        test_acc = None
         if end_at < last:
             log(f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self.out})")
         else:
             if val_acc is None:  # resumed after the last epoch: nothing was trained here
                 val_acc = evaluate(self.engine, self.splits.val, 4 * self.micro)[1]
-            log(f"done: {last} epochs, final test accuracy {val_acc:.4f} ({self.out})")
-        return RunResult(epochs=max(end_at, start), val_accuracy=val_acc, output_dir=self.out)
+            test_acc = on_rank_zero(self._write_summary)["test_accuracy"]
+            log(f"done: {last} epochs, final test accuracy {test_acc:.4f} ({self.out})")
+        return RunResult(
+            epochs=max(end_at, start),
+            val_accuracy=val_acc,
+            output_dir=self.out,
+            test_accuracy=test_acc,
+        )
+
+    def _write_summary(self) -> dict[str, Any]:
+        """Write ``summary.json`` from ``metrics.jsonl`` (rank 0) and return it."""
+        commit, dirty = summary.commit_info(Path.cwd(), Path(__file__).parent)
+        data = summary.build_summary(
+            self.metrics.read(),
+            self.run.resolved,
+            resume_fingerprint(self.run.resolved),
+            commit=commit,
+            commit_dirty=dirty,
+            val_indices=self.splits.val_indices,
+        )
+        checkpoint.write_json_atomic(self.out / summary.SUMMARY_NAME, data)
+        return data
 
     def _save(self, epoch: int) -> None:
         probe = None if self.probe is None else self.probe.state_dict()

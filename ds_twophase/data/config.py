@@ -48,6 +48,12 @@ class DatasetConfig:
     datasets all). For real datasets a number keeps the first N samples."""
     test_size: int | None = None
     """Validation (test) samples. ``None``: mnist1d 1000, synthetic 512, real datasets all."""
+    val_size: int = 0
+    """Training samples held out as the validation split (never trained on): a permutation seeded
+    by ``seed`` picks them, so the split is the same for every trainer seed, rank count and
+    resume. With ``val_size > 0`` every epoch's ``val_loss``/``val_accuracy`` are measured on them
+    and the test split is evaluated once, after the last epoch (``test_loss``/``test_accuracy``).
+    ``0`` (default): nothing is held out and ``val_*`` are measured on the test split."""
     seed: int = 42
     """Seed of generated data (mnist1d, synthetic); 42 gives the standard MNIST-1D dataset. It is
     independent of the trainer's seed so that runs with different seeds share one dataset."""
@@ -78,6 +84,14 @@ class DatasetConfig:
             value = getattr(self, key)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{key}: must be a positive integer or null, got {value!r}")
+        if not _is_int(self.val_size) or self.val_size < 0:
+            raise ValueError(f"val_size: must be an integer >= 0, got {self.val_size!r}")
+        train = self.resolved_sizes()[0]
+        if train is not None and self.val_size >= train:
+            raise ValueError(
+                f"val_size: {self.val_size} must be smaller than the {train} training samples "
+                f"(train_size); lower it"
+            )
         if not _is_int(self.seed):
             raise ValueError(f"seed: must be an integer, got {self.seed!r}")
         if not isinstance(self.normalize, bool):
