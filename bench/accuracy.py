@@ -173,6 +173,18 @@ def plan(work: Path, phase: str, rows: list[str], dry: bool) -> tuple[list[RunSp
     return specs, notes
 
 
+def limit_per_row(specs: list[RunSpec], limit: int) -> list[RunSpec]:
+    """The first ``limit`` specs of each row (``grid/<row>/...``, ``final/<row>/...``)."""
+    counts: dict[str, int] = {}
+    kept = []
+    for spec in specs:
+        row = "/".join(spec.name.split("/")[:2])
+        counts[row] = counts.get(row, 0) + 1
+        if counts[row] <= limit:
+            kept.append(spec)
+    return kept
+
+
 def protocol_size(rows: list[str]) -> int:
     """Distinct runs of the whole protocol (the count does not depend on the grid's choice)."""
     stand_in = {row: {"lr": GRIDS[row][0][0], "eta": GRIDS[row][1][0]} for row in rows}
@@ -367,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase", choices=["grid", "final", "studies", "all"], default="all")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of the rows")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--limit", type=int, help="train at most this many runs (smoke tests)")
+    p.add_argument("--limit", type=int, help="train at most this many runs per row (smoke tests)")
     p.add_argument("--dry-run", action="store_true", help="print the run list and count")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--replace-stale", action="store_true", help="delete and retrain stale runs")
@@ -394,11 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{phase}: {len(specs)} run(s) listed", *notes, sep="\n")
                 print(f"the whole protocol: {protocol_size(rows)} distinct runs")
                 continue
-            failed = [
-                s.name
-                for s, code, _ in run_all(specs[: args.limit], work, args.jobs, args.replace_stale)
-                if code
-            ]
+            if args.limit is not None:
+                specs = limit_per_row(specs, args.limit)
+            results = run_all(specs, work, args.jobs, args.replace_stale)
+            failed = [s.name for s, code, _ in results if code]
             if failed:
                 print(f"failed runs (see their .log files): {failed}", file=sys.stderr)
                 return 1
