@@ -108,7 +108,7 @@ def train(spec: RunSpec, work: Path, resume: bool) -> tuple[RunSpec, int, float]
         cmd += ["--set", item]
     if resume:
         cmd += ["--resume", "auto"]
-    log = (work / spec.name).with_suffix(".log")
+    log = work / f"{spec.name}.log"  # names hold dots (lr0.025): no with_suffix
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "a") as f:
