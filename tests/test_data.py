@@ -498,3 +498,27 @@ def test_val_size_larger_than_a_whole_real_dataset_is_one_config_error(tmp_path)
     assert info.value.messages == [
         "trainer.dataset.val_size: 20 must be smaller than the 20 training samples; lower it"
     ]
+
+
+def test_one_batch_must_fit_in_what_val_size_leaves():
+    from ds_twophase.config import validate_config
+
+    cfg = {
+        "train_batch_size": 64,
+        "train_micro_batch_size_per_gpu": 64,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "trainer": {
+            "epochs": 1,
+            "dataset": {"name": "synthetic", "train_size": 256, "val_size": 200},
+            "model": {"name": "resnet20"},
+        },
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, world_size=1)
+    assert info.value.messages == [
+        "trainer.dataset.train_size: 56 training samples left after val_size 200 are fewer than "
+        "one global batch of 64 (train_batch_size), so an epoch would have no optimizer step; "
+        "set trainer.dataset.train_size to at least 264 or lower train_batch_size"
+    ]
+    cfg["trainer"]["dataset"]["val_size"] = 192
+    assert validate_config(cfg, world_size=1).trainer.dataset.val_size == 192
