@@ -78,3 +78,51 @@ def test_bootstrap_intervals_known_cases():
     # a row equal to the small batch on every seed closes the whole gap
     gap, glo, ghi = gap_closed_ci([0.99] * 5, [0.97, 0.98, 0.975, 0.97, 0.98], [0.99] * 5)
     assert gap == pytest.approx(1.0) and glo == pytest.approx(1.0) and ghi == pytest.approx(1.0)
+
+
+def test_results_are_regenerated_from_run_directories_alone(tmp_path):
+    import accuracy
+
+    rng = np.random.default_rng(0)
+
+    def finish(spec: RunSpec, summary: dict) -> None:
+        fake_run(spec, tmp_path, finished=False)
+        base = {
+            "plateau_epoch": 10,
+            "switch_epoch": 14,
+            "switch_forced": False,
+            "decay_epochs": [20, 30],
+            "probe_share": 0.02,
+            "best_val_accuracy": 0.95,
+            "best_val_epoch": 50,
+            "commit": "c" * 40,
+            "commit_dirty": False,
+        }
+        (tmp_path / spec.name / "summary.json").write_text(json.dumps({**base, **summary}))
+
+    grid = accuracy.grid_specs(accuracy.ROWS)
+    for spec in grid:  # the validation accuracy peaks at lr 0.8 (0.1 for the small batch)
+        lr = float(spec.sets[0].split("=")[1])
+        best = 0.1 if "small_batch" in spec.name else 0.8
+        finish(spec, {"final_val_accuracy": 0.9 - abs(np.log2(lr / best)) / 100})
+    chosen = {row: accuracy.choose(tmp_path, row) for row in accuracy.ROWS}
+    assert chosen["large_batch_step"]["lr"] == 0.8 and chosen["small_batch"]["lr"] == 0.1
+    assert chosen["lars_step"] == {"lr": 0.8, "eta": 0.001, "val_accuracy": 0.9, "edge": False}
+    level = {"small_batch": 0.99, "large_batch_step": 0.97}
+    for spec in accuracy.final_specs(accuracy.ROWS, chosen):
+        row = spec.name.split("/")[1]
+        acc = level.get(row, 0.98) + rng.normal(scale=0.001)
+        finish(spec, {"test_accuracy": acc, "final_val_accuracy": 0.9})
+    studies = accuracy.study_specs(chosen["two_phase_lars"])
+    finals = accuracy.final_specs(accuracy.ROWS, chosen)
+    target = link_duplicates(finals + studies, tmp_path)
+    for spec in studies:
+        if target[spec.name] is spec:
+            finish(spec, {"test_accuracy": 0.98, "final_val_accuracy": 0.9})
+    text = accuracy.render(tmp_path, "python bench/accuracy.py")
+    assert "| `lars_step` | 0.8 | 0.001 | 90.00 |" in text and "**chosen**" in text
+    assert "(n=5)" in text and "gap closed" in text.lower()
+    assert "Seeds [1, 2, 3, 4, 5]: differences (points)" in text
+    # studies equal to the final runs (probe 128, ratio 0.3333, decay 0.5) read those runs
+    assert text.count("| probe_batch | 128 | 98.") == 1
+    assert "no finished runs" not in text and "c" * 40 in text
