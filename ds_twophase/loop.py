@@ -368,6 +368,9 @@ class Trainer:
         else:
             on_rank_zero(self._check_fresh_output_dir)
             start = 0
+        # The code this session trains with, for summary.json (read now: the tree may change
+        # while a long run trains).
+        self.commit = summary.commit_info(Path.cwd(), Path(__file__).parent)
         # Only once the checks passed: a refused run must not overwrite the existing run's file.
         if dist.is_rank_zero():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -452,7 +455,7 @@ class Trainer:
 
     def _write_summary(self) -> dict[str, Any]:
         """Write ``summary.json`` from ``metrics.jsonl`` (rank 0) and return it."""
-        commit, dirty = summary.commit_info(Path.cwd(), Path(__file__).parent)
+        commit, dirty = self.commit
         data = summary.build_summary(
             self.metrics.read(),
             self.run.resolved,
