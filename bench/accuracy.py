@@ -1,62 +1,63 @@
-"""Benchmark: the paper's Table 2 rows at MNIST-1D scale, over several seeds.
+"""The accuracy study: the paper's Table 2 rows at MNIST-1D scale under one tuning protocol.
 
-Trains the five settings of the paper's accuracy comparison (its Table 2: small batch, large batch
-with the linear scaling rule and step decay, LARS with step decay, two-phase, two-phase + LARS)
-from ``configs/mnist1d/`` with ``python -m ds_twophase.train`` (one process each, subprocesses,
-``OMP_NUM_THREADS=1``), once per seed (``trainer.seed``: initialisation, data order, probe batch;
-the data set is the same for every seed), reads every run's ``metrics.jsonl`` and reports per
-setting: global batch, optimizer, schedule, the final test accuracy of each seed, mean +- sample
-std, the mean best-epoch accuracy, the median wall minutes per run, the difference of the mean to
-``large_batch_step`` (the paper's "large batch") and to ``small_batch``, and for the two-phase
-rows the switch epoch and the decay epochs of each seed.
+Protocol (fixed before any result was seen; ``docs/results.md`` repeats it):
 
-    python bench/accuracy.py --work-dir /tmp/accuracy_runs   # 5 configs x seeds 0,1,2, 60 epochs,
-                                                             # 2 runs at a time: 12 min measured
-                                                             # on a shared 2-core CPU (1-2.6 min a
-                                                             # run; small_batch, 125 steps an
-                                                             # epoch, is the slow one); writes
-                                                             # docs/benchmarks.md
-    python bench/accuracy.py --quick                         # large_batch_step and two_phase,
-                                                             # seed 0, 6 epochs: 20 s; prints only
-    python bench/accuracy.py --configs two_phase,two_phase_lars --seeds 0,1,2,3,4 --jobs 1
+1. ``grid``: for each of the five rows (``configs/mnist1d/<row>.json``) a grid of learning rates,
+   for the two LARS rows crossed with trust coefficients 0.001 and 0.01, every point trained with
+   the tuning seed 0. A point is judged only on its validation accuracy after the last epoch
+   (``trainer.dataset.val_size`` 2000 samples held out of the 16,000 training samples); the test
+   split is never looked at. Ties go to the first point in grid order.
+2. ``final``: each row's chosen point trained on five fresh seeds (1-5); only these report test
+   accuracy.
+3. ``studies``: two-phase + LARS at its chosen point with probe batches 128/256/2048,
+   ``extra_epochs_ratio`` 0.2/0.3333/0.4/0.5 and ``decay_factor`` 0.3/0.5/0.7, seeds 1-5 (a
+   study run identical to a final run is a link to it, not a second run).
 
-``--work-dir DIR`` keeps the runs in ``DIR/<config>_s<seed>`` and reuses every run whose
-``metrics.jsonl`` already has all its epochs, so an interrupted study continues where it stopped
-(an unfinished run resumes from its newest complete checkpoint with ``--resume auto``, or starts
-over when it has none). Without it the runs go to a temporary directory that is removed at the
-end. Results go to ``docs/benchmarks.md`` under ``## Accuracy (paper Table 2 at MNIST-1D scale)``
-(only that section is replaced, atomically); ``--quick`` writes nothing unless ``--write-docs``
-is given, and a study in which a run failed writes nothing.
+    python bench/accuracy.py --work-dir runs/accuracy --phase all      # the whole protocol
+    python bench/accuracy.py --work-dir runs/accuracy --dry-run        # the run list and count
+    python bench/accuracy.py --work-dir runs/accuracy --report-only    # docs/results.md only
+
+The whole protocol is 96 distinct runs (36 grid, 25 final, 35 study runs; 15 study specs
+equal a final run). Measured here (2026-11-30, the 2-core machine shared with other jobs, load
+average 16-24): one ``small_batch`` run took 24.4 min wall and one ``two_phase_lars`` run 22.3
+min, two at a time, about 3.4 and 2.0 min of CPU each; on an otherwise idle 2-core machine that
+is about (9 x 3.4 + 87 x 2.0) run-minutes / 2 jobs = 1.7 hours for the whole protocol.
+
+Runs are ``python -m ds_twophase.train`` subprocesses, two at a time (``--jobs``), one torch
+thread each. The study is resumable: a finished run is reused, an unfinished one resumed, and a
+directory holding another config (compared minus bookkeeping keys) is refused. After every
+phase ``docs/results.md`` is regenerated from the run directories alone (``config.json`` and
+``summary.json`` of each run).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import math
 import os
-import shlex
-import shutil
+import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docs_section import write_section
+import numpy as np
+from study import (
+    ROOT,
+    RunSpec,
+    StaleRun,
+    bootstrap_ci,
+    gap_closed_ci,
+    link_duplicates,
+    read_run,
+    run_all,
+    run_status,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "benchmarks.md"
-HEADING = "## Accuracy (paper Table 2 at MNIST-1D scale)"
-CONFIGS = ["small_batch", "large_batch_step", "lars_step", "two_phase", "two_phase_lars"]
-QUICK_CONFIGS = ["large_batch_step", "two_phase"]
-LARGE = "large_batch_step"
-SMALL = "small_batch"
+CONFIGS = ROOT / "configs" / "mnist1d"
+RESULTS = ROOT / "docs" / "results.md"
+ROWS = ["small_batch", "large_batch_step", "lars_step", "two_phase", "two_phase_lars"]
 PAPER_NAMES = {
     "small_batch": "small-batch",
     "large_batch_step": "large-batch",
@@ -64,547 +65,368 @@ PAPER_NAMES = {
     "two_phase": "two-phase",
     "two_phase_lars": "two-phase + LARS",
 }
-LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-# The paper's Table 2 (CIFAR-10, ResNet-20, 300 epochs, mean of 5 runs), as printed in
-# ../shared/paper.txt. Its LR column did not survive the text extraction and is left out; the
-# last row's "± 0.T%" is read as 0.2 from the paper's introduction ("92.66 ± 0.2%").
-PAPER_TABLE2 = [
-    ("small-batch", "128", "step-wise (β = 0.1)", "150/225", "-", "92.83 ± 0.1"),
-    ("large-batch", "8,192", "step-wise (β = 0.1)", "150/225", "-", "90.40 ± 0.2"),
-    ("LARS", "8,192", "step-wise (β = 0.1)", "150/225", "0.01", "92.10 ± 0.1"),
-    ("two-phase", "8,192", "adaptive (β = 0.5)", "adaptive (141 ± 13)", "-", "92.48 ± 0.2"),
-    (
-        "two-phase + LARS",
-        "8,192",
-        "adaptive (β = 0.5)",
-        "adaptive (153 ± 9)",
-        "0.01",
-        "92.66 ± 0.2",
-    ),
-]
-
-
-# --------------------------------------------------------------------------------------------
-# runs
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """One training run: one config, one seed."""
-
-    config: str
-    seed: int
-    out: Path
-    epochs: int
-    wall_s: float | None = None
-    """Wall seconds of the subprocess (None: reused, or resumed, without a record)."""
-    reused: bool = False
-    failed: str | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        """E.g. ``two_phase_s1``."""
-        return f"{self.config}_s{self.seed}"
-
-    @property
-    def final(self) -> float:
-        """Test accuracy after the last epoch."""
-        return float(self.rows[-1]["val_accuracy"])
-
-    @property
-    def best(self) -> float:
-        """The highest test accuracy of any epoch (chosen on the test set: optimistic)."""
-        return max(float(r["val_accuracy"]) for r in self.rows if r.get("val_accuracy") is not None)
-
-    @property
-    def minutes(self) -> float:
-        """Wall minutes of the run: the subprocess's, else the sum of its epochs."""
-        if self.wall_s is not None:
-            return self.wall_s / 60
-        return sum(float(r.get("epoch_seconds") or 0.0) for r in self.rows) / 60
-
-    @property
-    def switch_epoch(self) -> int | None:
-        """The epoch whose end switched to the convergence phase."""
-        return next((int(r["epoch"]) for r in self.rows if r.get("decision") == "switch"), None)
-
-    @property
-    def plateau_epoch(self) -> int | None:
-        """The epoch whose end first detected the loss plateau."""
-        return next((int(r["epoch"]) for r in self.rows if r.get("decision") == "plateau"), None)
-
-    @property
-    def decays(self) -> list[int]:
-        """The epochs whose end decayed the LR."""
-        return [int(r["epoch"]) for r in self.rows if r.get("decision") == "decay"]
+SMALL, LARGE, LARS, TPL = "small_batch", "large_batch_step", "lars_step", "two_phase_lars"
+# x1/4 to x2 of the linear-scaling LR of the large batch (0.1 * 2048 / 128 = 1.6).
+SGD_LRS = [0.4, 0.8, 1.6, 3.2]
+# LARS scales each layer's step by its trust ratio, so its LR sits higher: x1/4 to x8.
+LARS_LRS = [0.4, 0.8, 1.6, 3.2, 6.4, 12.8]
+TRUST = [0.001, 0.01]
+GRIDS: dict[str, tuple[list[float], list[float | None]]] = {
+    SMALL: ([0.025, 0.05, 0.1, 0.2], [None]),  # x1/4 to x2 of its own 0.1
+    LARGE: (SGD_LRS, [None]),
+    LARS: (LARS_LRS, TRUST),
+    "two_phase": (SGD_LRS, [None]),
+    TPL: (LARS_LRS, TRUST),
+}
+TUNE_SEED = 0
+SEEDS = [1, 2, 3, 4, 5]
+STUDIES: dict[str, tuple[str, list[float]]] = {
+    "probe_batch": ("scheduler.params.probe.batch_size", [128, 256, 2048]),
+    "extra_epochs_ratio": ("scheduler.params.extra_epochs_ratio", [0.2, 0.3333, 0.4, 0.5]),
+    "decay_factor": ("scheduler.params.decay_factor", [0.3, 0.5, 0.7]),
+}
 
 
-def metrics_rows(out: Path) -> list[dict[str, Any]]:
-    """The rows of ``out/metrics.jsonl`` (none if it is missing)."""
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def point_sets(lr: float, eta: float | None) -> list[str]:
+    sets = [f"optimizer.params.lr={lr}"]
+    return sets + ([] if eta is None else [f"optimizer.params.trust_coefficient={eta}"])
 
 
-def complete(rows: list[dict[str, Any]], epochs: int) -> bool:
-    """Whether a run's metrics hold exactly the epochs 1..``epochs``."""
-    return [r.get("epoch") for r in rows] == list(range(1, epochs + 1))
+def point_name(lr: float, eta: float | None) -> str:
+    return f"lr{lr}" if eta is None else f"lr{lr}_eta{eta}"
 
 
-def has_complete_checkpoint(out: Path) -> bool:
-    """Whether ``--resume auto`` would find a checkpoint to continue from."""
-    from ds_twophase import checkpoint
-
-    return checkpoint.newest_complete(out / "checkpoints") is not None
-
-
-def command(run: Run, epochs_override: int | None, resume: bool) -> list[str]:
-    """The trainer's command line for one run."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "ds_twophase.train",
-        "--config",
-        f"configs/mnist1d/{run.config}.json",
+def grid_specs(rows: list[str]) -> list[RunSpec]:
+    return [
+        RunSpec(
+            f"grid/{row}/{point_name(lr, eta)}",
+            CONFIGS / f"{row}.json",
+            [*point_sets(lr, eta), f"trainer.seed={TUNE_SEED}"],
+        )
+        for row in rows
+        for eta in GRIDS[row][1]
+        for lr in GRIDS[row][0]
     ]
-    sets = [f"trainer.output_dir={run.out}", f"trainer.seed={run.seed}", "trainer.progress=off"]
-    if epochs_override is not None:
-        sets.append(f"trainer.epochs={epochs_override}")
-    for item in sets:
-        cmd += ["--set", item]
-    if resume:
-        cmd += ["--resume", "auto"]
-    return cmd
 
 
-def shown(cmd: list[str]) -> str:
-    """A command line as a user would type it."""
-    return "OMP_NUM_THREADS=1 " + shlex.join(["python", *cmd[1:]])
+def choose(work: Path, row: str) -> dict[str, Any] | None:
+    """The row's grid point with the highest final validation accuracy (``None`` until every
+    point of the row's grid has finished)."""
+    points = []
+    for eta in GRIDS[row][1]:
+        for lr in GRIDS[row][0]:
+            run = read_run(work / "grid" / row / point_name(lr, eta))
+            if run is None:
+                return None
+            points.append((lr, eta, run["final_val_accuracy"]))
+    lr, eta, acc = max(points, key=lambda p: p[2])  # max keeps the first of equal points
+    return {
+        "lr": lr,
+        "eta": eta,
+        "val_accuracy": acc,
+        "edge": lr in (GRIDS[row][0][0], GRIDS[row][0][-1]),
+    }
 
 
-def execute(run: Run, epochs_override: int | None, work: Path) -> Run:
-    """Train one run (or reuse it when its metrics are complete); fills ``run.rows``."""
-    record = work / f"{run.name}.wall.json"
-    rows = metrics_rows(run.out)
-    if complete(rows, run.epochs):
-        run.rows, run.reused = rows, True
-        if record.is_file():
-            run.wall_s = json.loads(record.read_text()).get("wall_s")
-        print(f"reuse {run.name}: {run.out} is complete", flush=True)
-        return run
-    resume = False
-    if run.out.exists():
-        if has_complete_checkpoint(run.out):
-            resume = True
-        else:  # nothing to continue from: start over
-            shutil.rmtree(run.out)
-    record.unlink(missing_ok=True)
-    cmd = command(run, epochs_override, resume)
-    env = dict(os.environ)
-    for key in LAUNCHER_ENV:
-        env.pop(key, None)  # the trainer describes its own one-rank job
-    env["OMP_NUM_THREADS"] = "1"
-    print(f"start {run.name}: $ {shown(cmd)}", flush=True)
-    log = work / f"{run.name}.log"
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
-    rows = metrics_rows(run.out)
-    if proc.returncode != 0 or not complete(rows, run.epochs):
-        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-        run.failed = f"status {proc.returncode}, {len(rows)} of {run.epochs} epochs; log {log}"
-        print(f"FAILED {run.name}: {run.failed}\n{tail}", flush=True)
-        return run
-    run.rows = rows
-    if not resume:  # a resumed run's wall time covers only its last part
-        run.wall_s = wall
-        record.write_text(json.dumps({"wall_s": wall}) + "\n")
-    print(f"done {run.name} in {wall / 60:.1f} min: test accuracy {run.final:.4f}", flush=True)
-    return run
-
-
-# --------------------------------------------------------------------------------------------
-# summary
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    """One setting over its seeds."""
-
-    config: str
-    batch: int
-    optimizer: str
-    schedule: str
-    runs: list[Run]
-    sched: dict[str, Any] = field(default_factory=dict)
-    """The config's ``scheduler.params``."""
-
-    @property
-    def finals(self) -> list[float]:
-        """Final test accuracy per seed, in percent."""
-        return [100 * r.final for r in self.runs]
-
-    @property
-    def mean(self) -> float:
-        """Mean final test accuracy (percent)."""
-        return statistics.mean(self.finals)
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation of the final test accuracy (nan with one seed)."""
-        return statistics.stdev(self.finals) if len(self.finals) > 1 else math.nan
-
-    @property
-    def best_mean(self) -> float:
-        """Mean best-epoch test accuracy (percent)."""
-        return statistics.mean(100 * r.best for r in self.runs)
-
-    @property
-    def minutes(self) -> float:
-        """Median wall minutes per run."""
-        return statistics.median(r.minutes for r in self.runs)
-
-    @property
-    def two_phase(self) -> bool:
-        """Whether the row uses the two-phase schedule."""
-        return "two-phase" in self.schedule
-
-    def forced(self, run: Run) -> bool:
-        """Whether ``max_exploration_epochs`` forced the run's switch: no plateau, or one so late
-        that ``plateau + floor(ratio * plateau + 0.5)`` lies beyond the cap."""
-        cap = self.sched.get("max_exploration_epochs")
-        if cap is None or run.switch_epoch != cap:
-            return False
-        x = run.plateau_epoch
-        if x is None:
-            return True
-        return x + math.floor(float(self.sched.get("extra_epochs_ratio", 1 / 3)) * x + 0.5) > cap
-
-
-def describe(config: str, epochs: int) -> tuple[int, str, str]:
-    """(global batch, optimizer, schedule) of a config file, in words."""
-    cfg = config_json(config)
-    from ds_twophase.schedulers.warmup_step import resolve_milestones
-
-    opt = cfg["optimizer"]
-    p = opt.get("params", {})
-    optimizer = f"{opt['type']} lr {p.get('lr')}"
-    if opt["type"] == "LARS":
-        optimizer += f", η {p.get('trust_coefficient')}"
-    sch = cfg["scheduler"]
-    sp = sch.get("params", {})
-    warm = sp.get("warmup_epochs", 0)
-    warmup = f", warmup {warm}" if warm else ""
-    if sch["type"] == "WarmupStepLR":
-        ms = resolve_milestones(sp.get("milestones", (0.5, 0.75)), epochs)
-        schedule = f"step ×{sp.get('gamma', 0.1)} after {'/'.join(map(str, ms))}{warmup}"
-    elif sch["type"] == "TwoPhaseLR":
-        schedule = f"two-phase (β = {sp.get('decay_factor', 0.5)}){warmup}"
-    else:
-        schedule = sch["type"]
-    return int(cfg["train_batch_size"]), optimizer, schedule
-
-
-def config_json(config: str) -> dict[str, Any]:
-    """``configs/mnist1d/<config>.json``."""
-    return json.loads((ROOT / "configs" / "mnist1d" / f"{config}.json").read_text())
-
-
-def pct(x: float) -> str:
-    """A percentage with two decimals (the test set has 4000 samples: steps of 0.025)."""
-    return f"{x:.2f}"
-
-
-def pm(row: Row) -> str:
-    """Mean ± std."""
-    return pct(row.mean) if math.isnan(row.std) else f"{pct(row.mean)} ± {pct(row.std)}"
-
-
-def signed(x: float) -> str:
-    """A signed difference in percentage points."""
-    return f"{x:+.2f}"
-
-
-def compare(a: Row, b: Row) -> str:
-    """How the difference of a's mean to b's compares with the seed-to-seed spread."""
-    d = a.mean - b.mean
-    if len(a.runs) < 2 or len(b.runs) < 2:
-        return "one seed, no spread to compare with"
-    spread = max(a.std, b.std)
-    overlap = not (min(a.finals) > max(b.finals) or max(a.finals) < min(b.finals))
-    ranges = "seed ranges overlap" if overlap else "seed ranges do not overlap"
-    if abs(d) <= spread:
-        return f"within the seed-to-seed spread: larger std {pct(spread)}, {ranges}"
-    if overlap:
-        return f"larger than either std, {pct(spread)}, but the {ranges}"
-    return f"beyond the seed-to-seed spread: larger std {pct(spread)}, {ranges}"
-
-
-def table(rows: list[Row]) -> list[str]:
-    """The main table (markdown)."""
-    by = {r.config: r for r in rows}
-    seeds = ", ".join(str(r.seed) for r in rows[0].runs)
-    out = [
-        f"| setting | global batch | optimizer | LR schedule | final test acc. % (seeds {seeds}) "
-        "| mean ± std | vs large batch | vs small batch | best-epoch mean | min/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+def final_specs(rows: list[str], chosen: dict[str, dict]) -> list[RunSpec]:
+    return [
+        RunSpec(
+            f"final/{row}/s{seed}",
+            CONFIGS / f"{row}.json",
+            [*point_sets(chosen[row]["lr"], chosen[row]["eta"]), f"trainer.seed={seed}"],
+        )
+        for row in rows
+        for seed in SEEDS
     ]
-    for r in rows:
-        vs_large = signed(r.mean - by[LARGE].mean) if LARGE in by and r.config != LARGE else "-"
-        vs_small = signed(r.mean - by[SMALL].mean) if SMALL in by and r.config != SMALL else "-"
+
+
+def study_specs(chosen: dict[str, Any]) -> list[RunSpec]:
+    return [
+        RunSpec(
+            f"studies/{study}/{value}/s{seed}",
+            CONFIGS / f"{TPL}.json",
+            [*point_sets(chosen["lr"], chosen["eta"]), f"{key}={value}", f"trainer.seed={seed}"],
+        )
+        for study, (key, values) in STUDIES.items()
+        for value in values
+        for seed in SEEDS
+    ]
+
+
+def plan(work: Path, phase: str, rows: list[str], dry: bool) -> tuple[list[RunSpec], list[str]]:
+    """The runs of ``phase`` that can be listed now, and notes on those that cannot yet."""
+    specs, notes = [], []
+    if phase in ("grid", "all"):
+        specs += grid_specs(rows)
+    if phase in ("final", "studies", "all"):
+        chosen = {row: choose(work, row) for row in rows}
+        ready = [row for row in rows if chosen[row] is not None]
+        for row in rows:
+            if chosen[row] is None:
+                notes.append(f"{row}: grid unfinished; its final runs ({len(SEEDS)}) come after it")
+        finals = final_specs(ready, chosen)
+        studies = study_specs(chosen[TPL]) if TPL in ready else []
+        if TPL in rows and TPL not in ready and phase != "final":
+            n = sum(len(v) for _, v in STUDIES.values()) * len(SEEDS)
+            notes.append(f"{TPL}: grid unfinished; the studies ({n} specs) come after it")
+        target = link_duplicates(finals + studies, work, dry=dry)
+        wanted = (finals if phase in ("final", "all") else []) + (
+            studies if phase in ("studies", "all") else []
+        )
+        for spec in wanted:  # a study identical to a final run trains (or reuses) that run
+            if target[spec.name] not in specs:
+                specs.append(target[spec.name])
+    return specs, notes
+
+
+def limit_per_row(specs: list[RunSpec], limit: int) -> list[RunSpec]:
+    """The first ``limit`` specs of each row (``grid/<row>/...``, ``final/<row>/...``)."""
+    counts: dict[str, int] = {}
+    kept = []
+    for spec in specs:
+        row = "/".join(spec.name.split("/")[:2])
+        counts[row] = counts.get(row, 0) + 1
+        if counts[row] <= limit:
+            kept.append(spec)
+    return kept
+
+
+def protocol_size(rows: list[str]) -> int:
+    """Distinct runs of the whole protocol (the count does not depend on the grid's choice)."""
+    stand_in = {row: {"lr": GRIDS[row][0][0], "eta": GRIDS[row][1][0]} for row in rows}
+    later = final_specs(rows, stand_in) + (study_specs(stand_in[TPL]) if TPL in rows else [])
+    distinct = {id(s) for s in link_duplicates(later, Path("/nonexistent"), dry=True).values()}
+    return len(grid_specs(rows)) + len(distinct)
+
+
+# -- the report, from the run directories alone ------------------------------------------------
+
+
+def runs_under(path: Path) -> list[dict[str, Any]]:
+    found = [read_run(p) for p in sorted(path.glob("s*")) if p.is_dir()]
+    return [r for r in found if r is not None]
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def mean_std_ci(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    lo, hi = bootstrap_ci(values) if len(values) > 1 else (values[0], values[0])
+    return f"{pct(np.mean(values))} ± {pct(sd)} [{pct(lo)}, {pct(hi)}] (n={len(values)})"
+
+
+def epochs_list(runs: list[dict], key: str) -> str:
+    return ", ".join("-" if r[key] is None else str(r[key]) for r in runs) or "-"
+
+
+def decays(runs: list[dict]) -> str:
+    return ", ".join(str(len(r["decay_epochs"])) for r in runs) or "-"
+
+
+def share(runs: list[dict]) -> str:
+    values = [r["probe_share"] for r in runs if r["probe_share"] is not None]
+    return "-" if not values else f"{100 * np.mean(values):.1f} %"
+
+
+def hyper(cfg: dict[str, Any]) -> str:
+    opt, sched = cfg["optimizer"], cfg["scheduler"]
+    p, sp = opt["params"], sched["params"]
+    out = [f"{opt['type']} lr {p['lr']}"]
+    if "trust_coefficient" in p:
+        out.append(f"η {p['trust_coefficient']}")
+    out.append(f"batch {cfg['train_batch_size']}, warmup {sp.get('warmup_epochs', 0)}")
+    if sched["type"] == "TwoPhaseLR":
+        probe = sp.get("probe", {}).get("batch_size", cfg["train_batch_size"])
         out.append(
-            f"| `{r.config}` ({PAPER_NAMES.get(r.config, r.config)}) | {r.batch} | {r.optimizer} "
-            f"| {r.schedule} | {', '.join(pct(x) for x in r.finals)} | {pm(r)} | {vs_large} "
-            f"| {vs_small} | {pct(r.best_mean)} | {r.minutes:.1f} |"
+            f"two-phase β {sp.get('decay_factor', 0.5)}, ratio {sp.get('extra_epochs_ratio', 0.3333)}, "
+            f"cap {sp.get('max_exploration_epochs')}, probe {probe}"
         )
+    else:
+        out.append(f"step ×{sp.get('gamma')} at {sp.get('milestones')}")
+    return ", ".join(out)
+
+
+def render(work: Path, command: str) -> str:
+    finals = {row: runs_under(work / "final" / row) for row in ROWS}
+    tests = {row: [r["test_accuracy"] for r in finals[row]] for row in ROWS}
+    every = [read_run(path.parent) for path in sorted(work.glob("**/summary.json"))]
+    commits = sorted({f"{r['commit']}{' (dirty)' if r['commit_dirty'] else ''}" for r in every})
+    lines = [
+        "# Accuracy results (paper Table 2 at MNIST-1D scale)",
+        "",
+        f"Generated by `{command}` from the run directories under `{work}` on "
+        f"{datetime.date.today()} ({platform.machine()}, Python {platform.python_version()}). "
+        f"Commit(s) the runs were trained at: {', '.join(commits) or '-'}.",
+        "",
+        "Protocol, fixed before any result was seen: MNIST-1D, 16,000 training samples of which "
+        "`val_size` 2000 are held out for validation (never trained on), 4,000 test samples, the "
+        "small MNIST-1D CNN, 60 epochs, one process. Per row a grid of learning rates (LARS rows: "
+        "× trust coefficient 0.001 and 0.01), each point trained with seed 0 and judged only on "
+        "the validation accuracy after the last epoch; the best point is then trained on seeds "
+        "1-5, which alone report test accuracy. No other knob is tuned per row.",
+        "",
+        "## Table 2 rows",
+        "",
+        "Test accuracy % after the last epoch: mean ± std over seeds [95 % bootstrap interval of "
+        "the mean]. Gap closed: (row - large batch) / (small batch - large batch) of the means, "
+        "with a bootstrap interval resampling seeds within each row.",
+        "",
+        "| row | chosen point | test acc. % | gap closed | plateau | switch | decays (count) | probe share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        runs = finals[row]
+        if not runs:
+            lines.append(f"| `{row}` ({PAPER_NAMES[row]}) | - | no finished runs | | | | | |")
+            continue
+        gap = "-"
+        if row not in (SMALL, LARGE) and len(tests[SMALL]) > 1 and len(tests[LARGE]) > 1:
+            g, lo, hi = gap_closed_ci(tests[row], tests[LARGE], tests[SMALL])
+            gap = f"{100 * g:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+        forced = "".join("*" for r in runs if r["switch_forced"])
+        lines.append(
+            f"| `{row}` ({PAPER_NAMES[row]}) | {hyper(runs[0]['config'])} | {mean_std_ci(tests[row])} "
+            f"| {gap} | {epochs_list(runs, 'plateau_epoch')} | {epochs_list(runs, 'switch_epoch')}{forced} "
+            f"| {decays(runs)} | {share(runs)} |"
+        )
+    lines += [
+        "",
+        "Plateau/switch: epoch per seed (`*`: a switch forced by `max_exploration_epochs`).",
+    ]
+    lines += paired(finals) + ordering(tests) + grid_tables(work) + study_tables(work)
+    return "\n".join(lines) + "\n"
+
+
+def paired(finals: dict[str, list[dict]]) -> list[str]:
+    a = {r["config"]["trainer"]["seed"]: r["test_accuracy"] for r in finals[TPL]}
+    b = {r["config"]["trainer"]["seed"]: r["test_accuracy"] for r in finals[LARS]}
+    seeds = sorted(set(a) & set(b))
+    out = ["", "## Two-phase + LARS against LARS with step decay, same seeds", ""]
+    if len(seeds) < 2:
+        return out + ["Not enough paired seeds yet."]
+    diffs = [a[s] - b[s] for s in seeds]
+    lo, hi = bootstrap_ci(diffs)
+    per = ", ".join(f"{100 * d:+.2f}" for d in diffs)
+    return out + [
+        f"Seeds {seeds}: differences (points) {per}; mean {100 * np.mean(diffs):+.2f}, 95 % "
+        f"bootstrap interval [{100 * lo:+.2f}, {100 * hi:+.2f}]."
+    ]
+
+
+def ordering(tests: dict[str, list[float]]) -> list[str]:
+    if not all(len(tests[r]) > 1 for r in (TPL, LARS, LARGE)):
+        return []
+    m = {r: float(np.mean(tests[r])) for r in (TPL, LARS, LARGE)}
+    holds = m[TPL] > m[LARS] > m[LARGE]
+    return [
+        "",
+        f"The paper's ordering (two-phase + LARS > LARS > large batch) "
+        f"{'holds' if holds else 'does NOT hold'} in the means here: "
+        f"{pct(m[TPL])} / {pct(m[LARS])} / {pct(m[LARGE])} (see the intervals above).",
+    ]
+
+
+def grid_tables(work: Path) -> list[str]:
+    out = ["", "## Tuning grids (seed 0, validation accuracy after the last epoch)", ""]
+    out += ["| row | lr | trust coeff. | val acc. % | best epoch val acc. % | chosen |"]
+    out += ["|---|---|---|---|---|---|"]
+    for row in ROWS:
+        pick = choose(work, row)
+        for eta in GRIDS[row][1]:
+            for lr in GRIDS[row][0]:
+                r = read_run(work / "grid" / row / point_name(lr, eta))
+                mark = ""
+                if pick and (pick["lr"], pick["eta"]) == (lr, eta):
+                    mark = "**chosen**" + (" (grid edge)" if pick["edge"] else "")
+                val = "not run" if r is None else pct(r["final_val_accuracy"])
+                best = (
+                    ""
+                    if r is None
+                    else f"{pct(r['best_val_accuracy'])} (epoch {r['best_val_epoch']})"
+                )
+                out.append(f"| `{row}` | {lr} | {eta or '-'} | {val} | {best} | {mark} |")
     return out
 
 
-def decisions_table(rows: list[Row]) -> list[str]:
-    """Per two-phase run: plateau, switch and decay epochs."""
-    out = [
-        "| setting | seed | plateau detected after epoch | switch after epoch | decays after epochs "
-        "| final LR scale | final test acc. % |",
-        "|---|---|---|---|---|---|---|",
+def study_tables(work: Path) -> list[str]:
+    out = ["", "## Two-phase + LARS at its chosen point: probe batch and sensitivity", ""]
+    out += [
+        "| study | value | test acc. % | switch | decays (count) | decay epochs | probe share |"
     ]
-    for r in rows:
-        if not r.two_phase:
-            continue
-        for run in r.runs:
-            decays = ", ".join(map(str, run.decays)) or "none"
-            scale = 0.5 ** len(run.decays)
-            switch = str(run.switch_epoch or "none")
-            if r.forced(run):
-                switch += " (forced: `max_exploration_epochs`)"
+    out += ["|---|---|---|---|---|---|---|"]
+    for study, (_, values) in STUDIES.items():
+        for value in values:
+            runs = runs_under(work / "studies" / study / str(value))
+            acc = mean_std_ci([r["test_accuracy"] for r in runs])
+            when = "; ".join(",".join(map(str, r["decay_epochs"])) for r in runs) or "-"
             out.append(
-                f"| `{r.config}` | {run.seed} | {run.plateau_epoch or 'none'} | "
-                f"{switch} | {decays} | {scale:g} | {pct(100 * run.final)} |"
+                f"| {study} | {value} | {acc} | {epochs_list(runs, 'switch_epoch')} | "
+                f"{decays(runs)} | {when} | {share(runs)} |"
             )
     return out
 
 
-def paper_table() -> list[str]:
-    """The paper's Table 2, for context."""
-    out = [
-        "| setting (paper) | batch size | LR decay policy | decay epochs | LARS coefficient "
-        "| validation acc. % |",
-        "|---|---|---|---|---|---|",
-    ]
-    out += ["| " + " | ".join(r) + " |" for r in PAPER_TABLE2]
-    return out
-
-
-def reading(rows: list[Row]) -> list[str]:
-    """What the numbers show, as bullet points; nothing else."""
-    by = {r.config: r for r in rows}
-    lines: list[str] = []
-    large, small = by.get(LARGE), by.get(SMALL)
-    gap = None
-    if large is not None and small is not None:
-        gap = small.mean - large.mean
-        side = "below" if gap > 0 else "above"
-        lines.append(
-            f"- Large batch with the linear scaling rule and step decay ends {abs(gap):.2f} points "
-            f"{side} small batch ({pm(large)} vs {pm(small)}): {compare(large, small)}. "
-            "In the paper's Table 2 large batch is 2.43 points below small batch."
-        )
-    for name in ("lars_step", "two_phase", "two_phase_lars"):
-        r = by.get(name)
-        if r is None:
-            continue
-        parts = []
-        if large is not None:
-            parts.append(f"{signed(r.mean - large.mean)} vs large batch ({compare(r, large)})")
-        if small is not None:
-            parts.append(f"{signed(r.mean - small.mean)} vs small batch ({compare(r, small)})")
-        closed = ""
-        if (
-            gap is not None
-            and large is not None
-            and gap > 0
-            and abs(gap)
-            > max(
-                large.std if not math.isnan(large.std) else 0.0,
-                small.std if small is not None and not math.isnan(small.std) else 0.0,
-            )
-        ):
-            share = 100 * (r.mean - large.mean) / gap
-            if share >= 100:
-                closed = "; the whole gap is closed (mean at or above small batch)"
-            elif share <= 0:
-                closed = "; none of the gap is closed (mean at or below large batch)"
-            else:
-                closed = f"; it closes {share:.0f}% of the gap"
-        lines.append(f"- `{name}` ({pm(r)}): {'; '.join(parts)}{closed}.")
-    for a, b, what in (
-        ("two_phase_lars", "two_phase", "LARS against SGD, both two-phase"),
-        ("two_phase_lars", "lars_step", "two-phase against step decay, both with LARS"),
-    ):
-        if a in by and b in by:
-            lines.append(
-                f"- {what}: `{a}` {signed(by[a].mean - by[b].mean)} vs `{b}` "
-                f"({compare(by[a], by[b])})."
-            )
-    for r in rows:
-        if not r.two_phase:
-            continue
-        switches = [run.switch_epoch for run in r.runs]
-        forced = sum(r.forced(run) for run in r.runs)
-        cap = r.sched.get("max_exploration_epochs")
-        ndec = [len(run.decays) for run in r.runs]
-        lines.append(
-            f"- `{r.config}` switched after epochs {', '.join(str(s or 'none') for s in switches)} and "
-            f"decayed {', '.join(map(str, ndec))} times (seeds in order) out of "
-            f"{r.runs[0].epochs} epochs; the step-decay rows decay twice."
-            + (
-                f" {forced} of {len(r.runs)} switches were forced by `max_exploration_epochs` = "
-                f"{cap} (no plateau by then, or one too late to switch before it)."
-                if forced
-                else ""
-            )
-        )
-    best_gain = statistics.mean(r.best_mean - r.mean for r in rows)
-    lines.append(
-        f"- The best-epoch accuracy (picked on the test set itself) sits {best_gain:.2f} points "
-        "above the final one on average over the rows."
-    )
-    return lines
-
-
-def section(rows: list[Row], cmd: str, how: str, jobs: int) -> str:
-    """The ``## Accuracy`` section of docs/benchmarks.md."""
-    from trainer_overhead import machine_line
-
-    epochs = rows[0].runs[0].epochs
-    date = datetime.date.today().isoformat()
-    return "\n".join(
-        [
-            HEADING,
-            "",
-            f"`{cmd}` ({date}; {how}; {machine_line()}).",
-            "",
-            "The five settings of the paper's Table 2 at MNIST-1D scale (`configs/mnist1d/`: "
-            f"16,000 training and 4,000 test samples, the small MNIST-1D CNN, {epochs} epochs, one "
-            "process). Each seed (`trainer.seed`) changes the initialisation, the data order and "
-            "the probe batch; the data set is the same. Final test acc.: accuracy on the 4,000 "
-            "test samples after the last epoch; best-epoch: the highest of any epoch (chosen on "
-            "the test set, so optimistic). Differences are of the means, in percentage points. "
-            f"min/run: median wall minutes of one run ({jobs} at a time on {os.cpu_count()} cores; "
-            "other jobs shared the machine, so compare these loosely).",
-            "",
-            *table(rows),
-            "",
-            "Two-phase decisions (epoch ends; the LR scale is the decay factor's product):",
-            "",
-            *decisions_table(rows),
-            "",
-            "For context only, **the paper's** Table 2 (CIFAR-10, ResNet-20, 300 epochs, mean ± "
-            "std of 5 runs; its LR column is illegible in our copy of the paper, and its batch-size "
-            "cells are blank for the last three rows, read here as the large batch's 8,192):",
-            "",
-            *paper_table(),
-            "",
-            "Reading:",
-            "",
-            *reading(rows),
-            "",
-        ]
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# main
-# --------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--configs", help=f"comma-separated (default: {','.join(CONFIGS)})")
-    parser.add_argument("--seeds", help="comma-separated trainer.seed values (default: 0,1,2)")
-    parser.add_argument("--epochs", type=int, help="override trainer.epochs of every config")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
-    parser.add_argument("--work-dir", type=Path, help="keep runs here and reuse complete ones")
-    parser.add_argument(
-        "--quick", action="store_true", help=f"{','.join(QUICK_CONFIGS)}, seed 0, 6 epochs"
-    )
-    parser.add_argument("--write-docs", action="store_true", help="write docs also with --quick")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.configs = args.configs or ",".join(QUICK_CONFIGS)
-        args.seeds = args.seeds or "0"
-        args.epochs = args.epochs or 6
-    args.configs = [c.strip() for c in (args.configs or ",".join(CONFIGS)).split(",") if c.strip()]
-    args.seeds = [int(s) for s in (args.seeds or "0,1,2").split(",") if s.strip()]
-    for c in args.configs:
-        if not (ROOT / "configs" / "mnist1d" / f"{c}.json").is_file():
-            parser.error(f"--configs: no configs/mnist1d/{c}.json")
-    if args.jobs < 1 or (args.epochs is not None and args.epochs < 1) or not args.seeds:
-        parser.error("--jobs and --epochs must be positive, --seeds non-empty")
-    return args
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the study, print the section, write it to docs/benchmarks.md."""
-    args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    cmdline = shlex.join(
-        ["python", "bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])]
-    )
-    cmdline = f"OMP_NUM_THREADS=1 {cmdline}"
-    temp = args.work_dir is None
-    work = Path(tempfile.mkdtemp(prefix="accuracy_")) if temp else args.work_dir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"runs in {work}", flush=True)
-    runs: list[Run] = []
-    for config in args.configs:
-        cfg = json.loads((ROOT / "configs" / "mnist1d" / f"{config}.json").read_text())
-        epochs = args.epochs or int(cfg.get("trainer", {}).get("epochs", 30))
-        runs += [Run(config, s, work / f"{config}_s{s}", epochs) for s in args.seeds]
-    # The slow runs (many steps per epoch) first, so the last ones to finish are short.
-    order = sorted(runs, key=lambda r: r.config != SMALL)
-    t0 = time.perf_counter()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "accuracy")
+    p.add_argument("--phase", choices=["grid", "final", "studies", "all"], default="all")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of the rows")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--limit", type=int, help="train at most this many runs per row (smoke tests)")
+    p.add_argument("--dry-run", action="store_true", help="print the run list and count")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--replace-stale", action="store_true", help="delete and retrain stale runs")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    if unknown := [r for r in rows if r not in ROWS]:
+        p.error(f"--rows: unknown {unknown}; choose from {ROWS}")
+    work = args.work_dir.resolve()
+    command = "python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    phases = ["grid", "all"] if args.phase == "all" and not args.dry_run else [args.phase]
     try:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(pool.map(lambda r: execute(r, args.epochs, work), order))
-        study_minutes = (time.perf_counter() - t0) / 60
-        failed = [r for r in runs if r.failed]
-        if failed:
-            print(f"{len(failed)} run(s) failed: {', '.join(r.name for r in failed)}")
-            return 1
-        rows = []
-        for config in args.configs:
-            mine = [r for r in runs if r.config == config]
-            sched = config_json(config)["scheduler"].get("params", {})
-            rows.append(Row(config, *describe(config, mine[0].epochs), mine, sched))
-        fresh = sum(1 for r in runs if not r.reused)
-        study = work / "study.json"
-        if fresh:
-            record = {"fresh": fresh, "minutes": study_minutes, "jobs": args.jobs}
-            record["date"] = datetime.date.today().isoformat()
-            study.write_text(json.dumps(record) + "\n")
-            how = f"{fresh} runs trained by this invocation in {study_minutes:.1f} min"
-            how += f", {args.jobs} at a time"
-        elif study.is_file():
-            rec = json.loads(study.read_text())
-            how = (
-                f"all runs reused from the work directory, where the last invocation that trained "
-                f"({rec['date']}) trained {rec['fresh']} runs in {rec['minutes']:.1f} min, "
-                f"{rec['jobs']} at a time"
-            )
-        else:
-            how = "all runs reused from the work directory"
-        text = section(rows, cmdline, how, args.jobs)
-    finally:
-        if temp:
-            shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(text)
-    if not args.quick or args.write_docs:
-        write_section(HEADING, text)
-        print(f"wrote {DOCS.relative_to(ROOT)} ({HEADING})")
+        for phase in phases:
+            if args.report_only:
+                break
+            specs, notes = plan(work, phase, rows, dry=args.dry_run)
+            if args.dry_run:
+                for spec in specs:
+                    try:
+                        status = run_status(spec, work)
+                    except StaleRun:
+                        status = "STALE (refused)"
+                    print(f"{spec.name:48s} {status:10s} {' '.join(spec.sets)}")
+                print(f"{phase}: {len(specs)} run(s) listed", *notes, sep="\n")
+                print(f"the whole protocol: {protocol_size(rows)} distinct runs")
+                continue
+            if args.limit is not None:
+                specs = limit_per_row(specs, args.limit)
+            results = run_all(specs, work, args.jobs, args.replace_stale)
+            failed = [s.name for s, code, _ in results if code]
+            if failed:
+                print(f"failed runs (see their .log files): {failed}", file=sys.stderr)
+                return 1
+    except StaleRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.dry_run:
+        write_atomic(args.results, render(work, command))
+        print(f"wrote {args.results}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

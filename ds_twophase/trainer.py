@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
-from . import checkpoint, dist
+from . import checkpoint, dist, summary
 from .config import RunConfig
 from .data import build_datasets
 from .engine import initialize_run, load_checkpoint
@@ -50,6 +50,8 @@ class RunResult:
     """Validation accuracy after the last epoch."""
     output_dir: Path
     """Where the run's files are."""
+    test_accuracy: float | None = None
+    """Test accuracy after the last epoch (the validation accuracy when ``val_size`` is 0)."""
 
 
 class Trainer:
@@ -160,6 +162,9 @@ class Trainer:
         else:
             dist.on_rank_zero(lambda: check_fresh_output_dir(self.out, self.metrics, self.ckpt_dir))
             start = 0
+        # The code this session trains with, for summary.json (read now: the tree may change
+        # while a long run trains).
+        self.commit = summary.commit_info(Path.cwd(), Path(__file__).parent)
         # Only once the checks passed: a refused run must not overwrite the existing run's file.
         if dist.is_rank_zero():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -177,13 +182,34 @@ class Trainer:
             dist.print_rank_zero(
                 f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self.out})"
             )
-        else:
+        test_acc = None
+        if end_at >= last:
             if val_acc is None:  # resumed after the last epoch: nothing was trained here
                 val_acc = evaluate(self.engine, self.splits.val, 4 * self.micro)[1]
+            test_acc = dist.on_rank_zero(self._write_summary)["test_accuracy"]
             dist.print_rank_zero(
-                f"done: {last} epochs, final test accuracy {val_acc:.4f} ({self.out})"
+                f"done: {last} epochs, final test accuracy {test_acc:.4f} ({self.out})"
             )
-        return RunResult(epochs=max(end_at, start), val_accuracy=val_acc, output_dir=self.out)
+        return RunResult(
+            epochs=max(end_at, start),
+            val_accuracy=val_acc,
+            output_dir=self.out,
+            test_accuracy=test_acc,
+        )
+
+    def _write_summary(self) -> dict[str, Any]:
+        """Write ``summary.json`` from ``metrics.jsonl`` (rank 0) and return it."""
+        commit, dirty = self.commit
+        data = summary.build_summary(
+            self.metrics.read(),
+            self.run.resolved,
+            resume_fingerprint(self.run.resolved),
+            commit=commit,
+            commit_dirty=dirty,
+            val_indices=self.splits.val_indices,
+        )
+        checkpoint.write_json_atomic(self.out / summary.SUMMARY_NAME, data)
+        return data
 
     def _epoch(self, epoch: int, last: int) -> dict[str, Any]:
         """Train, decide, evaluate and log one epoch; its metrics row."""
@@ -204,6 +230,11 @@ class Trainer:
         if epoch % self.tc.eval_every == 0 or epoch == last:
             row["val_loss"], row["val_accuracy"] = evaluate(
                 self.engine, self.splits.val, 4 * self.micro
+            )
+        if epoch == last and self.splits.test is not None:
+            # The test split is touched once, after the last epoch (val_size > 0).
+            row["test_loss"], row["test_accuracy"] = evaluate(
+                self.engine, self.splits.test, 4 * self.micro
             )
         row["probe_seconds"] = probe_seconds
         row["epoch_seconds"] = time.perf_counter() - t0

@@ -377,6 +377,9 @@ def test_imagenet_root_needs_train_and_val(tmp_path):
         ({"train_size": 0}, "train_size: must be a positive integer"),
         ({"test_size": True}, "test_size: must be a positive integer"),
         ({"seed": "1"}, "seed: must be an integer"),
+        ({"val_size": -1}, "val_size: must be an integer >= 0, got -1"),
+        ({"val_size": 2.5}, "val_size: must be an integer >= 0"),
+        ({"train_size": 300, "val_size": 300}, "val_size: 300 must be smaller than the 300"),
         ({"shape": [3, 32, 32]}, "shape: does not apply to dataset 'mnist1d' (only to synthetic)"),
         ({"augment": True}, "augment: does not apply to dataset 'mnist1d'"),
         ({"name": "synthetic", "shape": [3]}, "shape: must be [C, L] or [C, H, W]"),
@@ -428,3 +431,94 @@ def test_loader_reports_errors_under_the_trainer_key():
         DatasetConfig, {"name": "synthetic", "shape": [1, 8]}, "trainer.dataset."
     )
     assert cfg.shape == [1, 8]
+
+
+# --- the validation split (trainer.dataset.val_size) ----------------------------------------
+
+
+def _rows(dataset) -> set[bytes]:
+    """Each sample of a split as bytes (input and label), to compare splits by content."""
+    return {
+        dataset[i][0].numpy().tobytes() + dataset[i][1].numpy().tobytes()
+        for i in range(len(dataset))
+    }
+
+
+@pytest.mark.parametrize("name", ["mnist1d", "synthetic"])
+def test_val_split_is_held_out_of_train_and_apart_from_test(tmp_path, name):
+    kw = {"root": str(tmp_path)} if name == "mnist1d" else {}
+    cfg = DatasetConfig(name=name, train_size=300, test_size=100, val_size=60, **kw)
+    whole = build_datasets(DatasetConfig(name=name, train_size=300, test_size=100, **kw))
+    assert whole.test is None and whole.val_indices is None  # val_size 0: val is the test split
+    splits = build_datasets(cfg)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (240, 60, 100)
+    train, val, test = _rows(splits.train), _rows(splits.val), _rows(splits.test)
+    assert len(val) == 60 and not val & train and not val & test and not train & test
+    # nothing is lost or invented: train + val is the training split as built without a hold-out
+    assert train | val == _rows(whole.train) and test == _rows(whole.val)
+    # the held-out samples are the listed indices of that training split
+    assert val == _rows(torch.utils.data.Subset(whole.train, splits.val_indices))
+    # tensor datasets stay tensor datasets (the trainer's fast batch indexing)
+    assert type(splits.train) is type(splits.val) is torch.utils.data.TensorDataset
+
+
+def test_val_split_depends_only_on_the_dataset_seed(tmp_path):
+    def held(seed: int) -> list[int]:
+        cfg = small_mnist1d(tmp_path, val_size=50, seed=seed)
+        return build_datasets(cfg).val_indices
+
+    assert held(42) == held(42)
+    assert held(42) != held(7)
+    assert held(42) == sorted(held(42)) and len(set(held(42))) == 50
+
+
+def test_val_split_of_augmented_images_is_not_augmented(tmp_path):
+    write_cifar(tmp_path, "cifar10")  # 20 training images, augmentation on by default
+    splits = build_datasets(DatasetConfig(name="cifar10", root=str(tmp_path), val_size=5))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 5, 6)
+    torch.manual_seed(0)
+    assert all(torch.equal(splits.val[i][0], splits.val[i][0]) for i in range(5))
+    assert not torch.equal(splits.train[0][0], splits.train[0][0])  # training stays augmented
+    plain = build_datasets(DatasetConfig(name="cifar10", root=str(tmp_path), augment=False))
+    for i, j in enumerate(splits.val_indices):
+        assert torch.equal(splits.val[i][0], plain.train[j][0])
+
+
+def test_val_split_of_image_folders(tmp_path):
+    write_image_folders(tmp_path, per_class=4)
+    splits = build_datasets(DatasetConfig(name="imagenet", root=str(tmp_path), val_size=3))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (5, 3, 8)
+    assert torch.equal(splits.val[0][0], splits.val[0][0])  # evaluation transform
+
+
+def test_val_size_larger_than_a_whole_real_dataset_is_one_config_error(tmp_path):
+    write_svhn(tmp_path, {"train": 12, "extra": 8, "test": 5})
+    with pytest.raises(ConfigError) as info:
+        build_datasets(DatasetConfig(name="svhn", root=str(tmp_path), val_size=20))
+    assert info.value.messages == [
+        "trainer.dataset.val_size: 20 must be smaller than the 20 training samples; lower it"
+    ]
+
+
+def test_one_batch_must_fit_in_what_val_size_leaves():
+    from ds_twophase.config import validate_config
+
+    cfg = {
+        "train_batch_size": 64,
+        "train_micro_batch_size_per_gpu": 64,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "trainer": {
+            "epochs": 1,
+            "dataset": {"name": "synthetic", "train_size": 256, "val_size": 200},
+            "model": {"name": "resnet20"},
+        },
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, world_size=1)
+    assert info.value.messages == [
+        "trainer.dataset.train_size: 56 training samples left after val_size 200 are fewer than "
+        "one global batch of 64 (train_batch_size), so an epoch would have no optimizer step; "
+        "set trainer.dataset.train_size to at least 264 or lower train_batch_size"
+    ]
+    cfg["trainer"]["dataset"]["val_size"] = 192
+    assert validate_config(cfg, world_size=1).trainer.dataset.val_size == 192

@@ -4,12 +4,54 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from _launch import run_deepspeed, run_plain
 from _runs import RunDir, without_timing
+
+# The tiny run with 200 of 1200 training samples held out for validation (1000 trained on, as in
+# the config).
+VAL_SETS = ("--set", "trainer.dataset.train_size=1200", "--set", "trainer.dataset.val_size=200")
+
+
+def expected_val_digest() -> str:
+    """The held-out indices' digest, computed here in one process without the trainer."""
+    from ds_twophase.data import DatasetConfig, build_datasets
+    from ds_twophase.summary import indices_digest
+
+    cfg = DatasetConfig(name="mnist1d", train_size=1200, test_size=200, val_size=200)
+    return indices_digest(build_datasets(cfg).val_indices)
+
+
+def check_summary(out: Path, rows: list[dict]) -> dict:
+    """summary.json agrees with metrics.jsonl and holds the run's split and identity."""
+    summary = json.loads((out / "summary.json").read_text())
+    decisions = [r["decision"] for r in rows]
+    assert summary["epochs"] == rows[-1]["epoch"]
+    assert summary["test_accuracy"] == rows[-1]["test_accuracy"]
+    assert summary["test_loss"] == rows[-1]["test_loss"]
+    assert all("test_accuracy" not in r for r in rows[:-1])
+    best = max(rows, key=lambda r: r["val_accuracy"])
+    assert (summary["best_val_accuracy"], summary["best_val_epoch"]) == (
+        best["val_accuracy"],
+        best["epoch"],
+    )
+    assert summary["plateau_epoch"] == rows[decisions.index("plateau")]["epoch"]
+    assert summary["switch_epoch"] == rows[decisions.index("switch")]["epoch"]
+    assert summary["switch_forced"] is False and summary["ended_in_exploration"] is False
+    assert summary["decay_epochs"] == [r["epoch"] for r in rows if r["decision"] == "decay"]
+    assert summary["final_lr"] == rows[-1]["lr"]
+    wall = sum(r["epoch_seconds"] for r in rows)
+    assert summary["wall_seconds"] == pytest.approx(wall)
+    assert summary["probe_share"] == pytest.approx(sum(r["probe_seconds"] for r in rows) / wall)
+    assert summary["val_size"] == 200 and summary["val_is_test"] is False
+    assert summary["val_indices_digest"] == expected_val_digest()
+    assert len(summary["config_fingerprint"]) == 64
+    assert summary["commit"] is None or len(summary["commit"]) == 40
+    return summary
 
 
 def run_single(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -45,11 +87,15 @@ def check_schedule_events(rows: list[dict]) -> None:
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_two_ranks_plateau_switch_decay(tiny_config, run_dir):
-    proc = run_deepspeed(["ds_twophase.train", "--config", tiny_config, *run_dir.flag], module=True)
+    proc = run_deepspeed(
+        ["ds_twophase.train", "--config", tiny_config, *run_dir.flag, *VAL_SETS], module=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = run_dir.metrics()
     assert [r["epoch"] for r in rows] == list(range(1, 15))
     check_schedule_events(rows)
+    # the same held-out split as one process computes (test_one_process_same_config checks 1 rank)
+    check_summary(run_dir.path, rows)
     # the ranks agreed after every epoch end (the trainer stops otherwise), and only rank 0 logs
     assert proc.stdout.count("epoch 14/14") == 1
     assert "final test accuracy" in proc.stdout
@@ -69,11 +115,12 @@ def test_two_ranks_plateau_switch_decay(tiny_config, run_dir):
 
 @pytest.mark.timeout(300)
 def test_one_process_same_config(tiny_config, run_dir):
-    proc = run_single("--config", tiny_config, *run_dir.flag)
+    proc = run_single("--config", tiny_config, *run_dir.flag, *VAL_SETS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = run_dir.metrics()
     assert len(rows) == 14
     check_schedule_events(rows)
+    check_summary(run_dir.path, rows)
     # a second run into the same directory without --resume must not overwrite the first
     saved_config = (run_dir.path / "config.json").read_text()
     again = run_single("--config", tiny_config, *run_dir.flag, "--set", "trainer.seed=5")

@@ -166,7 +166,15 @@ def _train_size_problem(trainer: TrainerConfig | None, batch: int) -> Problem | 
     if trainer is None:
         return None
     train_size = trainer.dataset.resolved_sizes()[0]
-    if train_size is None or train_size >= batch:  # None: a real dataset, size known once read
+    if train_size is None:  # a real dataset used whole: its size is known only once it is read
+        return None
+    held = trainer.dataset.val_size  # held-out validation samples are not trained on
+    train_size -= held
+    if train_size >= batch:
         return None
     given = "" if trainer.dataset.train_size is not None else " (the dataset's default)"
-    return no_step_problem(train_size, batch, batch, key="trainer.dataset.train_size", given=given)
+    if held:
+        given += f" left after val_size {held}"
+    return no_step_problem(
+        train_size, batch, batch + held, key="trainer.dataset.train_size", given=given
+    )

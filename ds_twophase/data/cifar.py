@@ -86,6 +86,8 @@ def _build(name: str, cfg: DatasetConfig) -> DatasetSplits:
         val=ImageTensorDataset(x_test, y_test, mean, std, augment=False),
         num_classes=num_classes,
         input_shape=(3, 32, 32),
+        # Held-out validation samples (trainer.dataset.val_size) are evaluated unaugmented.
+        train_eval=ImageTensorDataset(x_train, y_train, mean, std) if augment else None,
     )
 
 

@@ -44,6 +44,12 @@ class DatasetConfig:
     datasets all). For real datasets a number keeps the first N samples."""
     test_size: int | None = None
     """Validation (test) samples. ``None``: mnist1d 1000, synthetic 512, real datasets all."""
+    val_size: int = 0
+    """Training samples held out as the validation split (never trained on): a permutation seeded
+    by ``seed`` picks them, so the split is the same for every trainer seed, rank count and
+    resume. With ``val_size > 0`` every epoch's ``val_loss``/``val_accuracy`` are measured on them
+    and the test split is evaluated once, after the last epoch (``test_loss``/``test_accuracy``).
+    ``0`` (default): nothing is held out and ``val_*`` are measured on the test split."""
     seed: int = 42
     """Seed of generated data (mnist1d, synthetic); 42 gives the standard MNIST-1D dataset. It is
     independent of the trainer's seed so that runs with different seeds share one dataset."""
@@ -72,6 +78,14 @@ class DatasetConfig:
         self._check_options(spec)
         for key in ("train_size", "test_size"):
             check_number(key, getattr(self, key), low=1, integer=True, optional=True)
+        check_number("val_size", self.val_size, low=0, integer=True)
+        train = self.resolved_sizes()[0]
+        if train is not None and self.val_size >= train:
+            raise ConfigError(
+                key="val_size",
+                problem=f"{self.val_size} must be smaller than the {train} training samples "
+                "(train_size); lower it",
+            )
         check_number("seed", self.seed, integer=True)
         if not isinstance(self.normalize, bool):
             raise ConfigError(

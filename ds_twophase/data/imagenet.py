@@ -7,6 +7,7 @@ Nothing is ever downloaded. Images are decoded per item, so the trainer's ``num_
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,9 +102,22 @@ def build_imagenet(cfg: DatasetConfig) -> DatasetSplits:
             f"trainer.dataset.root: '{base / 'val'}' has {len(val.classes)} class folders, "
             f"'{base / 'train'}' has {len(train.classes)}; they must match"
         )
+    # The training images as evaluation sees them, for held-out validation samples
+    # (trainer.dataset.val_size): the same file list, the evaluation transform.
+    train_eval = None
+    if augment and cfg.val_size > 0:
+        train_eval = copy.copy(train)
+        train_eval.transform = val.transform
     train_size, test_size = cfg.resolved_sizes()
     splits = []
-    for key, data, size in (("train_size", train, train_size), ("test_size", val, test_size)):
+    for key, data, size in (
+        ("train_size", train, train_size),
+        ("test_size", val, test_size),
+        ("train_size", train_eval, train_size),
+    ):
+        if data is None:
+            splits.append(None)
+            continue
         if size is not None and size > len(data):
             raise ConfigError(f"trainer.dataset.{key}: {size} is more than the {len(data)} images")
         if size is not None:
@@ -112,5 +126,9 @@ def build_imagenet(cfg: DatasetConfig) -> DatasetSplits:
             data = torch.utils.data.Subset(data, [int(i * step) for i in range(size)])
         splits.append(data)
     return DatasetSplits(
-        train=splits[0], val=splits[1], num_classes=len(train.classes), input_shape=(3, 224, 224)
+        train=splits[0],
+        val=splits[1],
+        num_classes=len(train.classes),
+        input_shape=(3, 224, 224),
+        train_eval=splits[2],
     )

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from .cifar import build_cifar10, build_cifar100, missing_cifar_files
 from .imagenet import build_imagenet, imagenet_num_classes, imagenet_root_problem
 from .mnist1d import build_mnist1d
-from .splits import DatasetSplits
+from .splits import DatasetSplits, hold_out_validation
 from .svhn import build_svhn, missing_svhn_files
 from .synthetic import build_synthetic
 
@@ -150,15 +151,22 @@ register_dataset(
 
 
 def build_datasets(cfg: DatasetConfig) -> DatasetSplits:
-    """Build the train and validation splits named by ``cfg``.
+    """Build the train, validation and test splits named by ``cfg``.
+
+    With ``cfg.val_size > 0`` the validation split is that many training samples held out (the
+    same for every dataset, see :func:`~ds_twophase.data.splits.hold_out_validation`) and the
+    dataset's test split becomes ``test``; otherwise ``val`` is the test split.
 
     Raises:
         ConfigError: the data files are missing or hold fewer samples than ``train_size`` /
-            ``test_size`` ask for (message starts with ``trainer.dataset.<field>``).
+            ``test_size`` / ``val_size`` ask for (message starts with ``trainer.dataset.<field>``).
     """
     splits = DATASETS[cfg.name].builder(cfg)
     splits.input_shape = tuple(int(d) for d in splits.input_shape)
-    return splits
+    try:
+        return hold_out_validation(splits, cfg.val_size, cfg.seed)
+    except ValueError as exc:
+        raise ConfigError(f"trainer.dataset.{exc}") from None
 
 
 def describe_dataset(cfg: DatasetConfig) -> tuple[int, tuple[int, ...]]:
