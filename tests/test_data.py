@@ -374,11 +374,11 @@ def test_imagenet_root_needs_train_and_val(tmp_path):
             {"name": "cifar10", "root": "/nonexistent/dir"},
             "root: directory '/nonexistent/dir' does not exist",
         ),
-        ({"train_size": 0}, "train_size: must be a positive integer"),
-        ({"test_size": True}, "test_size: must be a positive integer"),
+        ({"train_size": 0}, "train_size: must be an integer >= 1 or null, got 0"),
+        ({"test_size": True}, "test_size: must be an integer or null, got True"),
         ({"seed": "1"}, "seed: must be an integer"),
         ({"val_size": -1}, "val_size: must be an integer >= 0, got -1"),
-        ({"val_size": 2.5}, "val_size: must be an integer >= 0"),
+        ({"val_size": 2.5}, "val_size: must be an integer, got 2.5"),
         ({"train_size": 300, "val_size": 300}, "val_size: 300 must be smaller than the 300"),
         ({"shape": [3, 32, 32]}, "shape: does not apply to dataset 'mnist1d' (only to synthetic)"),
         ({"augment": True}, "augment: does not apply to dataset 'mnist1d'"),
@@ -517,7 +517,7 @@ def test_one_batch_must_fit_in_what_val_size_leaves():
         validate_config(cfg, world_size=1)
     assert info.value.messages == [
         "trainer.dataset.train_size: 56 training samples left after val_size 200 are fewer than "
-        "one global batch of 64 (train_batch_size), so an epoch would have no optimizer step; "
+        "one global batch of 64 (train_batch_size), so an epoch would have no full optimizer step; "
         "set trainer.dataset.train_size to at least 264 or lower train_batch_size"
     ]
     cfg["trainer"]["dataset"]["val_size"] = 192

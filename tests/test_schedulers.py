@@ -340,7 +340,7 @@ def test_probe_max_failures_reaches_the_schedule_from_json(probe):
     }
     run = validate_config(cfg, world_size=1)
     build = scheduler_factory(
-        run, total_epochs=None, steps_per_epoch=2, num_samples=None, world_size=1
+        run, total_epochs=None, steps_per_epoch=2, num_samples=None, batch=run.check_world_size(1)
     )
     sched = build(make_optimizer())
     assert sched.decision.max_probe_failures == probe.get("max_failures", 3)
