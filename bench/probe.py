@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ds_twophase.hessian import principal_eigenvalue, resolve_layer  # noqa: E402
+from ds_twophase.probe import principal_eigenvalue, resolve_layer  # noqa: E402
 
 CE = nn.CrossEntropyLoss()
 

@@ -455,12 +455,20 @@ def power_iteration(
     method with the library's own parts, so that only the iteration differs from the shipped
     rows: the probe samples and micro-batches of ``probe`` (a ``HessianProbe``), its layer
     choice, the seeded random start vector, the functional view and exact HVP engine of
-    ``ds_twophase.hessian``, the model in eval mode with the RNG states restored afterwards.
+    ``ds_twophase.probe`` (``Functional``, ``HessianOperator``), the model in eval mode with the
+    RNG states restored afterwards.
     Stops after ``max_iters`` HVPs, or when the estimate changes by less than ``tol``
     (relative) between two HVPs, or on a non-finite or zero HVP."""
     from torch.utils.data import default_collate
 
-    from ds_twophase import hessian
+    from ds_twophase.probe import (
+        Functional,
+        HessianOperator,
+        preserve_rng_state,
+        probe_modes,
+        resolve_layer,
+        start_vector,
+    )
 
     cfg = probe.config
     t0 = time.perf_counter()
@@ -468,15 +476,15 @@ def power_iteration(
     for first in range(0, len(probe.indices), cfg.micro_batch_size):
         chunk = probe.indices[first : first + cfg.micro_batch_size]
         x, y = default_collate([probe.dataset[i] for i in chunk])
-        batches.append((x.to(device), y.to(device)))
-    layer = hessian.resolve_layer(model, cfg.layer, batches[0][0])
+        batches.append((x, y))  # on the host: the operator moves one micro-batch at a time
+    layer = resolve_layer(model, cfg.layer, batches[0][0].to(device))
     budget = None if cfg.max_graph_mb is None else int(cfg.max_graph_mb * 2**20)
     samples = len(probe.indices)
     estimate, hvps = math.nan, 0
-    with hessian._probe_modes(model, "eval"), hessian.preserve_rng_state(), torch.enable_grad():
-        fn = hessian._Functional(model, probe.loss_fn, layer)
-        v = hessian._start_vector(fn, cfg.seed, None)
-        weighted_hvp = hessian._ExactHVP(fn, batches, v, budget)  # first call: with this v
+    with probe_modes(model, "eval"), preserve_rng_state(), torch.enable_grad():
+        fn = Functional(model, probe.loss_fn, layer)
+        v = start_vector(fn.num_params, cfg.seed).to(fn.device, fn.dtype)
+        weighted_hvp = HessianOperator(fn, batches, "exact", budget)
         while hvps < max_iters:
             hv = weighted_hvp(v) / samples  # the engine sums n_i * H_i v over micro-batches
             hvps += 1
@@ -524,8 +532,8 @@ def probe_solvers(
     previous vector at its first call, so the first point is not counted."""
     from dataclasses import replace
 
-    from ds_twophase.hook import HessianProbe
     from ds_twophase.loop import Trainer
+    from ds_twophase.probe import HessianProbe
 
     extra = [] if probe_batch is None else [f"{PROBE_BATCH_KEY}={probe_batch}"]
     run = run_config(config, Setting(2048, 256), tmp, extra)

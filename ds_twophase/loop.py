@@ -21,9 +21,9 @@ from .config import RunConfig, resolve_batch
 from .data import build_datasets
 from .engine import initialize_run, load_checkpoint
 from .errors import ConfigError
-from .hook import HessianProbe, RankDisagreement, epoch_end
 from .metrics import MetricsLog
 from .models import build_model
+from .probe import HessianProbe, RankDisagreement, epoch_end
 from .schedulers import EpochScheduler
 
 # Config keys that may change between a run and its resume without changing the training.

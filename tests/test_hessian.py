@@ -12,12 +12,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ds_twophase.hessian import (
-    _InferenceBatchNormAsAffine,
+from ds_twophase.probe import (
     parametric_modules,
     principal_eigenvalue,
     resolve_layer,
+    start_vector,
 )
+from ds_twophase.probe.functional import InferenceBatchNormAsAffine
 
 CE = nn.CrossEntropyLoss()
 
@@ -183,7 +184,7 @@ def test_lanczos_is_never_worse_than_power_iteration_for_the_same_hvps(steps):
     assert truth > 0 and abs(truth) > abs(float(evals[0]))  # the positive end dominates
     v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(7), dtype=h.dtype)
     res = principal_eigenvalue(model, CE, [(x, y)], "conv2", max_iters=steps, tol=0, v0=v)
-    v = v / v.norm()
+    v = start_vector(h.shape[0], 0, v)  # the start the probe used: v mixed with the seeded one
     for _ in range(steps - 1):
         v = h @ v
         v = v / v.norm()
@@ -233,7 +234,7 @@ def test_inference_batch_norm_as_affine_has_the_same_values_and_derivatives(shap
     probe = torch.randn(shape, generator=g, dtype=torch.float64)
 
     def grads(use_mode: bool) -> list[torch.Tensor]:
-        mode = _InferenceBatchNormAsAffine() if use_mode else contextlib.nullcontext()
+        mode = InferenceBatchNormAsAffine() if use_mode else contextlib.nullcontext()
         with mode:
             out = nn.functional.batch_norm(x, mean, var, w[0], b[0], training=False, eps=1e-3)
         assert ("BatchNorm" in type(out.grad_fn).__name__) is not use_mode  # really replaced
@@ -248,7 +249,7 @@ def test_inference_batch_norm_as_affine_has_the_same_values_and_derivatives(shap
 
 def test_batch_norm_with_batch_statistics_passes_through():
     x = torch.randn(6, 3, dtype=torch.float64)
-    with _InferenceBatchNormAsAffine():
+    with InferenceBatchNormAsAffine():
         out = nn.functional.batch_norm(x, None, None, training=True)
     torch.testing.assert_close(out, nn.functional.batch_norm(x, None, None, training=True))
 
@@ -352,7 +353,7 @@ def test_auto_tie_goes_to_the_module_nearer_the_output():
 
 
 def test_auto_logs_its_choice(caplog):
-    caplog.set_level("INFO", logger="ds_twophase.hessian")
+    caplog.set_level("INFO", logger="ds_twophase.probe")
     resolve_layer(small_cnn(), "auto", torch.randn(2, 3, 6, 6, dtype=torch.float64))
     assert "conv2" in caplog.text and "185 parameters" in caplog.text
 

@@ -11,11 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ds_twophase import checkpoint
-from ds_twophase.hessian import principal_eigenvalue
-from ds_twophase.hook import HessianProbe
 from ds_twophase.loop import config_changes, resume_fingerprint
 from ds_twophase.metrics import MetricsLog
-from ds_twophase.probe import ProbeConfig
+from ds_twophase.probe import HessianProbe, ProbeConfig, principal_eigenvalue
 
 
 def fake_checkpoint(root, epoch, complete=True):

@@ -22,11 +22,10 @@ a rank waiting.
   and DeepSpeed's module hooks are set aside meanwhile.
 
 Fault injection for reliability tests, read in one place (``fault_hook_from_env``):
-``DS_TWOPHASE_PROBE_FAIL`` = ``rank<k>`` (raise on rank k; in "rank0" mode only rank 0 computes,
-so only ``rank0`` has an effect there), ``all`` (raise on every computing rank) or ``nan`` (the
-probe loss is NaN on every computing rank), optionally followed by ``@<iteration>`` (default 0 =
-during setup, before the first HVP; k >= 1 = just before the k-th HVP). The ``fail_hook``
-argument of ``measure_hmax`` does the same from code.
+
+Fault injection for reliability tests: ``DS_TWOPHASE_PROBE_FAIL`` (parsed in
+:mod:`ds_twophase.faults`, with the other fault variables) raises on a rank or poisons the loss
+at a chosen iteration; the ``fail_hook`` argument of ``measure_hmax`` does the same from code.
 """
 
 from __future__ import annotations
@@ -34,9 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -46,128 +43,11 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from ds_twophase import dist
-from ds_twophase.errors import did_you_mean
-from ds_twophase.hessian import (
-    BN_MODES,
-    METHODS,
-    EigenResult,
-    LossFn,
-    preserve_rng_state,
-    principal_eigenvalue,
-    resolve_layer,
-)
-
-MODES = ("rank0", "sharded")
-FAULT_ENV = "DS_TWOPHASE_PROBE_FAIL"
-
-
-@dataclasses.dataclass
-class ProbeConfig:
-    """Settings of the Hessian probe (JSON: the scheduler's ``params.probe`` object).
-
-    Construct with ``ProbeConfig(**d)`` or ``ProbeConfig.from_dict(d)``; invalid values raise a
-    one-line ``ValueError`` naming the field (``probe.<field>``) and the allowed values.
-    """
-
-    layer: str | list[str] = "auto"
-    """``"auto"`` (largest of the last three parametric layers), a module name, or a list of
-    module names whose parameters form the probed Hessian block."""
-    mode: str = "rank0"
-    """``"rank0"`` (rank 0 probes, result broadcast) or ``"sharded"`` (probe batch split over
-    ranks, HVPs all-reduced)."""
-    batch_size: int | None = None
-    """Samples in the probe batch; ``None`` = the global train batch size (the caller fills it)."""
-    micro_batch_size: int | None = None
-    """Samples per forward pass of the probe; ``None`` = DeepSpeed's
-    ``train_micro_batch_size_per_gpu`` (the caller fills it)."""
-    max_iters: int = 20
-    """Most Lanczos steps (Hessian-vector products) per probe."""
-    tol: float = 1e-3
-    """Stop when the relative change of the estimate is below this (0 = always max_iters)."""
-    method: str = "exact"
-    """``"exact"`` (double backward) or ``"finite_difference"`` (the paper's Eq. 8)."""
-    bn_mode: str = "eval"
-    """``"eval"`` (BatchNorm running statistics) or ``"train"`` (batch statistics)."""
-    redraw: bool = False
-    """Draw new probe samples at every probe instead of one fixed set for the whole run."""
-    seed: int | None = None
-    """Seed for the probe samples and the start vector; ``None`` = the run's seed."""
-    max_graph_mb: float | None = 2048
-    """Memory (MiB) for autograd graphs kept between Lanczos steps; micro-batches beyond it
-    are recomputed each step. ``None`` = no limit."""
-    warm_start: bool = True
-    """Start each probe from the eigenvector estimate the previous successful probe ended on
-    (kept in checkpoints) instead of the seeded random vector: fewer HVPs when the model changed
-    little in one epoch. ``false`` = every probe starts from the same random vector."""
-
-    def __post_init__(self) -> None:
-        _check_layer(self.layer)
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("method", self.method, METHODS)
-        _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        for name in ("batch_size", "micro_batch_size"):
-            _check_int(name, getattr(self, name), minimum=1, optional=True)
-        _check_int("max_iters", self.max_iters, minimum=1)
-        _check_int("seed", self.seed, minimum=0, optional=True)
-        if not _is_number(self.tol) or not (0 <= self.tol < math.inf):
-            raise ValueError(f"probe.tol must be a number >= 0, got {self.tol!r}")
-        for name in ("redraw", "warm_start"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"probe.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.max_graph_mb is not None and (
-            not _is_number(self.max_graph_mb) or not (0 <= self.max_graph_mb < math.inf)
-        ):
-            raise ValueError(
-                f"probe.max_graph_mb must be a number >= 0 or null, got {self.max_graph_mb!r}"
-            )
-        if isinstance(self.layer, tuple):
-            self.layer = list(self.layer)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
-        """Build from a JSON object; an unknown key raises one ``ValueError`` line with a hint."""
-        if not isinstance(d, dict):
-            raise ValueError(f"probe must be a JSON object, got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in known:
-                raise ValueError(
-                    f"probe: unknown key {key!r}{did_you_mean(key, known)}; "
-                    f"known keys: {', '.join(known)}"
-                )
-        return cls(**d)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        choices = " or ".join(repr(a) for a in allowed)
-        raise ValueError(f"probe.{name} must be {choices}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = f"an integer >= {minimum}" + (" or null" if optional else "")
-        raise ValueError(f"probe.{name} must be {what}, got {value!r}")
-
-
-def _check_layer(layer: Any) -> None:
-    ok = (isinstance(layer, str) and layer) or (
-        isinstance(layer, (list, tuple))
-        and layer
-        and all(isinstance(n, str) and n and n != "auto" for n in layer)
-    )
-    if not ok:
-        raise ValueError(
-            f'probe.layer must be "auto", a module name or a non-empty list of module names, '
-            f"got {layer!r}"
-        )
+from ds_twophase import dist, faults
+from ds_twophase.probe.config import ProbeConfig
+from ds_twophase.probe.eigen import EigenResult, principal_eigenvalue
+from ds_twophase.probe.functional import LossFn, to_device
+from ds_twophase.probe.layer import preserve_rng_state, resolve_layer
 
 
 def select_probe_indices(num_samples: int, size: int, seed: int, draw: int = 0) -> list[int]:
@@ -233,31 +113,7 @@ class _ShardedReduce:
         return dist.all_reduce_sum_(vector, self.group), total
 
 
-FailHook = Callable[[int, int], None]
-"""``fail_hook(rank, iteration)``: called on every computing rank before iteration ``iteration``
-(0 = setup); raising there injects a failure."""
-
-
-def fault_hook_from_env() -> tuple[FailHook | None, bool]:
-    """``(fail_hook, nan_loss)`` from ``DS_TWOPHASE_PROBE_FAIL`` (see the module docstring)."""
-    spec = os.environ.get(FAULT_ENV, "").strip()
-    if not spec:
-        return None, False
-    m = re.fullmatch(r"(rank(\d+)|all|nan)(?:@(\d+))?", spec)
-    if m is None:
-        raise ValueError(
-            f"{FAULT_ENV} must be rank<k>, all or nan, optionally @<iteration>; got {spec!r}"
-        )
-    when = int(m.group(3) or 0)
-    if m.group(1) == "nan":
-        return None, True
-    target = None if m.group(1) == "all" else int(m.group(2))
-
-    def hook(rank: int, iteration: int) -> None:
-        if iteration == when and (target is None or rank == target):
-            raise RuntimeError(f"injected probe failure ({FAULT_ENV}={spec}) on rank {rank}")
-
-    return hook, False
+FailHook = faults.FailHook
 
 
 def measure_hmax(
@@ -300,7 +156,7 @@ def measure_hmax(
             'probe.mode "rank0" cannot run under ZeRO stage 3 (a forward on rank 0 alone '
             'deadlocks): use "sharded"'
         )
-    env_hook, nan_loss = fault_hook_from_env()
+    env_hook, nan_loss = faults.probe_fail_from_env()
     fail_hook = fail_hook or env_hook
     if nan_loss:
         loss_fn = _nan_loss(loss_fn)
@@ -329,17 +185,24 @@ class _ProbeJob:
         return [self.indices[i : i + mb] for i in range(0, len(self.indices), mb)]
 
     def load(self, chunk: list[int]) -> tuple[Any, Any]:
-        inputs, targets = (self.collate or default_collate)([self.dataset[i] for i in chunk])
-        return _to_device(inputs, self.device), _to_device(targets, self.device)
+        """One micro-batch on the host (pinned when the probe runs on a GPU, so that moving it
+        there is a fast asynchronous copy); the probe moves it to the device when it uses it."""
+        batch = (self.collate or default_collate)([self.dataset[i] for i in chunk])
+        inputs, targets = batch
+        if self.device.type == "cuda":
+            inputs, targets = _pin(inputs), _pin(targets)
+        return inputs, targets
 
     def prepare(self, chunks: list[list[int]]) -> tuple[list[tuple[Any, Any]], list[str]]:
-        """Load this rank's micro-batches and resolve the layer (no collectives)."""
+        """Load this rank's micro-batches (kept on the host: the device sees one at a time, so
+        the probe's device memory is bounded by the micro-batch, which the out-of-memory retry
+        halves) and resolve the layer (no collectives)."""
         with preserve_rng_state():
             # Augmentation (if any) is drawn from the probe seed: the same batch at every probe.
             _seed_all(self.seed)
             batches = [self.load(c) for c in chunks]
             auto = isinstance(self.cfg.layer, str) and self.cfg.layer == "auto"
-            example = self.load(self.indices[:2])[0] if auto else None
+            example = to_device(self.load(self.indices[:2])[0], self.device) if auto else None
         return batches, resolve_layer(self.model, self.cfg.layer, example)
 
     def probe(
@@ -495,11 +358,11 @@ def _nan_loss(loss_fn: LossFn) -> LossFn:
     return poisoned
 
 
-def _to_device(x: Any, device: torch.device) -> Any:
+def _pin(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
+        return x.pin_memory()
     if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
+        return type(x)(_pin(v) for v in x)
     if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
+        return {k: _pin(v) for k, v in x.items()}
     return x
