@@ -32,7 +32,7 @@ Measures in one run:
    can differ between probe batches (the convergence phase compares hmax from epoch to epoch);
    each row is one run with one seed.
 3. Probe solvers on the same weights (in-process, after some training, at a few probe points):
-   the shipped probe (``ds_twophase.hook.HessianProbe``: Lanczos, warm start), Lanczos from the
+   the shipped probe (``ds_twophase.probe.HessianProbe``: Lanczos, warm start), Lanczos from the
    seeded random start, and the paper's power iteration (10 HVPs, as the paper timed it; and
    with the ``max_iters``/``tol`` stopping rule ds_twophase used before 0.1), the latter a
    reference implementation in this file (``power_iteration``) on the library's HVP engine and
@@ -1001,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
             f"at each of {len(d.epoch_seconds)} probe points (one more before them, where the "
             "warm start has no previous vector, is not counted): one training epoch, then every "
             "solver on the same weights in rotating order. The Lanczos rows are "
-            "`ds_twophase.hook.HessianProbe` instances (the shipped code path), each keeping its "
+            "`ds_twophase.probe.HessianProbe` instances (the shipped code path), each keeping its "
             "own warm-start vector across the points; the power-iteration rows are this "
             "bench's reference implementation of the paper's method (`power_iteration`: "
             "`v <- Hv / ||Hv||`, Rayleigh quotient as the estimate) on the library's HVP "

@@ -409,6 +409,9 @@ class Trainer:
                     warning=rec.warning,
                     probe_error=None if end.probe is None else end.probe.error,
                     probe_hvps=None if end.probe is None else end.probe.iterations,
+                    probe_residual=None
+                    if end.probe is None or not end.probe.ok
+                    else end.probe.residual,
                 )
             else:
                 row.update(phase=None, hmax=None, decision=None)

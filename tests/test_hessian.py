@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ds_twophase.probe import (
+    lanczos,
     parametric_modules,
     principal_eigenvalue,
     resolve_layer,
@@ -489,3 +491,58 @@ def test_auto_layer_accepts_inputs_in_another_dtype():
     x32 = torch.randn(2, 3, 6, 6)
     assert resolve_layer(small_cnn(torch.float64), "auto", x32) == ["conv2"]
     assert resolve_layer(small_cnn(torch.float32).to(torch.bfloat16), "auto", x32) == ["conv2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm starts cannot hide a larger eigenvalue: a layer whose Hessian is known in closed form
+
+
+def least_squares_head(spectrum: torch.Tensor, n: int = 400):
+    """A linear head ``w . x`` (module ``"0"``) with loss ``0.5 * mean((w . x - y)^2)``: its
+    Hessian is exactly ``X^T X / n``, built as ``Q diag(spectrum) Q^T`` (``Q`` random orthogonal).
+    """
+    d = spectrum.numel()
+    g = torch.Generator().manual_seed(11)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    u, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64))
+    x = math.sqrt(n) * u @ torch.diag(spectrum.sqrt()) @ q.T  # X^T X / n = Q diag(s) Q^T
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(d, 1, bias=False)).double()
+
+    def loss(out, target):
+        return 0.5 * ((out.squeeze(-1) - target) ** 2).mean()
+
+    batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, n, 100)]
+    return model, loss, batches, x.T @ x / n, q
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e-3])
+def test_warm_start_on_the_second_eigenvector_still_finds_the_top(offset):
+    # Top eigenvalues 1.5 / 1.2 / 1.05 above a bulk in (0, 1): the case where the earlier rule
+    # (stop when the estimate changes by less than tol) returned about 1.2 after 2-3 HVPs.
+    bulk = torch.rand(197, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    spectrum = torch.cat([torch.tensor([1.5, 1.2, 1.05], dtype=torch.float64), bulk])
+    model, loss, batches, h, q = least_squares_head(spectrum)
+    assert abs(float(torch.linalg.eigvalsh(h)[-1]) - 1.5) < 1e-12
+    noise = torch.randn(q.shape[0], generator=torch.Generator().manual_seed(6)).double()
+    v0 = q[:, 1] + offset * noise / noise.norm()  # the 2nd eigenvector, or 1e-3 away from it
+    res = principal_eigenvalue(model, loss, batches, "0", max_iters=100, tol=1e-6, v0=v0)
+    assert res.converged
+    assert abs(res.value - 1.5) <= 1e-4 * 1.5
+    # The residual reported is the one computed directly from the Ritz vector.
+    x = res.vector.double()
+    direct = float((h @ x - res.value * x).norm()) / abs(res.value)
+    assert res.residual <= 1e-6
+    assert abs(res.residual - direct) <= 1e-3 * direct + 1e-12
+
+
+def test_without_the_random_mix_a_second_eigenvector_start_would_stop_on_it():
+    # Why the warm start mixes in the seeded vector: Lanczos from exactly an eigenvector finds
+    # an invariant Krylov space at once and can only return that eigenvalue.
+    bulk = torch.rand(197, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    spectrum = torch.cat([torch.tensor([1.5, 1.2, 1.05], dtype=torch.float64), bulk])
+    _, _, _, h, q = least_squares_head(spectrum)
+    pure = lanczos(lambda v, k: h @ v, q[:, 1].clone(), 100, 1e-6)
+    assert abs(pure.value - 1.2) < 1e-9 and pure.steps == 1
+    mixed = lanczos(lambda v, k: h @ v, start_vector(200, 0, q[:, 1]), 100, 1e-6)
+    assert abs(mixed.value - 1.5) < 1e-4 * 1.5

@@ -16,12 +16,11 @@ a rank waiting.
   failure in the same round and stops, so the number of collectives matches on all ranks. The
   stopping decision (``tol``, ``max_iters``, non-finite values) depends only on all-reduced
   values, which are identical on every rank. BatchNorm running statistics, which data
-  parallelism does not synchronise, are broadcast from rank 0 first. A final ``all_gather_object`` of each rank's
-  outcome gives every rank the same value and the full list of errors. Under ZeRO stage 3 the
+  parallelism does not synchronise, are broadcast from rank 0 first. A final
+  ``all_gather_object`` of each rank's outcome gives every rank the same value and the full
+  list of errors. Under ZeRO stage 3 the
   parameters are gathered on every rank for the duration of the probe (full parameter memory)
   and DeepSpeed's module hooks are set aside meanwhile.
-
-Fault injection for reliability tests, read in one place (``fault_hook_from_env``):
 
 Fault injection for reliability tests: ``DS_TWOPHASE_PROBE_FAIL`` (parsed in
 :mod:`ds_twophase.faults`, with the other fault variables) raises on a rank or poisons the loss
@@ -84,6 +83,8 @@ class ProbeOutcome:
     """Lanczos steps (HVPs) performed."""
     num_samples: int = 0
     """Samples in the probe batch."""
+    residual: float = math.nan
+    """Relative Ritz residual of ``value`` (see ``EigenResult.residual``); ``nan`` on failure."""
     vector: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
     """The final eigenvector estimate, on the ranks that computed it (rank 0 in "rank0" mode,
     every rank in "sharded" mode, where it is the same everywhere); ``None`` elsewhere and when
@@ -322,6 +323,7 @@ def _outcome(value: float, seconds: float, error: str | None, res: Any) -> Probe
         layer=None if res is None else list(res.layer),
         iterations=0 if res is None else res.iterations,
         num_samples=0 if res is None else res.num_samples,
+        residual=math.nan if res is None or error is not None else res.residual,
     )
 
 
@@ -337,6 +339,7 @@ def _merge(outcomes: list[ProbeOutcome]) -> ProbeOutcome:
         layer=first.layer,
         iterations=first.iterations,
         num_samples=first.num_samples,
+        residual=math.nan if errors else first.residual,
     )
 
 
