@@ -35,6 +35,7 @@ from ds_twophase.probe.layer import (
 from ds_twophase.probe.protocol import (
     ProbeOutcome,
     ProbePeerFailure,
+    check_probe_model,
     measure_hmax,
     select_probe_indices,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "ProbePeerFailure",
     "RankDisagreement",
     "RitzPair",
+    "check_probe_model",
     "check_ranks_agree",
     "epoch_end",
     "lanczos",

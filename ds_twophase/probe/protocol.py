@@ -157,6 +157,9 @@ def measure_hmax(
             'probe.mode "rank0" cannot run under ZeRO stage 3 (a forward on rank 0 alone '
             'deadlocks): use "sharded"'
         )
+    problem = check_probe_model(model, cfg)
+    if problem:
+        raise ValueError(problem)
     env_hook, nan_loss = faults.probe_fail_from_env()
     fail_hook = fail_hook or env_hook
     if nan_loss:
@@ -167,6 +170,30 @@ def measure_hmax(
     if cfg.mode == "rank0":
         return _rank0(job, group)
     return _sharded(job, group, zero_stage)
+
+
+def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> str | None:
+    """Why ``cfg`` cannot probe ``model`` (one line naming the key and the fix), else ``None``.
+
+    ``bn_mode: "train"`` with ``SyncBatchNorm`` in ``"rank0"`` mode is refused: in train mode
+    those layers all-reduce their batch statistics in every forward, and only rank 0 runs the
+    probe's forwards, so the other ranks would never join and the run would hang. Call it where
+    the model is first known (``measure_hmax`` does, before any collective, on every rank).
+    """
+    if cfg.bn_mode != "train" or cfg.mode != "rank0":
+        return None
+    sync = [
+        n or type(model).__name__
+        for n, m in model.named_modules()
+        if isinstance(m, nn.SyncBatchNorm)
+    ]
+    if not sync:
+        return None
+    return (
+        f'scheduler.params.probe.bn_mode: "train" with SyncBatchNorm ({sync[0]}) deadlocks in '
+        f'probe.mode "rank0" (its batch statistics are all-reduced, but only rank 0 runs the '
+        f'probe); set bn_mode to "eval"'
+    )
 
 
 @dataclasses.dataclass
