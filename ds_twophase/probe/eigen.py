@@ -77,6 +77,9 @@ class EigenResult:
     residual: float = math.nan
     """Relative Ritz residual ``||H x - value x|| / |value|`` of ``vector`` (``x``), the quantity
     the stopping rule compares with ``tol``."""
+    graph_bytes: int = 0
+    """Bytes of the autograd graphs kept between steps on this process (exact method; at most
+    ``max_graph_bytes``; 0 for finite differences)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,6 +250,7 @@ def _solve(
         seconds=0.0,
         vector=ritz.vector,
         residual=ritz.residual,
+        graph_bytes=operator.graph_bytes,
     )
 
 

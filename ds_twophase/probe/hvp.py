@@ -178,6 +178,11 @@ class HessianOperator:
         self.engine: ExactHVP | FiniteDiffHVP | None = None
 
     @property
+    def graph_bytes(self) -> int:
+        """Bytes of the graphs the exact engine keeps between calls (0 before the first call)."""
+        return self.engine.graph_bytes if isinstance(self.engine, ExactHVP) else 0
+
+    @property
     def num_params(self) -> int:
         """Size of the probed block (the length of ``v``)."""
         return self.fn.num_params
