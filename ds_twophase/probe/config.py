@@ -37,11 +37,13 @@ class ProbeConfig:
     max_iters: int = 20
     """Most Lanczos steps (Hessian-vector products) per probe."""
     tol: float = 1e-3
-    """Stop when the relative change of the estimate is below this (0 = always max_iters)."""
+    """Stop (after at least 3 steps) when the relative Ritz residual ``||H v - h v|| / |h|`` of
+    the estimate ``h`` and its unit vector ``v`` is at most this (0 = always max_iters)."""
     method: str = "exact"
     """``"exact"`` (double backward) or ``"finite_difference"`` (the paper's Eq. 8)."""
     bn_mode: str = "eval"
-    """``"eval"`` (BatchNorm running statistics) or ``"train"`` (batch statistics)."""
+    """``"eval"`` (BatchNorm running statistics) or ``"train"`` (batch statistics; refused with
+    ``SyncBatchNorm`` in ``"rank0"`` mode, see ``check_probe_model``)."""
     redraw: bool = False
     """Draw new probe samples at every probe instead of one fixed set for the whole run."""
     seed: int | None = None
@@ -51,8 +53,9 @@ class ProbeConfig:
     are recomputed each step. ``None`` = no limit."""
     warm_start: bool = True
     """Start each probe from the eigenvector estimate the previous successful probe ended on
-    (kept in checkpoints) instead of the seeded random vector: fewer HVPs when the model changed
-    little in one epoch. ``false`` = every probe starts from the same random vector."""
+    (kept in checkpoints), mixed with the seeded random vector (``WARM_START_MIX``), instead of
+    the seeded random vector alone: fewer HVPs when the model changed little in one epoch.
+    ``false`` = every probe starts from the same random vector."""
 
     def __post_init__(self) -> None:
         _check_layer(self.layer)
