@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ds_twophase.errors import did_you_mean
-from ds_twophase.probe.functional import cast_tree
+from ds_twophase.probe.functional import cast_tree, to_device
 
 log = logging.getLogger("ds_twophase.probe")
 
@@ -73,9 +73,13 @@ def _auto_layer(model: nn.Module, candidates: dict[str, nn.Module], example_inpu
     ]
     try:
         with probe_modes(model, "eval"), preserve_rng_state(), torch.no_grad():
-            # The model runs as it is here: feed floating inputs in its own dtype.
+            # The model runs as it is here: feed floating inputs in its own dtype, on its device
+            # (the probe keeps its batch on the host).
             dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+            device = next((p.device for p in model.parameters()), None)
             inputs = _shrink(example_inputs)
+            if device is not None and device.type != "meta":
+                inputs = to_device(inputs, device)
             model(inputs if dtype is None else cast_tree(inputs, dtype))
     finally:
         for h in handles:
