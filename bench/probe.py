@@ -4,6 +4,8 @@ Prints, measured in one run, the time of one training forward+backward over the 
 our probe (exact and finite-difference), and PyHessian's top eigenvalue restricted to the same
 layer (through ``requires_grad``, its only way), with ratios to forward+backward and the relative
 difference of the eigenvalues. Two layouts: the probe batch in micro-batches, and in one piece.
+For each, the probe's peak tensor memory against one training step's on the same micro-batches
+(CPU: the profiler's allocation records; CUDA: ``max_memory_allocated``).
 
     python bench/probe.py            # 512 samples (4 x 128 and 1 x 512), 20 HVPs each
     python bench/probe.py --quick    # 128 samples (2 x 64 and 1 x 128), 20 HVPs each
@@ -33,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ds_twophase.hessian import principal_eigenvalue, resolve_layer  # noqa: E402
+from ds_twophase.probe import principal_eigenvalue, resolve_layer  # noqa: E402
 
 CE = nn.CrossEntropyLoss()
 
@@ -126,6 +128,74 @@ def fwd_bwd(model: nn.Module, batches: list) -> None:
     n = sum(len(y) for _, y in batches)
     for x, y in batches:
         (CE(model(x), y) * (len(y) / n)).backward()
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of the tensors ``fn`` allocates, above what was held before it ran.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` minus the bytes allocated before. CPU: the
+    profiler's allocation and free records replayed in order (tensor memory only, the same
+    accounting for the probe and the training step; allocator caches and RSS are not counted).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    records = sorted(
+        (ev.start_ns(), ev.nbytes())
+        for ev in prof.profiler.kineto_results.events()
+        if ev.name() == "[memory]"
+    )
+    held = peak = 0
+    for _, nbytes in records:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+def memory_rows(model: nn.Module, batches: list, layer: list[str], iters: int) -> list:
+    """Rows (name, peak bytes) for one training step and the probe on the same micro-batches.
+
+    The micro-batches stay where they are (the host on CPU); the training step is a
+    forward+backward per micro-batch with gradient accumulation (what one step does per rank).
+    """
+    device = next(model.parameters()).device
+    trainee = copy.deepcopy(model)
+    rows = [("training step (forward+backward per micro-batch)", peak_bytes(
+        lambda: fwd_bwd(trainee, batches), device))]  # fmt: skip
+    for name, budget in (("probe, exact (graph kept)", 2**31), ("probe, exact (budget 0)", 0)):
+        res: dict[str, object] = {}
+
+        def probe(budget: int = budget, res: dict = res) -> None:
+            res["r"] = principal_eigenvalue(
+                model, CE, batches, layer, max_iters=iters, tol=0, max_graph_bytes=budget
+            )
+
+        rows.append((name, peak_bytes(probe, device), res["r"].graph_bytes))
+    return rows
+
+
+def memory_markdown(rows: list, batches: list) -> str:
+    """The memory table: peak bytes and the ratio to the training step."""
+    base = rows[0][1]
+    one = max(x.numel() * x.element_size() for x, _ in batches)
+    lines = [
+        f"Peak tensor memory (largest micro-batch input: {one / 2**20:.2f} MiB)",
+        "",
+        "| run | peak MiB | / training step | kept graphs MiB |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        graph = "" if len(row) < 3 else f"{row[2] / 2**20:.2f}"
+        lines.append(f"| {row[0]} | {row[1] / 2**20:.2f} | {row[1] / base:.2f} | {graph} |")
+    return "\n".join(lines)
 
 
 def pyhessian_top(model: nn.Module, layer: list[str], batches: list, iters: int) -> float:
@@ -243,6 +313,8 @@ def main() -> None:
             markdown(f"{title}, layer {', '.join(layer)}, {args.iters} iterations", rows, converged)
         )
         print(f"\nconverged reference (ours exact, tol 1e-7): {converged:.6g}")
+        print()
+        print(memory_markdown(memory_rows(model, batches, layer, args.iters), batches))
 
 
 if __name__ == "__main__":

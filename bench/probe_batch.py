@@ -10,7 +10,7 @@ What it does, in one process (a gloo group of one rank, like ``bench/trainer_ove
 
 1. Trains ``--config`` (default ``configs/mnist1d/two_phase.json``) with
    ``ds_twophase.trainer.Trainer`` exactly as ``python -m ds_twophase.train`` does: per epoch
-   ``Trainer.train_epoch`` and ``ds_twophase.hook.epoch_end`` (the schedule's decision, with
+   ``Trainer.train_epoch`` and ``ds_twophase.probe.epoch_end`` (the schedule's decision, with
    the config's own probe where the schedule needs it). Evaluation and checkpoints are left
    out; they do not change the training. ``--verify`` (default on, except with ``--quick``)
    afterwards runs ``python -m ds_twophase.train`` on the same config as a subprocess and
@@ -21,7 +21,7 @@ What it does, in one process (a gloo group of one rank, like ``bench/trainer_ove
    first n of one seeded permutation of the training indices (the permutation
    ``ds_twophase.probe.select_probe_indices`` draws from, seed = the config's seed), so the
    2048-sample subset is the run's own probe batch. Each is probed in micro-batches of 256 with
-   ``ds_twophase.hessian.principal_eigenvalue(model, loss, batches, layer, max_iters=60,
+   ``ds_twophase.probe.principal_eigenvalue(model, loss, batches, layer, max_iters=60,
    tol=1e-6, bn_mode="eval")``, the layer and loss being the trainer's (``probe.layer``,
    ``ds_twophase.epoch.cross_entropy``). ``principal_eigenvalue`` leaves model, gradients and
    RNG states untouched, so the measurements do not change the training.
@@ -151,7 +151,7 @@ class Study:
     nested_matches_run_probe: bool
     """The first ``run_probe_size`` samples of the permutation are the run's probe batch."""
     solver: str
-    """First line of ``ds_twophase.hessian``'s docstring (names the eigen-solver)."""
+    """First line of ``ds_twophase.probe.eigen``'s docstring (names the eigen-solver)."""
     source: str
     """Git commit and the state of ``ds_twophase/`` when the run started."""
     digest: str
@@ -242,7 +242,7 @@ def probe_batches(
 def measure(model: Any, batches: list[Any], layer: Any, seed: int) -> Measurement:
     """hmax of one probe batch, converged as far as ``MAX_ITERS`` / ``TOL`` allow."""
     from ds_twophase.epoch import cross_entropy
-    from ds_twophase.hessian import principal_eigenvalue
+    from ds_twophase.probe import principal_eigenvalue
 
     c0 = cpu_seconds()
     res = principal_eigenvalue(
@@ -254,8 +254,8 @@ def measure(model: Any, batches: list[Any], layer: Any, seed: int) -> Measuremen
 
 def run_study(args: argparse.Namespace, tmp: str) -> Study:
     """Train the config and probe every size from ``args.from_epoch`` on."""
-    from ds_twophase import dist, hessian
-    from ds_twophase.hook import epoch_end
+    from ds_twophase import dist
+    from ds_twophase.probe import eigen, epoch_end
     from ds_twophase.trainer import Trainer
 
     source, digest = git_state(), package_digest()
@@ -291,11 +291,11 @@ def run_study(args: argparse.Namespace, tmp: str) -> Study:
         ),
         run_probe_size=int(cfg.batch_size),
         nested_matches_run_probe=nested_ok,
-        solver=(hessian.__doc__ or "").strip().splitlines()[0],
+        solver=(eigen.__doc__ or "").strip().splitlines()[0],
         source=source,
         digest=digest,
     )
-    from ds_twophase.hessian import resolve_layer
+    from ds_twophase.probe import resolve_layer
 
     study.layer = ", ".join(resolve_layer(module, cfg.layer, batches[sizes[0]][0][0][:2]))
     print(

@@ -32,7 +32,7 @@ Measures in one run:
    can differ between probe batches (the convergence phase compares hmax from epoch to epoch);
    each row is one run with one seed.
 3. Probe solvers on the same weights (in-process, after some training, at a few probe points):
-   the shipped probe (``ds_twophase.hook.HessianProbe``: Lanczos, warm start), Lanczos from the
+   the shipped probe (``ds_twophase.probe.HessianProbe``: Lanczos, warm start), Lanczos from the
    seeded random start, and the paper's power iteration (10 HVPs, as the paper timed it; and
    with the ``max_iters``/``tol`` stopping rule ds_twophase used before 0.1), the latter a
    reference implementation in this file (``power_iteration``) on the library's HVP engine and
@@ -444,12 +444,20 @@ def power_iteration(
     method with the library's own parts, so that only the iteration differs from the shipped
     rows: the probe samples and micro-batches of ``probe`` (a ``HessianProbe``), its layer
     choice, the seeded random start vector, the functional view and exact HVP engine of
-    ``ds_twophase.hessian``, the model in eval mode with the RNG states restored afterwards.
+    ``ds_twophase.probe`` (``Functional``, ``HessianOperator``), the model in eval mode with the
+    RNG states restored afterwards.
     Stops after ``max_iters`` HVPs, or when the estimate changes by less than ``tol``
     (relative) between two HVPs, or on a non-finite or zero HVP."""
     from torch.utils.data import default_collate
 
-    from ds_twophase import hessian
+    from ds_twophase.probe import (
+        Functional,
+        HessianOperator,
+        preserve_rng_state,
+        probe_modes,
+        resolve_layer,
+        start_vector,
+    )
 
     cfg = probe.config
     t0 = time.perf_counter()
@@ -457,15 +465,15 @@ def power_iteration(
     for first in range(0, len(probe.indices), cfg.micro_batch_size):
         chunk = probe.indices[first : first + cfg.micro_batch_size]
         x, y = default_collate([probe.dataset[i] for i in chunk])
-        batches.append((x.to(device), y.to(device)))
-    layer = hessian.resolve_layer(model, cfg.layer, batches[0][0])
+        batches.append((x, y))  # on the host: the operator moves one micro-batch at a time
+    layer = resolve_layer(model, cfg.layer, batches[0][0].to(device))
     budget = None if cfg.max_graph_mb is None else int(cfg.max_graph_mb * 2**20)
     samples = len(probe.indices)
     estimate, hvps = math.nan, 0
-    with hessian._probe_modes(model, "eval"), hessian.preserve_rng_state(), torch.enable_grad():
-        fn = hessian._Functional(model, probe.loss_fn, layer)
-        v = hessian._start_vector(fn, cfg.seed, None)
-        weighted_hvp = hessian._ExactHVP(fn, batches, v, budget)  # first call: with this v
+    with probe_modes(model, "eval"), preserve_rng_state(), torch.enable_grad():
+        fn = Functional(model, probe.loss_fn, layer)
+        v = start_vector(fn.num_params, cfg.seed).to(fn.device, fn.dtype)
+        weighted_hvp = HessianOperator(fn, batches, "exact", budget)
         while hvps < max_iters:
             hv = weighted_hvp(v) / samples  # the engine sums n_i * H_i v over micro-batches
             hvps += 1
@@ -513,7 +521,7 @@ def probe_solvers(
     previous vector at its first call, so the first point is not counted."""
     from dataclasses import replace
 
-    from ds_twophase.hook import HessianProbe
+    from ds_twophase.probe import HessianProbe
     from ds_twophase.trainer import Trainer
 
     extra = [] if probe_batch is None else [f"{PROBE_BATCH_KEY}={probe_batch}"]
@@ -982,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
             f"at each of {len(d.epoch_seconds)} probe points (one more before them, where the "
             "warm start has no previous vector, is not counted): one training epoch, then every "
             "solver on the same weights in rotating order. The Lanczos rows are "
-            "`ds_twophase.hook.HessianProbe` instances (the shipped code path), each keeping its "
+            "`ds_twophase.probe.HessianProbe` instances (the shipped code path), each keeping its "
             "own warm-start vector across the points; the power-iteration rows are this "
             "bench's reference implementation of the paper's method (`power_iteration`: "
             "`v <- Hv / ||Hv||`, Rayleigh quotient as the estimate) on the library's HVP "

@@ -20,10 +20,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "initialize": "ds_twophase.engine",
     "load_checkpoint": "ds_twophase.engine",
-    "epoch_end": "ds_twophase.hook",
-    "HessianProbe": "ds_twophase.hook",
+    "epoch_end": "ds_twophase.probe",
+    "HessianProbe": "ds_twophase.probe",
     "ProbeConfig": "ds_twophase.probe",
-    "principal_eigenvalue": "ds_twophase.hessian",
+    "principal_eigenvalue": "ds_twophase.probe",
     "LARS": "ds_twophase.optim",
     "lars_param_groups": "ds_twophase.optim",
 }

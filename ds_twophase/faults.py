@@ -3,8 +3,11 @@
 They exist so reliability tests can run the real trainer under the real launcher without editing
 code. None is set in normal use.
 
-* ``DS_TWOPHASE_PROBE_FAIL`` (read in :mod:`ds_twophase.probe`): ``rank<k>``, ``all`` or ``nan``,
-  optionally ``@<iteration>``: the Hessian probe raises on that rank, or its loss is NaN.
+* ``DS_TWOPHASE_PROBE_FAIL`` = ``rank<k>`` (raise on rank k; in "rank0" mode only rank 0
+  computes, so only ``rank0`` has an effect there), ``all`` (raise on every computing rank) or
+  ``nan`` (the probe loss is NaN on every computing rank), optionally followed by
+  ``@<iteration>`` (default 0 = during setup, before the first HVP; k >= 1 = just before the
+  k-th HVP). :func:`probe_fail_from_env` parses it for :func:`ds_twophase.probe.measure_hmax`.
 * ``DS_TWOPHASE_NAN_LOSS=<epoch>:<micro-batch>[:<rank>]``: that micro-batch's training loss is
   NaN (on every rank, or only on ``rank``).
 * ``DS_TWOPHASE_CRASH_IN_SAVE=<epoch>``: while saving the checkpoint of that epoch, rank 1 (rank 0
@@ -17,10 +20,17 @@ code. None is set in normal use.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 
 NAN_LOSS_ENV = "DS_TWOPHASE_NAN_LOSS"
 CRASH_IN_SAVE_ENV = "DS_TWOPHASE_CRASH_IN_SAVE"
 DESYNC_ENV = "DS_TWOPHASE_DESYNC_AT"
+PROBE_FAIL_ENV = "DS_TWOPHASE_PROBE_FAIL"
+
+FailHook = Callable[[int, int], None]
+"""``fail_hook(rank, iteration)``: called on every computing rank of the Hessian probe before
+iteration ``iteration`` (0 = setup); raising there injects a failure."""
 
 
 def _ints(name: str) -> list[int] | None:
@@ -52,3 +62,25 @@ def desync_at(epoch: int, rank: int) -> bool:
     """True on rank 1 after the epoch whose schedule must be made to disagree."""
     spec = _ints(DESYNC_ENV)
     return spec is not None and spec[0] == epoch and rank == 1
+
+
+def probe_fail_from_env() -> tuple[FailHook | None, bool]:
+    """``(fail_hook, nan_loss)`` from ``DS_TWOPHASE_PROBE_FAIL`` (see the module docstring)."""
+    spec = os.environ.get(PROBE_FAIL_ENV, "").strip()
+    if not spec:
+        return None, False
+    m = re.fullmatch(r"(rank(\d+)|all|nan)(?:@(\d+))?", spec)
+    if m is None:
+        raise ValueError(
+            f"{PROBE_FAIL_ENV} must be rank<k>, all or nan, optionally @<iteration>; got {spec!r}"
+        )
+    when = int(m.group(3) or 0)
+    if m.group(1) == "nan":
+        return None, True
+    target = None if m.group(1) == "all" else int(m.group(2))
+
+    def hook(rank: int, iteration: int) -> None:
+        if iteration == when and (target is None or rank == target):
+            raise RuntimeError(f"injected probe failure ({PROBE_FAIL_ENV}={spec}) on rank {rank}")
+
+    return hook, False

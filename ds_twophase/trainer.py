@@ -31,9 +31,9 @@ from .epoch import (
 )
 from .errors import ConfigError
 from .evaluate import evaluate
-from .hook import HessianProbe, RankDisagreement, epoch_end
 from .metrics import MetricsLog
 from .models import build_model
+from .probe import HessianProbe, RankDisagreement, epoch_end
 from .resume import check_fresh_output_dir, choose_checkpoint, resume_fingerprint
 from .schedulers import EpochScheduler
 
@@ -266,6 +266,7 @@ class Trainer:
             "warning": rec.warning,
             "probe_error": None if end.probe is None else end.probe.error,
             "probe_hvps": None if end.probe is None else end.probe.iterations,
+            "probe_residual": None if end.probe is None or not end.probe.ok else end.probe.residual,
         }
         return columns, 0.0 if end.probe is None else end.probe.seconds
 

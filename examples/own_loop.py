@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 import ds_twophase
 from ds_twophase import dist
-from ds_twophase.hook import HessianProbe, epoch_end
-from ds_twophase.probe import ProbeConfig
+from ds_twophase.probe import HessianProbe, ProbeConfig, epoch_end
 
 CONFIG = {
     "train_batch_size": 64,

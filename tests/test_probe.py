@@ -11,11 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ds_twophase.hessian import principal_eigenvalue
+from ds_twophase.faults import PROBE_FAIL_ENV as FAULT_ENV
 from ds_twophase.probe import (
-    FAULT_ENV,
     ProbeConfig,
+    check_probe_model,
     measure_hmax,
+    principal_eigenvalue,
     select_probe_indices,
 )
 
@@ -222,6 +223,26 @@ def test_rank0_mode_is_refused_under_zero3():
         measure_hmax(
             model, CE, ds, [0], ProbeConfig(micro_batch_size=1), device="cpu", zero_stage=3
         )
+
+
+def test_train_mode_syncbatchnorm_is_refused_in_rank0_mode_in_one_line():
+    # Only rank 0 runs the forward in "rank0" mode, and SyncBatchNorm in train mode all-reduces
+    # its batch statistics in every forward: the other ranks would never join (a hang).
+    model, ds = setup()
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    cfg = ProbeConfig(micro_batch_size=8, bn_mode="train")
+    problem = check_probe_model(model, cfg)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("scheduler.params.probe.bn_mode:") and '"eval"' in problem
+    with pytest.raises(ValueError, match="scheduler.params.probe.bn_mode"):
+        measure_hmax(model, CE, ds, list(range(16)), cfg, device="cpu")
+    # Allowed: running statistics (no collective), sharded mode, or plain BatchNorm.
+    assert check_probe_model(model, ProbeConfig(micro_batch_size=8)) is None
+    assert check_probe_model(model, ProbeConfig(bn_mode="train", mode="sharded")) is None
+    assert check_probe_model(setup()[0], cfg) is None
+    assert measure_hmax(
+        model, CE, ds, list(range(16)), ProbeConfig(micro_batch_size=8), device="cpu"
+    ).ok
 
 
 def test_micro_batch_size_must_be_filled():

@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ds_twophase import checkpoint
-from ds_twophase.hessian import principal_eigenvalue
-from ds_twophase.hook import HessianProbe
 from ds_twophase.metrics import MetricsLog
-from ds_twophase.probe import ProbeConfig
+from ds_twophase.probe import HessianProbe, ProbeConfig, principal_eigenvalue
 from ds_twophase.resume import config_changes, resume_fingerprint
 
 

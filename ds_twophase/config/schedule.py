@@ -190,8 +190,8 @@ def _check_probe_layer(
     (``None`` when it does, or for ``"auto"``). The model is built on the meta device."""
     if layer == "auto":
         return None
-    from ..hessian import parametric_modules, resolve_layer
     from ..models import build_model
+    from ..probe import parametric_modules, resolve_layer
 
     with torch.device("meta"):
         model = build_model(trainer.model, num_classes, shape, check_forward=False)

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ds_twophase import dist
-from ds_twophase.hessian import principal_eigenvalue
-from ds_twophase.probe import FAULT_ENV, ProbeConfig, measure_hmax, select_probe_indices
+from ds_twophase.faults import PROBE_FAIL_ENV as FAULT_ENV
+from ds_twophase.probe import ProbeConfig, measure_hmax, principal_eigenvalue, select_probe_indices
 
 CE = nn.CrossEntropyLoss()
 

@@ -16,17 +16,15 @@ a rank waiting.
   failure in the same round and stops, so the number of collectives matches on all ranks. The
   stopping decision (``tol``, ``max_iters``, non-finite values) depends only on all-reduced
   values, which are identical on every rank. BatchNorm running statistics, which data
-  parallelism does not synchronise, are broadcast from rank 0 first. A final ``all_gather_object`` of each rank's
-  outcome gives every rank the same value and the full list of errors. Under ZeRO stage 3 the
+  parallelism does not synchronise, are broadcast from rank 0 first. A final
+  ``all_gather_object`` of each rank's outcome gives every rank the same value and the full
+  list of errors. Under ZeRO stage 3 the
   parameters are gathered on every rank for the duration of the probe (full parameter memory)
   and DeepSpeed's module hooks are set aside meanwhile.
 
-Fault injection for reliability tests, read in one place (``fault_hook_from_env``):
-``DS_TWOPHASE_PROBE_FAIL`` = ``rank<k>`` (raise on rank k; in "rank0" mode only rank 0 computes,
-so only ``rank0`` has an effect there), ``all`` (raise on every computing rank) or ``nan`` (the
-probe loss is NaN on every computing rank), optionally followed by ``@<iteration>`` (default 0 =
-during setup, before the first HVP; k >= 1 = just before the k-th HVP). The ``fail_hook``
-argument of ``measure_hmax`` does the same from code.
+Fault injection for reliability tests: ``DS_TWOPHASE_PROBE_FAIL`` (parsed in
+:mod:`ds_twophase.faults`, with the other fault variables) raises on a rank or poisons the loss
+at a chosen iteration; the ``fail_hook`` argument of ``measure_hmax`` does the same from code.
 """
 
 from __future__ import annotations
@@ -34,9 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -46,119 +42,11 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from ds_twophase import dist
-from ds_twophase.errors import ConfigError, check_number, did_you_mean
-from ds_twophase.hessian import (
-    BN_MODES,
-    METHODS,
-    EigenResult,
-    LossFn,
-    preserve_rng_state,
-    principal_eigenvalue,
-    resolve_layer,
-)
-
-MODES = ("rank0", "sharded")
-FAULT_ENV = "DS_TWOPHASE_PROBE_FAIL"
-
-
-@dataclasses.dataclass
-class ProbeConfig:
-    """Settings of the Hessian probe (JSON: the scheduler's ``params.probe`` object).
-
-    Construct with ``ProbeConfig(**d)`` or ``ProbeConfig.from_dict(d)``; invalid values raise a
-    one-line :class:`ConfigError` (a ``ValueError``) keyed by the field, with the allowed values.
-    """
-
-    layer: str | list[str] = "auto"
-    """``"auto"`` (largest of the last three parametric layers), a module name, or a list of
-    module names whose parameters form the probed Hessian block."""
-    mode: str = "rank0"
-    """``"rank0"`` (rank 0 probes, result broadcast) or ``"sharded"`` (probe batch split over
-    ranks, HVPs all-reduced)."""
-    batch_size: int | None = None
-    """Samples in the probe batch; ``None`` = the global train batch size (the caller fills it)."""
-    micro_batch_size: int | None = None
-    """Samples per forward pass of the probe; ``None`` = DeepSpeed's
-    ``train_micro_batch_size_per_gpu`` (the caller fills it)."""
-    max_iters: int = 20
-    """Most Lanczos steps (Hessian-vector products) per probe."""
-    tol: float = 1e-3
-    """Stop when the relative change of the estimate is below this (0 = always max_iters)."""
-    method: str = "exact"
-    """``"exact"`` (double backward) or ``"finite_difference"`` (the paper's Eq. 8)."""
-    bn_mode: str = "eval"
-    """``"eval"`` (BatchNorm running statistics) or ``"train"`` (batch statistics)."""
-    redraw: bool = False
-    """Draw new probe samples at every probe instead of one fixed set for the whole run."""
-    seed: int | None = None
-    """Seed for the probe samples and the start vector; ``None`` = the run's seed."""
-    max_graph_mb: float | None = 2048
-    """Memory (MiB) for autograd graphs kept between Lanczos steps; micro-batches beyond it
-    are recomputed each step. ``None`` = no limit."""
-    warm_start: bool = True
-    """Start each probe from the eigenvector estimate the previous successful probe ended on
-    (kept in checkpoints) instead of the seeded random vector: fewer HVPs when the model changed
-    little in one epoch. ``false`` = every probe starts from the same random vector."""
-
-    max_failures: int = 3
-    """Consecutive failed probes at a pending phase switch after which the schedule switches to
-    the convergence phase anyway (a loud warning; LR decays compare from the next successful
-    probe on), so a probe that keeps failing cannot hold the run at its peak LR."""
-
-    def __post_init__(self) -> None:
-        _check_layer(self.layer)
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("method", self.method, METHODS)
-        _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        for name in ("batch_size", "micro_batch_size"):
-            check_number(name, getattr(self, name), low=1, integer=True, optional=True)
-        check_number("max_iters", self.max_iters, low=1, integer=True)
-        check_number("max_failures", self.max_failures, low=1, integer=True)
-        check_number("seed", self.seed, low=0, integer=True, optional=True)
-        check_number("tol", self.tol, low=0)
-        for name in ("redraw", "warm_start"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(
-                    key=name, problem=f"must be true or false, got {getattr(self, name)!r}"
-                )
-        check_number("max_graph_mb", self.max_graph_mb, low=0, optional=True)
-        if isinstance(self.layer, tuple):
-            self.layer = list(self.layer)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
-        """Build from a JSON object; an unknown key raises one ``ValueError`` line with a hint."""
-        if not isinstance(d, dict):
-            raise ValueError(f"probe must be a JSON object, got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in known:
-                raise ValueError(
-                    f"probe: unknown key {key!r}{did_you_mean(key, known)}; "
-                    f"known keys: {', '.join(known)}"
-                )
-        return cls(**d)
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        choices = " or ".join(repr(a) for a in allowed)
-        raise ConfigError(key=name, problem=f"must be {choices}, got {value!r}")
-
-
-def _check_layer(layer: Any) -> None:
-    ok = (isinstance(layer, str) and layer) or (
-        isinstance(layer, (list, tuple))
-        and layer
-        and all(isinstance(n, str) and n and n != "auto" for n in layer)
-    )
-    if not ok:
-        raise ConfigError(
-            key="layer",
-            problem='must be "auto", a module name or a non-empty list of module names, '
-            f"got {layer!r}",
-        )
+from ds_twophase import dist, faults
+from ds_twophase.probe.config import ProbeConfig
+from ds_twophase.probe.eigen import EigenResult, principal_eigenvalue
+from ds_twophase.probe.functional import LossFn, to_device
+from ds_twophase.probe.layer import preserve_rng_state, resolve_layer
 
 
 def select_probe_indices(num_samples: int, size: int, seed: int, draw: int = 0) -> list[int]:
@@ -195,6 +83,8 @@ class ProbeOutcome:
     """Lanczos steps (HVPs) performed."""
     num_samples: int = 0
     """Samples in the probe batch."""
+    residual: float = math.nan
+    """Relative Ritz residual of ``value`` (see ``EigenResult.residual``); ``nan`` on failure."""
     vector: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
     """The final eigenvector estimate, on the ranks that computed it (rank 0 in "rank0" mode,
     every rank in "sharded" mode, where it is the same everywhere); ``None`` elsewhere and when
@@ -224,31 +114,7 @@ class _ShardedReduce:
         return dist.all_reduce_sum_(vector, self.group), total
 
 
-FailHook = Callable[[int, int], None]
-"""``fail_hook(rank, iteration)``: called on every computing rank before iteration ``iteration``
-(0 = setup); raising there injects a failure."""
-
-
-def fault_hook_from_env() -> tuple[FailHook | None, bool]:
-    """``(fail_hook, nan_loss)`` from ``DS_TWOPHASE_PROBE_FAIL`` (see the module docstring)."""
-    spec = os.environ.get(FAULT_ENV, "").strip()
-    if not spec:
-        return None, False
-    m = re.fullmatch(r"(rank(\d+)|all|nan)(?:@(\d+))?", spec)
-    if m is None:
-        raise ValueError(
-            f"{FAULT_ENV} must be rank<k>, all or nan, optionally @<iteration>; got {spec!r}"
-        )
-    when = int(m.group(3) or 0)
-    if m.group(1) == "nan":
-        return None, True
-    target = None if m.group(1) == "all" else int(m.group(2))
-
-    def hook(rank: int, iteration: int) -> None:
-        if iteration == when and (target is None or rank == target):
-            raise RuntimeError(f"injected probe failure ({FAULT_ENV}={spec}) on rank {rank}")
-
-    return hook, False
+FailHook = faults.FailHook
 
 
 def measure_hmax(
@@ -291,7 +157,10 @@ def measure_hmax(
             'probe.mode "rank0" cannot run under ZeRO stage 3 (a forward on rank 0 alone '
             'deadlocks): use "sharded"'
         )
-    env_hook, nan_loss = fault_hook_from_env()
+    problem = check_probe_model(model, cfg)
+    if problem:
+        raise ValueError(problem)
+    env_hook, nan_loss = faults.probe_fail_from_env()
     fail_hook = fail_hook or env_hook
     if nan_loss:
         loss_fn = _nan_loss(loss_fn)
@@ -301,6 +170,30 @@ def measure_hmax(
     if cfg.mode == "rank0":
         return _rank0(job, group)
     return _sharded(job, group, zero_stage)
+
+
+def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> str | None:
+    """Why ``cfg`` cannot probe ``model`` (one line naming the key and the fix), else ``None``.
+
+    ``bn_mode: "train"`` with ``SyncBatchNorm`` in ``"rank0"`` mode is refused: in train mode
+    those layers all-reduce their batch statistics in every forward, and only rank 0 runs the
+    probe's forwards, so the other ranks would never join and the run would hang. Call it where
+    the model is first known (``measure_hmax`` does, before any collective, on every rank).
+    """
+    if cfg.bn_mode != "train" or cfg.mode != "rank0":
+        return None
+    sync = [
+        n or type(model).__name__
+        for n, m in model.named_modules()
+        if isinstance(m, nn.SyncBatchNorm)
+    ]
+    if not sync:
+        return None
+    return (
+        f'scheduler.params.probe.bn_mode: "train" with SyncBatchNorm ({sync[0]}) deadlocks in '
+        f'probe.mode "rank0" (its batch statistics are all-reduced, but only rank 0 runs the '
+        f'probe); set bn_mode to "eval"'
+    )
 
 
 @dataclasses.dataclass
@@ -320,17 +213,24 @@ class _ProbeJob:
         return [self.indices[i : i + mb] for i in range(0, len(self.indices), mb)]
 
     def load(self, chunk: list[int]) -> tuple[Any, Any]:
-        inputs, targets = (self.collate or default_collate)([self.dataset[i] for i in chunk])
-        return _to_device(inputs, self.device), _to_device(targets, self.device)
+        """One micro-batch on the host (pinned when the probe runs on a GPU, so that moving it
+        there is a fast asynchronous copy); the probe moves it to the device when it uses it."""
+        batch = (self.collate or default_collate)([self.dataset[i] for i in chunk])
+        inputs, targets = batch
+        if self.device.type == "cuda":
+            inputs, targets = _pin(inputs), _pin(targets)
+        return inputs, targets
 
     def prepare(self, chunks: list[list[int]]) -> tuple[list[tuple[Any, Any]], list[str]]:
-        """Load this rank's micro-batches and resolve the layer (no collectives)."""
+        """Load this rank's micro-batches (kept on the host: the device sees one at a time, so
+        the probe's device memory is bounded by the micro-batch, which the out-of-memory retry
+        halves) and resolve the layer (no collectives)."""
         with preserve_rng_state():
             # Augmentation (if any) is drawn from the probe seed: the same batch at every probe.
             _seed_all(self.seed)
             batches = [self.load(c) for c in chunks]
             auto = isinstance(self.cfg.layer, str) and self.cfg.layer == "auto"
-            example = self.load(self.indices[:2])[0] if auto else None
+            example = to_device(self.load(self.indices[:2])[0], self.device) if auto else None
         return batches, resolve_layer(self.model, self.cfg.layer, example)
 
     def probe(
@@ -450,6 +350,7 @@ def _outcome(value: float, seconds: float, error: str | None, res: Any) -> Probe
         layer=None if res is None else list(res.layer),
         iterations=0 if res is None else res.iterations,
         num_samples=0 if res is None else res.num_samples,
+        residual=math.nan if res is None or error is not None else res.residual,
     )
 
 
@@ -465,6 +366,7 @@ def _merge(outcomes: list[ProbeOutcome]) -> ProbeOutcome:
         layer=first.layer,
         iterations=first.iterations,
         num_samples=first.num_samples,
+        residual=math.nan if errors else first.residual,
     )
 
 
@@ -486,11 +388,11 @@ def _nan_loss(loss_fn: LossFn) -> LossFn:
     return poisoned
 
 
-def _to_device(x: Any, device: torch.device) -> Any:
+def _pin(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
+        return x.pin_memory()
     if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
+        return type(x)(_pin(v) for v in x)
     if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
+        return {k: _pin(v) for k, v in x.items()}
     return x

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from . import dist, faults
-from .probe import ProbeConfig, ProbeOutcome, measure_hmax, select_probe_indices
-from .schedulers import EpochRecord, EpochScheduler
+from ds_twophase import dist, faults
+from ds_twophase.probe.config import ProbeConfig
+from ds_twophase.probe.protocol import ProbeOutcome, measure_hmax, select_probe_indices
+from ds_twophase.schedulers import EpochRecord, EpochScheduler
 
 
 class RankDisagreement(RuntimeError):

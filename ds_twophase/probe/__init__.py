@@ -1,0 +1,72 @@
+"""The Hessian probe: hmax, the principal eigenvalue of one layer's Hessian block, per epoch.
+
+Layers, from the bottom: ``config`` (``ProbeConfig``), ``layer`` (which block), ``functional``
+(the side-effect-free view of the model), ``hvp`` (Hessian-vector products), ``eigen`` (Lanczos,
+``principal_eigenvalue``), ``protocol`` (``measure_hmax`` across ranks: rank0/sharded modes and
+their failure protocol) and ``epoch_end`` (``HessianProbe`` and the epoch-end decision).
+"""
+
+from ds_twophase.probe.config import BN_MODES, METHODS, MODES, ProbeConfig
+from ds_twophase.probe.eigen import (
+    MIN_STEPS,
+    WARM_START_MIX,
+    EigenResult,
+    RitzPair,
+    lanczos,
+    principal_eigenvalue,
+    start_vector,
+)
+from ds_twophase.probe.epoch_end import (
+    EpochEnd,
+    HessianProbe,
+    RankDisagreement,
+    check_ranks_agree,
+    epoch_end,
+    schedule_digest,
+)
+from ds_twophase.probe.functional import Functional
+from ds_twophase.probe.hvp import HessianOperator
+from ds_twophase.probe.layer import (
+    parametric_modules,
+    preserve_rng_state,
+    probe_modes,
+    resolve_layer,
+)
+from ds_twophase.probe.protocol import (
+    ProbeOutcome,
+    ProbePeerFailure,
+    check_probe_model,
+    measure_hmax,
+    select_probe_indices,
+)
+
+__all__ = [
+    "BN_MODES",
+    "METHODS",
+    "MODES",
+    "MIN_STEPS",
+    "WARM_START_MIX",
+    "EigenResult",
+    "Functional",
+    "EpochEnd",
+    "HessianOperator",
+    "HessianProbe",
+    "ProbeConfig",
+    "ProbeOutcome",
+    "ProbePeerFailure",
+    "RankDisagreement",
+    "RitzPair",
+    "check_probe_model",
+    "check_ranks_agree",
+    "epoch_end",
+    "lanczos",
+    "measure_hmax",
+    "parametric_modules",
+    "preserve_rng_state",
+    "principal_eigenvalue",
+    "probe_modes",
+    "resolve_layer",
+    "schedule_digest",
+    "select_probe_indices",
+    "start_vector",
+]
