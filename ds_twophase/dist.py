@@ -162,7 +162,7 @@ def on_rank_zero(fn: Callable[[], Any]) -> Any:
         try:
             outcome = ("ok", fn())
         except ConfigError as exc:
-            outcome = ("error", exc.messages)
+            outcome = ("error", exc.problems)  # Problems pickle: keys survive the broadcast
     outcome = broadcast_object(outcome)
     assert outcome is not None  # rank 0 always sets it
     if outcome[0] == "error":
