@@ -104,7 +104,11 @@ def init_process_group(
         from deepspeed.utils import logger as ds_logger
 
         ds_logger.setLevel(logging.WARNING)
-    if dist_init_required is not False and not tdist.is_initialized():
+    # Also for a group of one that already runs (a second run in the same process): DeepSpeed
+    # reads LOCAL_RANK even when it does not start a group.
+    if dist_init_required is not False and (
+        not tdist.is_initialized() or tdist.get_world_size() == 1
+    ):
         single_process_env()
     kwargs: dict[str, Any] = {"dist_init_required": dist_init_required}
     if distributed_port is not None:
