@@ -53,6 +53,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import zero_lars
+
 __all__ = ["LARS"]
 
 # CPU tuning, measured with bench/lars.py. Weights + grads of one bucket stay in the last-level
@@ -253,12 +255,21 @@ class LARS(Optimizer):
         # private switch (tests, benchmarks): False keeps this optimizer off the fused CPU kernel
         self._kernel = True
         self._plans: dict[int, tuple[list[Tensor], list[_Bucket]]] = {}
+        # the parameters of each group as given (model parameters); under ZeRO-1/2 DeepSpeed
+        # replaces a group's params by one flat partition, mapped back to these (zero_lars.py)
+        self._lp_groups: list[list[Tensor]] = []
+        self._lp_ids: set[int] = set()
+        self._layouts: dict[int, zero_lars.PartitionLayout] = {}
+        # False until the first step that changed something (see _is_setup_step)
+        self._started = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (see ``torch.optim.Optimizer``); its hyperparameters are validated."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        self._lp_groups.append(list(group["params"]))
+        self._lp_ids.update(id(p) for p in group["params"])
         index = len(self.param_groups) - 1
         _check_hyperparameters(
             **{k: group[k] for k in self.defaults}, where=f"param_groups[{index}]."
@@ -273,6 +284,10 @@ class LARS(Optimizer):
         self._compile = getattr(self, "_compile", False)
         self._kernel = getattr(self, "_kernel", True)
         self._plans = {}
+        self._lp_groups = getattr(self, "_lp_groups", [])
+        self._lp_ids = getattr(self, "_lp_ids", set())
+        self._layouts = {}
+        self._started = getattr(self, "_started", False) or bool(self.state)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -281,6 +296,11 @@ class LARS(Optimizer):
         Args:
             closure: optional callable that re-evaluates the model and returns the loss.
 
+        The first call is a no-op when every gradient is exactly zero and no momentum buffer
+        exists yet: that is DeepSpeed's set-up call under bf16 (``initialize_optimizer_states``
+        steps once with zero gradients), which would otherwise decay the weights by
+        ``lr * weight_decay`` and start the momentum buffers at ``weight_decay * p``.
+
         Returns:
             The closure's loss, or None.
         """
@@ -288,13 +308,27 @@ class LARS(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._started:
+            if self._is_setup_step():
+                return loss
+            self._started = True
         for index, group in enumerate(self.param_groups):
             self._step_group(index, group)
         return loss
 
+    def _is_setup_step(self) -> bool:
+        """True for a first step whose gradients (at least one) are all exactly zero."""
+        if self.state:
+            return False
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        return bool(grads) and not any(bool(g.any()) for g in grads)
+
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
         active = [p for p in group["params"] if p.grad is not None]
         if not active:
+            return
+        if group["adapt"] and len(active) == 1 and id(active[0]) not in self._lp_ids:
+            self._step_partition(active[0], group)
             return
         cached = self._plans.get(index)
         # by identity: ``==`` on tensors is elementwise
@@ -332,6 +366,26 @@ class LARS(Optimizer):
                 grads = [grads[i] for i in skipped]
                 bufs = [bufs[i] for i in skipped] if bufs else []
             self._step_eager(params, grads, bufs, group, bucket)
+
+    def _step_partition(self, flat: Tensor, group: dict[str, Any]) -> None:
+        """An adapted group that DeepSpeed (ZeRO-1/2) turned into one flat partition: trust
+        ratios from whole-parameter norms over all ranks (zero_lars.py)."""
+        layout = self._layouts.get(id(flat))
+        if layout is None or layout.flat is not flat:
+            layout = zero_lars.find_layout(flat, self._lp_groups)
+            if layout is None:
+                raise RuntimeError(
+                    "LARS: a parameter group holds a tensor that is none of the parameters LARS "
+                    "was built with and that DeepSpeed's ZeRO-1/2 mapping does not place "
+                    "(ZeRO stage 3?); per-layer trust ratios cannot be computed. LARS works "
+                    "with zero_optimization.stage 0, 1 and 2"
+                )
+            zero_lars.check_layout(layout)
+            self._layouts[id(flat)] = layout
+        w_norm, g_norm = zero_lars.partition_norms(layout, flat.grad)
+        ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
+        buf = self._momentum_buffers([flat])[0] if group["momentum"] != 0 else None
+        zero_lars.step_fragments(layout, flat.grad, buf, ratios, group)
 
     def _step_eager(
         self,
