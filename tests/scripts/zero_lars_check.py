@@ -126,9 +126,7 @@ def run(name: str, cfg: dict, out: Path, data: list, naive: bool = False) -> Non
     # DeepSpeed's bf16 set-up step must leave the (master) weights alone
     dtype = torch.bfloat16 if "bf16" in cfg else torch.float32
     masters = full_fp32(engine)
-    record["init_unchanged"] = all(
-        torch.equal(masters[n], init[n].to(dtype).float()) for n in init
-    )
+    record["init_unchanged"] = all(torch.equal(masters[n], init[n].to(dtype).float()) for n in init)
     if name.startswith("lars") or naive:
         groups = basic.param_groups
         record["group_sizes"] = [len(basic._lp_groups[i]) for i in range(len(basic._lp_groups))]
@@ -190,7 +188,9 @@ def main() -> None:
     world = dist.get_world_size()
     data = batches(dist.get_rank(), world)
     if dist.get_rank() == 0:
-        torch.save({n: p.detach().clone() for n, p in make_model().named_parameters()}, out / "init.pt")
+        torch.save(
+            {n: p.detach().clone() for n, p in make_model().named_parameters()}, out / "init.pt"
+        )
     names = []
     for precision in ("fp32", "bf16"):
         for stage in (0, 1, 2):
