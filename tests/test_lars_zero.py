@@ -49,6 +49,15 @@ def _record(out, name, rank):
 def _check(out, precisions, stages) -> dict:
     """Assert the criterion for every pair that ran; return the measured differences."""
     seen = {}
+    # bf16 with fp32 gradient accumulation: ZeRO-1 through DeepSpeed's BF16_Optimizer
+    lars = _rel_diff(_params(out, "lars_bf16acc_s1"), _params(out, "lars_bf16_s0"), out, "bf16")
+    sgd = _rel_diff(_params(out, "sgd_bf16acc_s1"), _params(out, "sgd_bf16_s0"), out, "bf16")
+    seen["bf16acc_s1"] = (lars, sgd)
+    assert lars <= FACTOR * max(sgd, FLOOR), f"bf16 + fp32 accumulation: {lars:.3g}, {sgd:.3g}"
+    for rank in (0, 1):
+        rec = _record(out, "lars_bf16acc_s1", rank)
+        assert rec["optimizer"] == "BF16_Optimizer" and rec["init_unchanged"], rec
+        assert rec["fragments"][0]["index"] == ([0, 1] if rank == 0 else [1, 2])
     for precision in precisions:
         lars0 = _params(out, f"lars_{precision}_s0")
         sgd0 = _params(out, f"sgd_{precision}_s0")
@@ -97,6 +106,8 @@ def test_zero1_lars_matches_stage0_fp32_and_bf16(tmp_path):
         "lars_bf16_s1",
         "sgd_bf16_s1",
         "naive_bf16_s1",
+        "lars_bf16acc_s1",
+        "sgd_bf16acc_s1",
     ]
     proc = run_deepspeed([SCRIPT, "--out", tmp_path, "--runs", ",".join(runs)], timeout=840)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,7 +5,8 @@ accumulation 2, gradient clipping active) on the same data, in one launch; rank 
 full fp32 (master) parameters of each run to ``<out>/<name>.pt`` (the initial ones to
 ``init.pt``) and a record of the run to
 ``<out>/<name>.json`` for the test to compare. Names: ``<opt>_<precision>_s<stage>``, plus
-``naive_<precision>_s1``: LARS with the per-partition (wrong) trust ratio, and, with
+``naive_<precision>_s1``: LARS with the per-partition (wrong) trust ratio, ``bf16acc``: bf16
+with fp32 gradient accumulation (ZeRO-1 then uses DeepSpeed's ``BF16_Optimizer``), and, with
 ``--checkpoint``, ``resumed_fp32_s2``: stage 2 saved after half the steps, loaded into a fresh
 engine and continued.
 
@@ -47,8 +48,10 @@ def config(opt: str, precision: str, stage: int, world: int) -> dict:
     }
     if opt == "sgd" and stage:
         cfg["zero_allow_untested_optimizer"] = True
-    if precision == "bf16":
+    if precision.startswith("bf16"):
         cfg["bf16"] = {"enabled": True}
+    if precision == "bf16acc":  # ZeRO-1 then runs through DeepSpeed's BF16_Optimizer
+        cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     return cfg
 
 
@@ -196,6 +199,7 @@ def main() -> None:
         for stage in (0, 1, 2):
             names += [f"lars_{precision}_s{stage}", f"sgd_{precision}_s{stage}"]
         names.append(f"naive_{precision}_s1")
+    names += ["lars_bf16acc_s1", "sgd_bf16acc_s1"]
     if args.runs != "all":
         names = args.runs.split(",")
     for name in names:
