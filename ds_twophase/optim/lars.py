@@ -328,8 +328,10 @@ class LARS(Optimizer):
         if not active:
             return
         if group["adapt"] and len(active) == 1 and id(active[0]) not in self._lp_ids:
-            self._step_partition(active[0], group)
-            return
+            layout = self._partition_layout(active[0])
+            if layout is not None:
+                self._step_partition(layout, group)
+                return
         cached = self._plans.get(index)
         # by identity: ``==`` on tensors is elementwise
         if (
@@ -367,21 +369,32 @@ class LARS(Optimizer):
                 bufs = [bufs[i] for i in skipped] if bufs else []
             self._step_eager(params, grads, bufs, group, bucket)
 
-    def _step_partition(self, flat: Tensor, group: dict[str, Any]) -> None:
+    def _partition_layout(self, flat: Tensor) -> zero_lars.PartitionLayout | None:
+        """The ZeRO-1/2 layout of a group's only tensor when it is none of the parameters LARS
+        was built with; None when it is a whole-parameter copy (bf16 stage 0 keeps one fp32
+        master per parameter), which the ordinary path handles."""
+        cached = self._layouts.get(id(flat))
+        if cached is not None and cached.flat is flat:
+            return cached
+        layout = zero_lars.find_layout(flat, self._lp_groups)
+        if layout is None:
+            lp = [p for g in self._lp_groups for p in g]
+            if any(getattr(p, "_hp_mapping", None) is not None or hasattr(p, "ds_id") for p in lp):
+                raise RuntimeError(
+                    "LARS: DeepSpeed partitioned the parameters, but this rank's partition of a "
+                    "parameter group maps to none of them (ZeRO stage 3, or a group smaller "
+                    "than the number of ranks); per-layer trust ratios cannot be computed. "
+                    "LARS works with zero_optimization.stage 0, 1 and 2"
+                )
+            return None
+        zero_lars.check_layout(layout)
+        self._layouts[id(flat)] = layout
+        return layout
+
+    def _step_partition(self, layout: zero_lars.PartitionLayout, group: dict[str, Any]) -> None:
         """An adapted group that DeepSpeed (ZeRO-1/2) turned into one flat partition: trust
         ratios from whole-parameter norms over all ranks (zero_lars.py)."""
-        layout = self._layouts.get(id(flat))
-        if layout is None or layout.flat is not flat:
-            layout = zero_lars.find_layout(flat, self._lp_groups)
-            if layout is None:
-                raise RuntimeError(
-                    "LARS: a parameter group holds a tensor that is none of the parameters LARS "
-                    "was built with and that DeepSpeed's ZeRO-1/2 mapping does not place "
-                    "(ZeRO stage 3?); per-layer trust ratios cannot be computed. LARS works "
-                    "with zero_optimization.stage 0, 1 and 2"
-                )
-            zero_lars.check_layout(layout)
-            self._layouts[id(flat)] = layout
+        flat = layout.flat
         w_norm, g_norm = zero_lars.partition_norms(layout, flat.grad)
         ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
         buf = self._momentum_buffers([flat])[0] if group["momentum"] != 0 else None
