@@ -181,3 +181,21 @@ def test_first_step_with_all_zero_gradients_changes_nothing():
         p.grad = torch.zeros_like(p)
     opt.step()
     assert not torch.equal(params[0], before)
+
+
+def test_group_of_one_whole_parameter_copy_takes_the_ordinary_path():
+    """bf16 at stage 0: DeepSpeed swaps each parameter for an fp32 master copy; a group holding
+    one such copy is an ordinary tensor (no partition mapping), not a ZeRO partition."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(5, 4))
+    master = weight.detach().clone().requires_grad_()
+    opt = LARS([weight], lr=0.5, weight_decay=1e-3)
+    opt.param_groups[0]["params"] = [master]
+    reference = weight.detach().clone().requires_grad_()
+    ref_opt = LARS([reference], lr=0.5, weight_decay=1e-3)
+    for _ in range(3):
+        master.grad = torch.randn_like(master)
+        reference.grad = master.grad.clone()
+        opt.step()
+        ref_opt.step()
+    assert torch.equal(master, reference)
