@@ -142,9 +142,13 @@ def test_zero1_and_2_lars_checkpoint_and_one_rank(tmp_path):
     assert _rel_diff(single, _params(one, "lars_fp32_s0"), two) <= FLOOR
     # the same global batches as the 2-rank run: one rank agrees with two
     assert _rel_diff(single, _params(two, "lars_fp32_s1"), two) <= FACTOR * FLOOR
+    # the 2-rank checkpoint on 1 rank: refused by DeepSpeed before anything is loaded (the
+    # momentum buffers are per-rank slices; see docs/lars.md, "Checkpoints")
     rescaled = json.loads((one / "rescaled.json").read_text())
-    assert rescaled["error"] is None, rescaled
-    assert _rel_diff(_params(one, "rescaled_fp32_s2"), straight, two) <= FACTOR * FLOOR
+    assert rescaled["error"].startswith(
+        "ZeRORuntimeException: The checkpoint being loaded used "
+        "a DP world size of 2 but the current world size is 1"
+    )
 
 
 def test_first_step_with_all_zero_gradients_changes_nothing():
