@@ -57,6 +57,14 @@ class PartitionLayout:
     group: Any
     #: number of elements of each parameter of the group
     numels: list[int]
+    #: ``index`` as a tensor on the partition's device (built once)
+    index_tensor: Tensor | None = None
+
+    def indices(self) -> Tensor:
+        """``index`` as a long tensor on ``flat``'s device."""
+        if self.index_tensor is None:
+            self.index_tensor = torch.tensor(self.index, device=self.flat.device)
+        return self.index_tensor
 
 
 def find_layout(flat: Tensor, lp_groups: Sequence[Sequence[Tensor]]) -> PartitionLayout | None:
@@ -134,9 +142,8 @@ def partition_norms(layout: PartitionLayout, grad: Tensor) -> tuple[Tensor, Tens
     if views:
         norms = torch.stack(torch._foreach_norm(views)).to(torch.float64).square_()
         k = len(layout.bounds)
-        index = torch.tensor(layout.index, device=flat.device)
-        sums[0].index_add_(0, index, norms[:k])
-        sums[1].index_add_(0, index, norms[k:])
+        sums[0].index_add_(0, layout.indices(), norms[:k])
+        sums[1].index_add_(0, layout.indices(), norms[k:])
     dist.all_reduce_sum_(sums, layout.group)
     sums.sqrt_()
     return sums[0], sums[1]
@@ -172,7 +179,7 @@ def step_fragments(
     """
     flat = layout.flat
     wd, m, lr, nesterov = group["weight_decay"], group["momentum"], group["lr"], group["nesterov"]
-    per_fragment = ratios[torch.tensor(layout.index, device=ratios.device)].to(flat.dtype)
+    per_fragment = ratios[layout.indices()].to(flat.dtype)
     if flat.device.type == "cpu":
         # CPU: the ratios are a memory read away; slice by slice d stays in cache and the
         # fused SGD kernel adds ``ratio * wd * p`` in its own pass
