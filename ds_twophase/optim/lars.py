@@ -33,6 +33,9 @@ synchronisation. On CPU the foreach kernels are plain C++ loops and an op over t
 evicts each tensor from the cache before the next op reads it, so tensors go in cache-sized
 buckets: small tensors share a bucket (few dispatches), and large tensors are updated slice by
 slice so that ``d`` is never written out to memory.
+
+Under DeepSpeed ZeRO-1/2 a group arrives as one flat partition of this rank; the trust ratios
+are then computed from whole-parameter norms summed over the ranks (``zero_lars.py``).
 """
 
 from __future__ import annotations
@@ -293,13 +296,13 @@ class LARS(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Apply one update to every parameter that has a gradient.
 
-        Args:
-            closure: optional callable that re-evaluates the model and returns the loss.
-
         The first call is a no-op when every gradient is exactly zero and no momentum buffer
         exists yet: that is DeepSpeed's set-up call under bf16 (``initialize_optimizer_states``
         steps once with zero gradients), which would otherwise decay the weights by
         ``lr * weight_decay`` and start the momentum buffers at ``weight_decay * p``.
+
+        Args:
+            closure: optional callable that re-evaluates the model and returns the loss.
 
         Returns:
             The closure's loss, or None.
