@@ -66,7 +66,15 @@ BAD = [
     (["optimizer.type=Adamm"], 2, "did you mean"),
     (["optimizer.type=LARS", "optimizer.params.trust_coefficent=0.01"], 2, "trust_coefficient"),
     (["optimizer.type=LARS", "optimizer.params.momentum=-1"], 2, "optimizer.params.momentum"),
-    (["optimizer.type=LARS", "zero_optimization.stage=1"], 2, "zero_optimization.stage"),
+    (
+        [
+            "optimizer.type=LARS",
+            "zero_optimization.stage=3",
+            'scheduler.params.probe.mode="sharded"',
+        ],
+        2,
+        "works with stages 0, 1 and 2",
+    ),
     ([], 3, "train_batch_size"),  # 64 != 16 x 2 x 3
     (["train_batch_size=60", "-gradient_accumulation_steps"], 2, "train_batch_size"),
     (["train_batch_size=0"], 2, "train_batch_size"),

@@ -36,19 +36,8 @@ def optimizer_section(
             return None, None, exc.problems
         try:
             check_zero_compatible(zero_stage, type_name)
-        except ConfigError:
-            return (
-                None,
-                None,
-                [
-                    Problem(
-                        "optimizer.type",
-                        f"{cls.__name__} does not work with zero_optimization.stage "
-                        f"{zero_stage} (DeepSpeed hands the optimizer flat partitions that mix layers, so "
-                        "per-layer trust ratios would be wrong); set zero_optimization.stage to 0",
-                    )
-                ],
-            )
+        except ConfigError as exc:
+            return None, None, exc.problems
         return ComponentSpec(cls.__name__, dict(params)), factory, []
     if type_name.lower() in DEEPSPEED_OPTIMIZERS:
         return None, None, _check_deepspeed_optimizer_params(params)

@@ -132,6 +132,8 @@ def validate_config(cfg: dict[str, Any], *, world_size: int | None = None) -> Ru
     errors += opt_errors
     if optimizer is not None:
         ds.pop("optimizer", None)
+        if stage in (1, 2):  # ours are made for ZeRO-1/2; DeepSpeed asserts without this
+            ds.setdefault("zero_allow_untested_optimizer", True)
     scheduler, probe, sched_errors = scheduler_section(cfg, stage)
     errors += sched_errors
     if scheduler is not None:

@@ -50,17 +50,18 @@ def find_optimizer(type_name: str) -> type[Optimizer] | None:
 
 
 def check_zero_compatible(zero_stage: int, type_name: str = "LARS") -> None:
-    """Refuse a layer-wise optimizer under ZeRO (raise ``ConfigError``; stage 0 passes).
+    """Refuse a layer-wise optimizer under ZeRO stage 3 (raise ``ConfigError``; 0-2 pass).
 
-    Under ZeRO stages 1 and 2 DeepSpeed hands the optimizer flat fp32 partitions that mix many
-    layers (stage 3: sub-group partitions), so per-layer trust ratios would silently be computed
-    over the wrong tensors.
+    Stages 1 and 2 hand the optimizer flat partitions that mix layers; LARS maps them back to
+    layers through DeepSpeed's fragment mapping (``zero_lars.py``). Stage 3 hands it sub-group
+    partitions without that mapping, so per-layer trust ratios would be wrong.
     """
-    if zero_stage and find_optimizer(type_name) is not None:
+    if zero_stage >= 3 and find_optimizer(type_name) is not None:
         raise ConfigError(
-            f"optimizer.type {type_name!r} is not supported with zero_optimization.stage "
-            f"{zero_stage}: DeepSpeed hands the optimizer flat partitions that mix layers, so "
-            "per-layer trust ratios would be wrong; use stage 0"
+            key="zero_optimization.stage",
+            problem=f"{type_name} works with stages 0, 1 and 2, not {zero_stage} (ZeRO-3 "
+            "partitions carry no per-layer mapping for the trust ratios); set "
+            "zero_optimization.stage to 0, 1 or 2",
         )
 
 

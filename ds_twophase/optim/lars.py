@@ -33,6 +33,9 @@ synchronisation. On CPU the foreach kernels are plain C++ loops and an op over t
 evicts each tensor from the cache before the next op reads it, so tensors go in cache-sized
 buckets: small tensors share a bucket (few dispatches), and large tensors are updated slice by
 slice so that ``d`` is never written out to memory.
+
+Under DeepSpeed ZeRO-1/2 a group arrives as one flat partition of this rank; the trust ratios
+are then computed from whole-parameter norms summed over the ranks (``zero_lars.py``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from . import zero_lars
 
 __all__ = ["LARS"]
 
@@ -253,12 +258,21 @@ class LARS(Optimizer):
         # private switch (tests, benchmarks): False keeps this optimizer off the fused CPU kernel
         self._kernel = True
         self._plans: dict[int, tuple[list[Tensor], list[_Bucket]]] = {}
+        # the parameters of each group as given (model parameters); under ZeRO-1/2 DeepSpeed
+        # replaces a group's params by one flat partition, mapped back to these (zero_lars.py)
+        self._lp_groups: list[list[Tensor]] = []
+        self._lp_ids: set[int] = set()
+        self._layouts: dict[int, zero_lars.PartitionLayout] = {}
+        # False until the first step that changed something (see _is_setup_step)
+        self._started = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (see ``torch.optim.Optimizer``); its hyperparameters are validated."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        self._lp_groups.append(list(group["params"]))
+        self._lp_ids.update(id(p) for p in group["params"])
         index = len(self.param_groups) - 1
         _check_hyperparameters(
             **{k: group[k] for k in self.defaults}, where=f"param_groups[{index}]."
@@ -273,10 +287,19 @@ class LARS(Optimizer):
         self._compile = getattr(self, "_compile", False)
         self._kernel = getattr(self, "_kernel", True)
         self._plans = {}
+        self._lp_groups = getattr(self, "_lp_groups", [])
+        self._lp_ids = getattr(self, "_lp_ids", set())
+        self._layouts = {}
+        self._started = getattr(self, "_started", False) or bool(self.state)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Apply one update to every parameter that has a gradient.
+
+        The first call is a no-op when every gradient is exactly zero and no momentum buffer
+        exists yet: that is DeepSpeed's set-up call under bf16 (``initialize_optimizer_states``
+        steps once with zero gradients), which would otherwise decay the weights by
+        ``lr * weight_decay`` and start the momentum buffers at ``weight_decay * p``.
 
         Args:
             closure: optional callable that re-evaluates the model and returns the loss.
@@ -288,14 +311,30 @@ class LARS(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._started:
+            if self._is_setup_step():
+                return loss
+            self._started = True
         for index, group in enumerate(self.param_groups):
             self._step_group(index, group)
         return loss
+
+    def _is_setup_step(self) -> bool:
+        """True for a first step whose gradients (at least one) are all exactly zero."""
+        if self.state:
+            return False
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        return bool(grads) and not any(bool(g.any()) for g in grads)
 
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
         active = [p for p in group["params"] if p.grad is not None]
         if not active:
             return
+        if group["adapt"] and len(active) == 1 and id(active[0]) not in self._lp_ids:
+            layout = self._partition_layout(active[0])
+            if layout is not None:
+                self._step_partition(layout, group)
+                return
         cached = self._plans.get(index)
         # by identity: ``==`` on tensors is elementwise
         if (
@@ -332,6 +371,37 @@ class LARS(Optimizer):
                 grads = [grads[i] for i in skipped]
                 bufs = [bufs[i] for i in skipped] if bufs else []
             self._step_eager(params, grads, bufs, group, bucket)
+
+    def _partition_layout(self, flat: Tensor) -> zero_lars.PartitionLayout | None:
+        """The ZeRO-1/2 layout of a group's only tensor when it is none of the parameters LARS
+        was built with; None when it is a whole-parameter copy (bf16 stage 0 keeps one fp32
+        master per parameter), which the ordinary path handles."""
+        cached = self._layouts.get(id(flat))
+        if cached is not None and cached.flat is flat:
+            return cached
+        layout = zero_lars.find_layout(flat, self._lp_groups)
+        if layout is None:
+            lp = [p for g in self._lp_groups for p in g]
+            if any(getattr(p, "_hp_mapping", None) is not None or hasattr(p, "ds_id") for p in lp):
+                raise RuntimeError(
+                    "LARS: DeepSpeed partitioned the parameters, but this rank's partition of a "
+                    "parameter group maps to none of them (ZeRO stage 3, or a group smaller "
+                    "than the number of ranks); per-layer trust ratios cannot be computed. "
+                    "LARS works with zero_optimization.stage 0, 1 and 2"
+                )
+            return None
+        zero_lars.check_layout(layout)
+        self._layouts[id(flat)] = layout
+        return layout
+
+    def _step_partition(self, layout: zero_lars.PartitionLayout, group: dict[str, Any]) -> None:
+        """An adapted group that DeepSpeed (ZeRO-1/2) turned into one flat partition: trust
+        ratios from whole-parameter norms over all ranks (zero_lars.py)."""
+        flat = layout.flat
+        w_norm, g_norm = zero_lars.partition_norms(layout, flat.grad)
+        ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
+        buf = self._momentum_buffers([flat])[0] if group["momentum"] != 0 else None
+        zero_lars.step_fragments(layout, flat.grad, buf, ratios, group)
 
     def _step_eager(
         self,

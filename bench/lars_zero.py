@@ -1,0 +1,186 @@
+"""LARS under ZeRO-1 against torch SGD under ZeRO-1 and stage-0 LARS, 2 CPU ranks, DeepSpeed.
+
+On the parameter sets of a CIFAR ResNet-20 (0.27M parameters) and a torchvision ResNet-50
+(25.6M), each configuration is a real DeepSpeed engine built from JSON through
+``ds_twophase.initialize`` (LARS with biases and norms excluded, lr 0.1, momentum 0.9, weight
+decay 5e-4; SGD the same without the trust ratio). The "model" multiplies each parameter by a
+fixed random tensor and sums, so backward is cheap and the gradients are fixed. Timed:
+``engine.step()`` (under ZeRO-1: gradient norm, flattening, the optimizer on the partition, the
+all-gather of the updated weights; at stage 0 the optimizer alone, the gradients having been
+all-reduced in backward), and ``backward + step``. Configurations are interleaved, a block of
+steps each, so load from other processes hits them alike; medians of rank 0 are reported, with
+ratios against ZeRO-1 SGD, and written to ``docs/benchmarks.md`` under ``## LARS under ZeRO``.
+
+    python bench/lars_zero.py            # both models
+    python bench/lars_zero.py --quick    # fewer rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+SECTION = "## LARS under ZeRO"
+CONFIGS = {
+    "ZeRO-1 LARS": ("LARS", 1),
+    "ZeRO-1 SGD": ("SGD", 1),
+    "stage-0 LARS": ("LARS", 0),
+}
+PARAMS = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+
+
+class ParamSet(nn.Module):
+    """The parameters of ``model`` (same names and shapes); loss = sum(p * fixed random)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.names = [n.replace(".", "_") for n, _ in model.named_parameters()]
+        for name, p in zip(self.names, model.parameters(), strict=True):
+            self.register_parameter(name, nn.Parameter(p.detach().clone()))
+            self.register_buffer(name + "_c", torch.randn(p.shape, generator=g) * 1e-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = x.sum() * 0
+        for name in self.names:
+            total = total + (getattr(self, name) * getattr(self, name + "_c")).sum()
+        return total
+
+
+def make_model(name: str) -> nn.Module:
+    if name == "ResNet-20":
+        from ds_twophase.models.cifar_resnet import resnet20
+
+        return resnet20(shortcut="B")
+    import torchvision
+
+    return torchvision.models.resnet50(weights=None)
+
+
+def worker(models: list[str], rounds: int, block: int, out: Path) -> None:
+    import deepspeed
+
+    import ds_twophase
+    from ds_twophase import dist
+
+    deepspeed.init_distributed()
+    world = dist.get_world_size()
+    results = {}
+    for model_name in models:
+        engines = {}
+        for label, (opt, stage) in CONFIGS.items():
+            cfg = {
+                "train_batch_size": world,
+                "train_micro_batch_size_per_gpu": 1,
+                "steps_per_print": 10**9,
+                "optimizer": {"type": opt, "params": dict(PARAMS)},
+                "zero_optimization": {"stage": stage},
+            }
+            if opt == "SGD" and stage:
+                cfg["zero_allow_untested_optimizer"] = True
+            torch.manual_seed(0)
+            engines[label], *_ = ds_twophase.initialize(
+                model=ParamSet(make_model(model_name)), config=cfg
+            )
+        times = {label: {"step": [], "total": []} for label in engines}
+        x = torch.ones(1)
+        for r in range(rounds + 1):
+            # a common random order per round, the same on every rank (collectives inside)
+            order = list(engines)
+            g = torch.Generator().manual_seed(r)
+            order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
+            for label in order:
+                engine = engines[label]
+                for _ in range(block):
+                    dist.barrier()
+                    t0 = time.perf_counter()
+                    engine.backward(engine(x))
+                    t1 = time.perf_counter()
+                    engine.step()
+                    t2 = time.perf_counter()
+                    if r:  # round 0 warms up (kernel load, first-step allocations)
+                        times[label]["step"].append(t2 - t1)
+                        times[label]["total"].append(t2 - t0)
+        results[model_name] = {
+            label: {k: statistics.median(v) * 1e3 for k, v in t.items()}
+            for label, t in times.items()
+        }
+        results[model_name]["_numel"] = sum(p.numel() for p in make_model(model_name).parameters())
+        del engines
+    if dist.get_rank() == 0:
+        out.write_text(json.dumps(results))
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| model | configuration | `engine.step()` ms | vs ZeRO-1 SGD | backward + step ms "
+        "| vs ZeRO-1 SGD |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, res in results.items():
+        base = res["ZeRO-1 SGD"]
+        for label in CONFIGS:
+            m = res[label]
+            lines.append(
+                f"| {model} | {label} | {m['step']:.2f} | {m['step'] / base['step']:.2f}x "
+                f"| {m['total']:.2f} | {m['total'] / base['total']:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", nargs="+", default=["ResNet-20", "ResNet-50"])
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 8)
+    if args.worker:
+        worker(args.models, rounds, 3, args.worker)
+        return
+    sys.path.insert(0, str(REPO / "tests"))
+    from _launch import run_deepspeed
+
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [__file__, "--worker", out, "--rounds", rounds, "--models", *args.models]
+        proc = run_deepspeed(cmd, num_ranks=2, timeout=3600)
+        if proc.returncode != 0:
+            sys.exit(proc.stderr[-3000:])
+        results = json.loads(out.read_text())
+    for res in results.values():
+        res.pop("_numel")
+    text = table(results)
+    print(text)
+    if args.no_write:
+        return
+    from docs_section import write_section
+
+    body = (
+        f"{SECTION}\n\n`python bench/lars_zero.py{' --quick' if args.quick else ''}` "
+        f"({rounds} rounds of 3 steps per configuration, medians of rank 0; 2 CPU ranks, gloo, "
+        f"OMP_NUM_THREADS=1; {os.cpu_count()} cores, load average {load:.1f} at the start, "
+        f"torch {torch.__version__}). Goal: ZeRO-1 LARS at most 1.3x ZeRO-1 SGD.\n\n{text}\n"
+    )
+    write_section(SECTION, body, after="## LARS step time")
+
+
+if __name__ == "__main__":
+    main()
