@@ -209,3 +209,34 @@ def test_probe_every_leaves_a_step_decay_run_unchanged(tmp_path):
             assert r["probe_hvps"] >= 1 and r["probe_seconds"] > 0 and r["probe_error"] is None
         else:
             assert r["probe_seconds"] == 0
+
+
+# --- plot -------------------------------------------------------------------------------------
+
+
+def test_plot_shows_margins_when_a_run_recorded_them(tmp_path):
+    from ds_twophase.analysis import load_run
+    from ds_twophase.analysis.plot import MARGIN_PANEL, PANELS, panels, plot_data
+
+    def write(name: str, margins: bool) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        cfg = tiny()
+        cfg["trainer"]["output_dir"] = str(path)
+        (path / "config.json").write_text(json.dumps(cfg))
+        rows = []
+        for epoch in range(1, 7):
+            row = {"epoch": epoch, "lr": 1.0, "train_loss": 1.0 / epoch, "decision": "none"}
+            if margins and epoch % 3 == 0:
+                row.update(margin_q1=0.1 * epoch, margin_median=0.2 * epoch, margin_q3=0.4 * epoch)
+            rows.append(row)
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    plain = plot_data([load_run(write("plain", False))])
+    assert panels(plain) == PANELS
+    both = plot_data([load_run(write("margins", True)), load_run(tmp_path / "plain")])
+    assert panels(both) == (*PANELS, MARGIN_PANEL)
+    assert both[0].curves["margin_median"] == ([3, 6], [pytest.approx(0.6), pytest.approx(1.2)])
+    assert both[0].curves["margin_q1"][0] == both[0].curves["margin_q3"][0] == [3, 6]
+    assert both[1].curves["margin_median"] == ([], [])
