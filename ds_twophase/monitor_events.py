@@ -81,7 +81,8 @@ def row_events(row: dict[str, Any]) -> list[tuple[str, float, int]]:
             continue
         events.append((TAG_PREFIX + name, float(value), epoch))
     for name, codes in (("phase", PHASE_CODES), ("decision", DECISION_CODES)):
-        code = codes.get(row.get(name))
+        value = row.get(name)
+        code = codes.get(value) if isinstance(value, str) else None
         if code is not None:
             events.append((TAG_PREFIX + name, float(code), epoch))
     return events
