@@ -21,12 +21,14 @@ then logged again; TensorBoard shows the newest value per step), W&B starts a ne
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import math
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint, dist
+from .errors import ConfigError, Problem
 
 TAG_PREFIX = "ds_twophase/"
 """Prefix of every tag we write."""
@@ -67,8 +69,33 @@ DECISION_CODES = {
 TAGS = tuple(TAG_PREFIX + name for name in (*SCALARS, "phase", "decision"))
 """Every tag we may write, in event order."""
 
+BACKEND_PACKAGES = {
+    "tensorboard": ("tensorboard", 'pip install -e ".[tensorboard]"'),
+    "wandb": ("wandb", 'pip install -e ".[wandb]"'),
+    "comet": ("comet_ml", 'pip install "comet_ml>=3.41.0"'),
+}
+"""Monitor section -> (the package DeepSpeed imports for it, how to install it)."""
+
 DEEPSPEED_CSV_PREFIX = "Train_Samples_"
 """DeepSpeed's own CSV files (``Train/Samples/...`` tags, step = samples trained)."""
+
+
+def check_backends(ds_config: dict[str, Any]) -> None:
+    """One :class:`ConfigError` line per enabled monitor backend whose package is missing
+    (DeepSpeed would raise an ImportError traceback from rank 0 while building the engine)."""
+    problems = []
+    for section, (module, fix) in BACKEND_PACKAGES.items():
+        cfg = ds_config.get(section)
+        enabled = isinstance(cfg, dict) and cfg.get("enabled") is True
+        if enabled and importlib.util.find_spec(module) is None:
+            problems.append(
+                Problem(
+                    f"{section}.enabled",
+                    f"the {module} package is not installed; {fix}, or set it to false",
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
 
 
 def row_events(row: dict[str, Any]) -> list[tuple[str, float, int]]:

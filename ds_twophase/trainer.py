@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .evaluate import evaluate
 from .metrics import MetricsLog
 from .models import build_model
-from .monitor_events import MonitorEvents
+from .monitor_events import MonitorEvents, check_backends
 from .probe import HessianProbe, RankDisagreement, epoch_end
 from .resume import check_fresh_output_dir, choose_checkpoint, resume_fingerprint
 from .schedulers import EpochScheduler
@@ -90,6 +90,7 @@ class Trainer:
             len(self.splits.train), pad=False, drop_last=True, key="trainer.dataset.train_size"
         )
         self.loader = make_loader(self.splits.train, self.sampler, self.micro, self.tc.num_workers)
+        check_backends(run.deepspeed)  # a monitor package missing: one line, not a traceback
         self.engine, _, _, self.scheduler = initialize_run(
             run, model=self.model, total_epochs=self.tc.epochs, steps_per_epoch=self.steps_per_epoch
         )

@@ -240,3 +240,20 @@ def test_plot_shows_margins_when_a_run_recorded_them(tmp_path):
     assert both[0].curves["margin_median"] == ([3, 6], [pytest.approx(0.6), pytest.approx(1.2)])
     assert both[0].curves["margin_q1"][0] == both[0].curves["margin_q3"][0] == [3, 6]
     assert both[1].curves["margin_median"] == ([], [])
+
+
+def test_a_missing_monitor_package_is_one_line_naming_the_extra():
+    import importlib.util
+
+    from ds_twophase.errors import ConfigError
+    from ds_twophase.monitor_events import check_backends
+
+    check_backends({"csv_monitor": {"enabled": True}, "wandb": {"enabled": False}})  # no package
+    cfg = {"tensorboard": {"enabled": True, "output_path": "x"}, "wandb": {"enabled": True}}
+    missing = [m for m in ("tensorboard", "wandb") if importlib.util.find_spec(m) is None]
+    if not missing:
+        pytest.skip("tensorboard and wandb are both installed")
+    with pytest.raises(ConfigError) as info:
+        check_backends(cfg)
+    assert [m.split(".")[0] for m in info.value.messages] == missing
+    assert all(f'".[{m}]"' in msg for m, msg in zip(missing, info.value.messages, strict=True))
