@@ -50,6 +50,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _write_atomic(path, "w", lambda f: json.dump(data, f, indent=1, sort_keys=True))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to ``path`` via a temporary file and a rename (never half-written)."""
+    _write_atomic(path, "w", lambda f: f.write(text))
+
+
 def write_array_atomic(path: Path, tensor: torch.Tensor) -> None:
     """Write a tensor as a ``.npy`` file via a temporary file and a rename."""
     array = tensor.detach().cpu().numpy()

@@ -27,6 +27,8 @@ RESUME_FREE_KEYS = (
     "trainer.num_workers",
     "trainer.eval_every",
     "trainer.on_nonfinite_loss",
+    "trainer.margins_every",  # measurements for analysis only: training is the same
+    "scheduler.params.probe.every",
     "trainer.dataset.root",
     "steps_per_print",
     "wall_clock_breakdown",

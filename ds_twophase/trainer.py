@@ -29,10 +29,12 @@ from .epoch import (
     stop_if_nonfinite,
     train_epoch,
 )
+from .epoch_analysis import EpochAnalysis
 from .errors import ConfigError
 from .evaluate import evaluate
 from .metrics import MetricsLog
 from .models import build_model
+from .monitor_events import MonitorEvents, check_backends
 from .probe import HessianProbe, RankDisagreement, epoch_end
 from .resume import check_fresh_output_dir, choose_checkpoint, resume_fingerprint
 from .schedulers import EpochScheduler
@@ -88,21 +90,27 @@ class Trainer:
             len(self.splits.train), pad=False, drop_last=True, key="trainer.dataset.train_size"
         )
         self.loader = make_loader(self.splits.train, self.sampler, self.micro, self.tc.num_workers)
+        check_backends(run.deepspeed)  # a monitor package missing: one line, not a traceback
         self.engine, _, _, self.scheduler = initialize_run(
             run, model=self.model, total_epochs=self.tc.epochs, steps_per_epoch=self.steps_per_epoch
         )
         self.probe = None
-        if run.probe is not None:
+        if run.schedule_probe is not None:
             self.probe = HessianProbe(
                 self.splits.train,
                 cross_entropy,
-                run.probe,
+                run.schedule_probe,
                 batch_size=self.train_batch,
                 micro_batch_size=self.micro,
                 seed=self.tc.seed,
                 zero_stage=run.zero_stage,
             )
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        # probe.every and trainer.margins_every; DeepSpeed's monitor gets every metrics row.
+        self.analysis = EpochAnalysis(
+            run, self.splits.train, batch_size=self.train_batch, micro_batch_size=self.micro
+        )
+        self.monitor = MonitorEvents(self.engine)
 
     def _build_data(self) -> Any:
         # Rank 0 generates and caches the data set first so the other ranks only read it.
@@ -135,6 +143,7 @@ class Trainer:
             if self.probe is not None and state.get("probe") is not None:
                 vector = state["tensors"].get("probe_vector")
                 self.probe.load_state_dict({**state["probe"], "vector": vector})
+            self.analysis.load(state)
             dist.print_rank_zero(f"resume: continuing after epoch {epoch} from {path}")
         if dist.is_rank_zero():
             self.metrics.truncate(epoch)  # epochs no checkpoint kept are trained again
@@ -162,6 +171,7 @@ class Trainer:
         else:
             dist.on_rank_zero(lambda: check_fresh_output_dir(self.out, self.metrics, self.ckpt_dir))
             start = 0
+        self.monitor.start(start)  # CSV monitor files: no second header, no re-trained epochs
         # The code this session trains with, for summary.json (read now: the tree may change
         # while a long run trains).
         self.commit = summary.commit_info(Path.cwd(), Path(__file__).parent)
@@ -225,6 +235,7 @@ class Trainer:
                 )
         decision, probe_seconds = self._decide(train_loss)
         row.update(decision)
+        probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
         row["lr"] = self.engine.get_lr()[0]
         row["val_loss"] = row["val_accuracy"] = None
         if epoch % self.tc.eval_every == 0 or epoch == last:
@@ -240,6 +251,7 @@ class Trainer:
         row["epoch_seconds"] = time.perf_counter() - t0
         if dist.is_rank_zero():
             self.metrics.append(row)
+            self.monitor.write(row)
         dist.print_rank_zero(_epoch_line(row, last))
         return row
 
@@ -274,11 +286,13 @@ class Trainer:
         probe = None if self.probe is None else self.probe.state_dict()
         vector = None if probe is None else probe.pop("vector")
         epoch_scheduler = isinstance(self.scheduler, EpochScheduler)
+        analysis, analysis_tensors = self.analysis.state()
         state = {
             "epoch": epoch,
             "config": resume_fingerprint(self.run.resolved),
             "probe": probe,
             "scheduler": self.scheduler.state_dict() if epoch_scheduler else None,
+            **analysis,
         }
         checkpoint.save(
             self.engine,
@@ -286,7 +300,7 @@ class Trainer:
             epoch,
             state,
             keep=self.tc.keep_checkpoints,
-            tensors={} if vector is None else {"probe_vector": vector},
+            tensors={**({} if vector is None else {"probe_vector": vector}), **analysis_tensors},
         )
 
 

@@ -43,6 +43,11 @@ class TrainerConfig:
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
     """A NaN/Inf training loss: ``stop`` the run (nothing poisoned is saved) or ``skip`` the
     step (no update) and go on."""
+    margins_every: int = 0
+    """Record the normalised output margins of the training split (``margin_q1``,
+    ``margin_median``, ``margin_q3``, ``margin_iqr``, ...) in ``metrics.jsonl`` every N epochs
+    and after the last (0: never). Measured on rank 0 over the whole training split, about the
+    cost of one training epoch each time (see ``ds_twophase.epoch_analysis``)."""
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -51,6 +56,7 @@ class TrainerConfig:
             ("checkpoint_every", 0),
             ("keep_checkpoints", 1),
             ("num_workers", 0),
+            ("margins_every", 0),
         ):
             check_number(name, getattr(self, name), low=low, integer=True)
         check_number("seed", self.seed, integer=True)

@@ -87,7 +87,19 @@ BAD = [
     (
         ["scheduler.type=WarmupStepLR", 'scheduler.params.probe.mode="sharded"'],
         2,
-        "only TwoPhaseLR",
+        "set probe.every",
+    ),
+    (["scheduler.params.probe.every=0"], 2, "scheduler.params.probe.every"),
+    (["trainer.margins_every=-1"], 2, "trainer.margins_every"),
+    (
+        [
+            "zero_optimization.stage=3",
+            "zero_allow_untested_optimizer=true",
+            'scheduler.params.probe.mode="sharded"',
+            "trainer.margins_every=2",
+        ],
+        2,
+        "trainer.margins_every",
     ),
 ]
 

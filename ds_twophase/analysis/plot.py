@@ -1,4 +1,6 @@
-"""``ds-twophase plot``: LR, training loss, validation accuracy and hmax against epoch.
+"""``ds-twophase plot``: LR, training loss, validation accuracy and hmax against epoch, and the
+training samples' normalised margin (median with its interquartile band) when a run recorded it
+(``trainer.margins_every``).
 
 The figure has one panel per quantity; every run is one colour, labelled by setting and seed,
 with its plateau (dotted), phase switch (dashed) and decays (thin solid) as vertical lines in
@@ -22,6 +24,10 @@ PANELS = (
     ("hmax", "hmax"),
 )
 """``(metrics.jsonl key, axis label)`` of each panel, in drawing order."""
+
+MARGIN_PANEL = ("margin_median", "margin (median, q1-q3)")
+"""The fifth panel, drawn when some run has margins; its band is ``margin_q1``..``margin_q3``."""
+MARGIN_BAND = ("margin_q1", "margin_q3")
 
 MARKER_STYLES = {"plateau": ":", "switch": "--", "decay": "-"}
 """Line style of each kind of vertical marker."""
@@ -58,9 +64,17 @@ def plot_data(runs: Sequence[Run]) -> list[RunCurves]:
             "switch": [] if ev.switch is None else [ev.switch],
             "decay": list(ev.decays),
         }
-        curves = {key: run.column(key) for key, _ in PANELS}
+        keys = [key for key, _ in PANELS] + [MARGIN_PANEL[0], *MARGIN_BAND]
+        curves = {key: run.column(key) for key in keys}
         data.append(RunCurves(label=label, curves=curves, markers=markers))
     return data
+
+
+def panels(data: Sequence[RunCurves]) -> tuple[tuple[str, str], ...]:
+    """The panels to draw: :data:`PANELS`, plus :data:`MARGIN_PANEL` when a run has margins."""
+    if any(run.curves.get(MARGIN_PANEL[0], ([], []))[0] for run in data):
+        return (*PANELS, MARGIN_PANEL)
+    return PANELS
 
 
 def check_output(path: str | Path) -> Path:
@@ -86,14 +100,24 @@ def draw(data: Sequence[RunCurves], path: str | Path, title: str | None = None) 
     except ImportError:
         raise ConfigError(MISSING_MATPLOTLIB) from None
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    shown = panels(data)
+    rows = (len(shown) + 1) // 2
+    fig, grid = plt.subplots(rows, 2, figsize=(10, 3.25 * rows), sharex=True)
+    axes = grid.flat[: len(shown)]
+    for ax in grid.flat[len(shown) :]:
+        ax.set_visible(False)
+        # the panel above a hidden one is the lowest of its column: it shows the epochs
+        grid.flat[len(shown) - 2].xaxis.set_tick_params(labelbottom=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(data):
         color = colors[i % len(colors)]
-        for ax, (key, _) in zip(axes.flat, PANELS, strict=True):
+        for ax, (key, _) in zip(axes, shown, strict=True):
             epochs, values = run.curves[key]
-            style = "o-" if key == "hmax" else "-"
+            style = "o-" if key in ("hmax", MARGIN_PANEL[0]) else "-"
             ax.plot(epochs, values, style, color=color, markersize=2.5, linewidth=1.2)
+            if key == MARGIN_PANEL[0]:
+                (band_epochs, low), (_, high) = (run.curves[k] for k in MARGIN_BAND)
+                ax.fill_between(band_epochs, low, high, color=color, alpha=0.2, linewidth=0)
             for kind, marks in run.markers.items():
                 for epoch in marks:
                     ax.axvline(
@@ -103,13 +127,13 @@ def draw(data: Sequence[RunCurves], path: str | Path, title: str | None = None) 
                         linewidth=1.0,
                         alpha=0.8,
                     )
-    for ax, (key, label) in zip(axes.flat, PANELS, strict=True):
+    for ax, (key, label) in zip(axes, shown, strict=True):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         has_positive = any(v > 0 for run in data for v in run.curves[key][1])
         if key in ("train_loss", "hmax") and has_positive:
             ax.set_yscale("log")
-    for ax in axes[-1]:
+    for ax in axes[-2:]:
         ax.set_xlabel("epoch")
     handles = [Line2D([], [], color=colors[i % len(colors)]) for i in range(len(data))]
     labels = [run.label for run in data]

@@ -44,11 +44,19 @@ class RunConfig:
     scheduler: ComponentSpec | None = None
     """Our scheduler type, or ``None`` when DeepSpeed/torch builds it."""
     probe: ProbeConfig | None = None
-    """The validated probe settings for TwoPhaseLR, else ``None``."""
+    """The validated probe settings (``scheduler.params.probe``): always for TwoPhaseLR, for
+    other schedulers only with ``probe.every``; else ``None``."""
     trainer: TrainerConfig | None = None
     """The validated ``trainer`` section, or ``None`` when absent."""
     batch: Batch | None = None
     """The resolved batch sizes, once :meth:`check_world_size` has run."""
+
+    @property
+    def schedule_probe(self) -> ProbeConfig | None:
+        """The probe settings when the schedule itself decides from hmax (TwoPhaseLR)."""
+        if self.scheduler is None or self.scheduler.type != "TwoPhaseLR":
+            return None
+        return self.probe
 
     @property
     def zero_stage(self) -> int:
@@ -138,8 +146,18 @@ def validate_config(cfg: dict[str, Any], *, world_size: int | None = None) -> Ru
     errors += sched_errors
     if scheduler is not None:
         ds.pop("scheduler", None)
+    elif probe is not None:  # probe.every with a scheduler DeepSpeed builds: not its argument
+        ds["scheduler"]["params"].pop("probe", None)
     trainer, trainer_errors = trainer_section(cfg, probe)
     errors += trainer_errors
+    if trainer is not None and trainer.margins_every and stage == 3:
+        errors.append(
+            Problem(
+                "trainer.margins_every",
+                "rank 0 measures margins alone, which deadlocks under zero_optimization.stage 3; "
+                "set it to 0 or use stage 0-2",
+            )
+        )
     if errors:
         raise ConfigError(errors)
     run = RunConfig(

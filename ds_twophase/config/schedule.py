@@ -21,11 +21,30 @@ if TYPE_CHECKING:
 def scheduler_section(
     cfg: dict[str, Any], zero_stage: int
 ) -> tuple[ComponentSpec | None, ProbeConfig | None, list[Problem]]:
-    """Our scheduler type with its probe settings, or ``(None, None, problems)`` for a type
-    DeepSpeed or torch builds (checked by building it for a stand-in optimizer)."""
+    """Our scheduler type with its probe settings, or ``(None, probe, problems)`` for a type
+    DeepSpeed or torch builds (checked by building it for a stand-in optimizer). A scheduler
+    other than TwoPhaseLR takes a probe section only with ``every`` (hmax for analysis)."""
     type_name, params, errors = split_section(cfg, "scheduler")
     if type_name is None or errors:
         return None, None, errors
+    params = dict(params)
+    probe_raw = params.pop("probe", None)
+    probe = None
+    if type_name == "TwoPhaseLR":
+        probe, probe_errors = _probe(probe_raw, zero_stage)
+        errors += probe_errors
+    elif probe_raw is not None:
+        # Any other scheduler takes a probe section for probe.every only (analysis hmax).
+        probe, probe_errors = _probe(probe_raw, zero_stage)
+        errors += probe_errors
+        if probe is not None and probe.every is None:
+            errors.append(
+                Problem(
+                    "scheduler.params.probe",
+                    f"{type_name} makes no decision from hmax; set probe.every to measure it "
+                    "for analysis, or remove the probe section",
+                )
+            )
     if type_name not in SCHEDULERS:
         if type_name in METRIC_SCHEDULERS:
             return (
@@ -41,12 +60,14 @@ def scheduler_section(
                 ],
             )
         if type_name in DEEPSPEED_SCHEDULERS:
-            return None, None, _check_builtin_scheduler(type_name, params, deepspeed_own=True)
+            errors += _check_builtin_scheduler(type_name, params, deepspeed_own=True)
+            return None, probe, errors
         torch_cls = getattr(torch.optim.lr_scheduler, type_name, None)
         if isinstance(torch_cls, type) and issubclass(
             torch_cls, torch.optim.lr_scheduler.LRScheduler
         ):
-            return None, None, _check_builtin_scheduler(type_name, params, deepspeed_own=False)
+            errors += _check_builtin_scheduler(type_name, params, deepspeed_own=False)
+            return None, probe, errors
         candidates = list(SCHEDULERS) + list(DEEPSPEED_SCHEDULERS)
         return (
             None,
@@ -60,22 +81,13 @@ def scheduler_section(
                 )
             ],
         )
-    params = dict(params)
-    probe_raw = params.pop("probe", None)
-    probe = None
-    if type_name == "TwoPhaseLR":
-        probe, probe_errors = _probe(probe_raw, zero_stage)
-        errors += probe_errors
-        if "probe_max_failures" in params:  # the Python argument; JSON has one spelling
-            errors.append(
-                Problem(
-                    "scheduler.params.probe_max_failures",
-                    "write it as scheduler.params.probe.max_failures",
-                )
-            )
-    elif probe_raw is not None:
+    if type_name == "TwoPhaseLR" and "probe_max_failures" in params:
+        # the Python argument; JSON has one spelling
         errors.append(
-            Problem("scheduler.params.probe", f"only TwoPhaseLR uses a probe, not {type_name}")
+            Problem(
+                "scheduler.params.probe_max_failures",
+                "write it as scheduler.params.probe.max_failures",
+            )
         )
     errors += _check_scheduler_params(type_name, params, cfg)
     return ComponentSpec(type_name, params), probe, errors

@@ -61,6 +61,12 @@ class ProbeConfig:
     the convergence phase anyway (a loud warning; LR decays compare from the next successful
     probe on), so a probe that keeps failing cannot hold the run at its peak LR."""
 
+    every: int | None = None
+    """Also measure hmax for analysis at the end of epochs N, 2N, ... with any scheduler
+    (TwoPhaseLR: on those of them where the schedule does not probe anyway). It never feeds a
+    decision: a separate probe with its own warm start (:mod:`ds_twophase.probe.every`).
+    ``None``: hmax only when the schedule needs it."""
+
     def __post_init__(self) -> None:
         _check_layer(self.layer)
         _check_choice("mode", self.mode, MODES)
@@ -70,6 +76,7 @@ class ProbeConfig:
             check_number(name, getattr(self, name), low=1, integer=True, optional=True)
         check_number("max_iters", self.max_iters, low=1, integer=True)
         check_number("max_failures", self.max_failures, low=1, integer=True)
+        check_number("every", self.every, low=1, integer=True, optional=True)
         check_number("seed", self.seed, low=0, integer=True, optional=True)
         check_number("tol", self.tol, low=0)
         for name in ("redraw", "warm_start"):
