@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from ds_twophase.errors import ConfigError
 from ds_twophase.schedulers import TwoPhaseLR, WarmupStepLR
 from ds_twophase.schedulers.two_phase import resolve_patience
 
@@ -700,3 +701,20 @@ def test_warmup_step_explicit_epochs_and_records():
 def test_warmup_step_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WarmupStepLR(make_optimizer(), steps_per_epoch=1, total_epochs=10, **kwargs)
+
+
+def test_check_params_is_the_constructors_check_without_building():
+    # Config validation asks the class; the engine's construction raises the same problem.
+    assert TwoPhaseLR.check_params({"decay_factor": 0.5}, total_epochs=10, peak_lr=0.1) == []
+    (problem,) = TwoPhaseLR.check_params({"decay_factor": 1.5})
+    assert (problem.key, problem.problem) == ("decay_factor", "must be a number < 1, got 1.5")
+    (problem,) = TwoPhaseLR.check_params({"min_lr": 0.5}, peak_lr=0.1)
+    assert problem.key == "min_lr" and "peak LR (0.1)" in problem.problem
+    assert TwoPhaseLR.check_params({"min_lr": 0.5}) == []  # peak unknown: checked when built
+    (problem,) = TwoPhaseLR.check_params({"decay_factr": 0.5})
+    assert problem.key == "decay_factr" and "did you mean 'decay_factor'" in problem.problem
+    (problem,) = WarmupStepLR.check_params({"milestones": [0.9, 5]}, total_epochs=10)
+    assert problem.key == "milestones" and "increasing" in problem.problem
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match="decay_factor: must be a number < 1, got 1.5"):
+        TwoPhaseLR(opt, steps_per_epoch=1, total_epochs=10, decay_factor=1.5)

@@ -84,26 +84,20 @@ def scheduler_section(
 def _check_scheduler_params(
     type_name: str, params: dict[str, Any], cfg: dict[str, Any]
 ) -> list[Problem]:
-    """Validate by building the real scheduler against a stand-in optimizer."""
-    cls = SCHEDULERS[type_name]
+    """The scheduler's own parameter check (nothing is built: the engine builds it once), with
+    the epoch budget of ``trainer.epochs`` and the peak LR of ``optimizer.params.lr`` when the
+    config gives them."""
     optimizer = cfg.get("optimizer")
     opt_params = optimizer.get("params") if isinstance(optimizer, dict) else None
-    peak = opt_params.get("lr", 1.0) if isinstance(opt_params, dict) else 1.0
-    if not is_number(peak) or peak <= 0:
-        peak = 1.0
-    trainer: dict[str, Any] = cfg["trainer"] if isinstance(cfg.get("trainer"), dict) else {}
-    epochs = trainer.get("epochs", 1)
-    filled = {
-        "steps_per_epoch": 1,
-        "total_epochs": epochs if isinstance(epochs, int) and epochs > 0 else 1,
-    }
-    filled.update(params)
-    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float(peak))
-    try:
-        _construct(cls, dummy, filled)
-    except ConfigError as exc:
-        return exc.problems
-    return []
+    peak = opt_params.get("lr") if isinstance(opt_params, dict) else None
+    trainer = cfg.get("trainer")
+    epochs = trainer.get("epochs") if isinstance(trainer, dict) else None
+    problems = SCHEDULERS[type_name].check_params(
+        params,
+        total_epochs=epochs,
+        peak_lr=float(peak) if is_number(peak) and peak > 0 else None,
+    )
+    return [p.under("scheduler.params.") for p in problems]
 
 
 def _check_builtin_scheduler(
