@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ..cli import ArgumentParser, report
+from ..args import ArgumentParser, report
 from ..errors import ConfigError
 
 

@@ -181,23 +181,19 @@ def _check_probe_layer(
     trainer: TrainerConfig, layer: str | list[str], num_classes: int, shape: tuple[int, ...]
 ) -> Problem | None:
     """Why ``scheduler.params.probe.layer`` names no parametric module of the configured model
-    (``None`` when it does, or for ``"auto"``). The model is built on the meta device."""
+    (``None`` when it does, or for ``"auto"``): the probe's own :func:`resolve_layer` on the
+    model built on the meta device."""
     if layer == "auto":
         return None
     from ..models import build_model
-    from ..probe import parametric_modules, resolve_layer
+    from ..probe import UnknownLayer, resolve_layer
 
     with torch.device("meta"):
         model = build_model(trainer.model, num_classes, shape, check_forward=False)
     try:
         resolve_layer(model, layer)
-    except ValueError:
-        names = [layer] if isinstance(layer, str) else list(layer)
-        with_params = {
-            n for n, m in model.named_modules() if next(m.parameters(), None) is not None
-        }
-        bad = next((n for n in names if n not in with_params), str(layer))
-        candidates = list(parametric_modules(model))
+    except UnknownLayer as exc:
+        bad, candidates = exc.name, exc.candidates
         shown = ", ".join(candidates[-12:])
         if len(candidates) > 12:
             shown = f"..., {shown} (the last 12 of {len(candidates)})"
