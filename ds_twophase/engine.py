@@ -104,9 +104,16 @@ def initialize_run(
 
     Reuses what validation built: the optimizer factory, bound here to ``model``, and the
     scheduler's checked params; the batch arithmetic is checked for this world size (a no-op
-    when validation already had it)."""
+    when validation already had it) and the probe settings against ``model``
+    (``check_probe_model``)."""
     world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
     batch = run.check_world_size(world)
+    if run.probe is not None:  # the first place the model is known (trainer and initialize)
+        from .probe import check_probe_model
+
+        problem = check_probe_model(model, run.probe)
+        if problem is not None:
+            raise ConfigError(problem)
     if run.optimizer is not None:
         if optimizer is not None:
             raise ConfigError(

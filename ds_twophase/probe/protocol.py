@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from ds_twophase import dist, faults
+from ds_twophase.errors import Problem
 from ds_twophase.probe.config import ProbeConfig
 from ds_twophase.probe.eigen import EigenResult, principal_eigenvalue
 from ds_twophase.probe.functional import LossFn, to_device
@@ -158,8 +159,8 @@ def measure_hmax(
             'deadlocks): use "sharded"'
         )
     problem = check_probe_model(model, cfg)
-    if problem:
-        raise ValueError(problem)
+    if problem is not None:
+        raise ValueError(str(problem))
     env_hook, nan_loss = faults.probe_fail_from_env()
     fail_hook = fail_hook or env_hook
     if nan_loss:
@@ -172,13 +173,15 @@ def measure_hmax(
     return _sharded(job, group, zero_stage)
 
 
-def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> str | None:
-    """Why ``cfg`` cannot probe ``model`` (one line naming the key and the fix), else ``None``.
+def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> Problem | None:
+    """Why ``cfg`` cannot probe ``model`` (keyed ``scheduler.params.probe.bn_mode``, with the
+    fix), else ``None``.
 
     ``bn_mode: "train"`` with ``SyncBatchNorm`` in ``"rank0"`` mode is refused: in train mode
     those layers all-reduce their batch statistics in every forward, and only rank 0 runs the
     probe's forwards, so the other ranks would never join and the run would hang. Call it where
-    the model is first known (``measure_hmax`` does, before any collective, on every rank).
+    the model is first known: ``ds_twophase.initialize`` and the trainer (raised as a
+    ``ConfigError``, exit 2) and ``measure_hmax`` (before any collective, on every rank).
     """
     if cfg.bn_mode != "train" or cfg.mode != "rank0":
         return None
@@ -189,10 +192,10 @@ def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> str | None:
     ]
     if not sync:
         return None
-    return (
-        f'scheduler.params.probe.bn_mode: "train" with SyncBatchNorm ({sync[0]}) deadlocks in '
-        f'probe.mode "rank0" (its batch statistics are all-reduced, but only rank 0 runs the '
-        f'probe); set bn_mode to "eval"'
+    return Problem(
+        "scheduler.params.probe.bn_mode",
+        f'"train" with SyncBatchNorm ({sync[0]}) deadlocks in probe.mode "rank0" (its batch '
+        'statistics are all-reduced, but only rank 0 runs the probe); set bn_mode to "eval"',
     )
 
 
