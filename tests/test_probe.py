@@ -248,11 +248,11 @@ def test_train_mode_syncbatchnorm_is_refused_in_rank0_mode_in_one_line():
 def test_initialize_refuses_train_mode_syncbatchnorm_as_a_config_error():
     # ds_twophase.initialize and the trainer (both through initialize_run) check the model
     # they are given before DeepSpeed sees it: one keyed line, exit 2, instead of a hang.
+    from pathlib import Path
+
     from ds_twophase.config import load_config, validate_config
     from ds_twophase.engine import initialize_run
     from ds_twophase.errors import ConfigError
-
-    from pathlib import Path
 
     raw = load_config(Path(__file__).parents[1] / "ds_twophase/defaults/mnist1d.json")
     raw["scheduler"]["params"]["probe"]["bn_mode"] = "train"
