@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..errors import ConfigError
 from .runs import Run
@@ -23,7 +24,7 @@ PANELS = (
 )
 """``(metrics.jsonl key, axis label)`` of each panel, in drawing order."""
 
-MARKER_STYLES = {"plateau": ":", "switch": "--", "decay": "-"}
+MARKER_STYLES: dict[str, Literal[":", "--", "-"]] = {"plateau": ":", "switch": "--", "decay": "-"}
 """Line style of each kind of vertical marker."""
 
 FORMATS = {".png", ".svg", ".pdf"}

@@ -43,6 +43,7 @@ import math
 import os
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -142,7 +143,8 @@ def _caller_stacklevel() -> int:
     # the frames between here and the caller (this module, torch's optimizer and no_grad
     # wrappers) change with torch versions, so they are counted rather than hard-coded
     internal = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(internal):
         level, frame = level + 1, frame.f_back
     return level
@@ -238,7 +240,7 @@ class LARS(Optimizer):
         *,
         compile: bool = False,
     ):
-        defaults = dict(
+        defaults: dict[str, Any] = dict(
             lr=lr,
             momentum=momentum,
             weight_decay=weight_decay,
@@ -506,11 +508,13 @@ def _plan(params: list[Tensor], compile: bool = False, kernel: bool = False) -> 
     """
     by_kind: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
-        if p.grad.is_sparse:
+        grad = p.grad
+        assert grad is not None  # the step passes only parameters that have a gradient
+        if grad.is_sparse:
             raise ValueError("LARS does not support sparse gradients")
         if p.is_complex():
             raise ValueError("LARS does not support complex parameters")
-        by_kind.setdefault((p.device, p.dtype, p.grad.dtype), []).append(i)
+        by_kind.setdefault((p.device, p.dtype, grad.dtype), []).append(i)
     buckets = []
     for (device, dtype, grad_dtype), indices in by_kind.items():
         fused = device.type in _FUSED_DEVICES and dtype == grad_dtype and dtype.is_floating_point
@@ -587,7 +591,7 @@ def _lars_foreach(
 
 def _sgd(
     params: list[Tensor],
-    grads: list[Tensor],
+    grads: list[Tensor] | tuple[Tensor, ...],
     bufs: list[Tensor],
     group: dict[str, Any],
     weight_decay: float,

@@ -109,7 +109,7 @@ class _Reducer:
 
     def announce_failure(self) -> None:
         """Tell peers (through the hook's collectives) that this process failed."""
-        if self.peers_informed:
+        if self.peers_informed or self.hook is None:
             return
         self.peers_informed = True
         with contextlib.suppress(Exception):  # the hook raises by contract; the original wins

@@ -131,13 +131,14 @@ def preserve_rng_state() -> Iterator[None]:
     cpu = torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     py = random.getstate()
-    np_state = None
+    np_random: Any = None
     try:
-        import numpy as np
+        import numpy
 
-        np_state = np.random.get_state()
+        np_random = numpy.random
     except ImportError:  # numpy is optional for this module
-        np = None
+        pass
+    np_state = None if np_random is None else np_random.get_state()
     try:
         yield
     finally:
@@ -145,8 +146,8 @@ def preserve_rng_state() -> Iterator[None]:
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
         random.setstate(py)
-        if np_state is not None:
-            np.random.set_state(np_state)
+        if np_random is not None:
+            np_random.set_state(np_state)
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ class _ShardedReduce:
 
     def __call__(self, vector: torch.Tensor | None, count: float) -> tuple[torch.Tensor, float]:
         failed, total = dist.all_reduce_sums([float(vector is None), float(count)], self.group)
-        if failed > 0:
+        if failed > 0 or vector is None:  # a None vector is counted in failed
             raise ProbePeerFailure(f"probe failed on {int(failed)} rank(s)")
         return dist.all_reduce_sum_(vector, self.group), total
 
@@ -213,6 +213,8 @@ class _ProbeJob:
 
     def chunks(self) -> list[list[int]]:
         mb = self.cfg.micro_batch_size
+        if mb is None:  # measure_hmax refuses this before it builds a job
+            raise ValueError("probe.micro_batch_size is None")
         return [self.indices[i : i + mb] for i in range(0, len(self.indices), mb)]
 
     def load(self, chunk: list[int]) -> tuple[Any, Any]:
@@ -308,8 +310,8 @@ def _sharded_probe(job: _ProbeJob, group: Any) -> ProbeOutcome:
     # rank 0's, as rank0 mode (and a checkpoint, which stores rank 0's) would.
     buffers = None
     if world > 1:
-        local = {k: v.detach().cpu() for k, v in job.model.named_buffers()}
-        buffers = dist.broadcast_object(local, src=0, group=group)
+        own = {k: v.detach().cpu() for k, v in job.model.named_buffers()}
+        buffers = dist.broadcast_object(own, src=0, group=group)
     try:
         batches, layer = job.prepare(job.chunks()[rank::world])
     except Exception as e:
