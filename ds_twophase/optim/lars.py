@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import sys
 import threading
@@ -53,6 +52,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from ..errors import ConfigError, check_number
 
 __all__ = ["LARS"]
 
@@ -163,35 +164,22 @@ def _check_hyperparameters(
     compile: Any = False,
     where: str = "",
 ) -> None:
-    """Raise ``ValueError`` naming the first out-of-range hyperparameter."""
-
-    def real(name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}{name}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{where}{name}: must be finite, got {value!r}")
-        return float(value)
-
-    def flag(name: str, value: Any) -> None:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}{name}: expected true or false, got {value!r}")
-
-    if real("lr", lr) < 0:
-        raise ValueError(f"{where}lr: must be >= 0, got {lr}")
-    if not 0 <= real("momentum", momentum) < 1:
-        raise ValueError(f"{where}momentum: must be in [0, 1), got {momentum}")
-    if real("weight_decay", weight_decay) < 0:
-        raise ValueError(f"{where}weight_decay: must be >= 0, got {weight_decay}")
-    if real("trust_coefficient", trust_coefficient) <= 0:
-        raise ValueError(f"{where}trust_coefficient: must be > 0, got {trust_coefficient}")
-    if real("eps", eps) < 0:
-        raise ValueError(f"{where}eps: must be >= 0, got {eps}")
-    flag("nesterov", nesterov)
-    flag("clip", clip)
-    flag("adapt", adapt)
-    flag("compile", compile)
-    if nesterov and momentum == 0:
-        raise ValueError(f"{where}nesterov: Nesterov momentum needs momentum > 0")
+    """Raise :class:`ConfigError` (a ``ValueError``) keyed ``where + name`` for the first
+    out-of-range hyperparameter (the shared number check)."""
+    try:
+        check_number("lr", lr, low=0)
+        check_number("momentum", momentum, low=0, high=1, high_open=True)
+        check_number("weight_decay", weight_decay, low=0)
+        check_number("trust_coefficient", trust_coefficient, low=0, low_open=True)
+        check_number("eps", eps, low=0)
+        flags = (("nesterov", nesterov), ("clip", clip), ("adapt", adapt), ("compile", compile))
+        for name, value in flags:
+            if not isinstance(value, bool):
+                raise ConfigError(key=name, problem=f"expected true or false, got {value!r}")
+        if nesterov and momentum == 0:
+            raise ConfigError(key="nesterov", problem="Nesterov momentum needs momentum > 0")
+    except ConfigError as exc:
+        raise exc.under(where) from None
 
 
 class LARS(Optimizer):

@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from ds_twophase import dist, faults
-from ds_twophase.errors import Problem
+from ds_twophase.errors import Problem, check_number
 from ds_twophase.probe.config import ProbeConfig
 from ds_twophase.probe.eigen import EigenResult, principal_eigenvalue
 from ds_twophase.probe.functional import LossFn, to_device
@@ -56,15 +56,13 @@ def select_probe_indices(num_samples: int, size: int, seed: int, draw: int = 0) 
     The same arguments always give the same indices (fixed probe batch); ``redraw`` mode passes
     a different ``draw`` (e.g. the probe count) to get a different set each time.
     """
-    for name, value, minimum in (("num_samples", num_samples, 1), ("size", size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    for name, value in (("seed", seed), ("draw", draw)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    check_number("num_samples", num_samples, low=1, integer=True)
+    check_number("size", size, low=1, integer=True)
+    check_number("seed", seed, low=0, integer=True)
+    check_number("draw", draw, low=0, integer=True)
     # A private generator keyed by (seed, draw): independent of the global RNG streams.
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + draw)
-    chosen = torch.randperm(num_samples, generator=gen)[: min(size, num_samples)]
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(draw))  # 2.0 passes as 2
+    chosen = torch.randperm(int(num_samples), generator=gen)[: min(int(size), int(num_samples))]
     return sorted(chosen.tolist())
 
 
