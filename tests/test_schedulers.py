@@ -21,6 +21,16 @@ def make_optimizer(lr: float = 1.0, groups: int = 1) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr)
 
 
+def probe_died() -> float:
+    """A ``hessian`` callable whose probe fails."""
+    raise RuntimeError("probe died")
+
+
+QUICK_SWITCH = dict(steps_per_epoch=1, warmup_epochs=0, plateau_patience=1, extra_epochs_ratio=0)
+"""One step per epoch, no warmup, a plateau after one epoch without improvement and the switch
+in the same epoch: the shortest way into the convergence phase."""
+
+
 class Probe:
     """A hessian callable that returns scripted values per epoch and records when it is called."""
 
@@ -176,11 +186,8 @@ def test_floor_only_when_no_group_moves(groups, min_lr, expected):
     # keeping h_prev every epoch can ask for a decay; after a real decay the next epoch keeps.
     sched = TwoPhaseLR(
         make_optimizer(groups=groups),
-        steps_per_epoch=1,
         total_epochs=50,
-        warmup_epochs=0,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        **QUICK_SWITCH,
         min_lr=min_lr,
     )
     sched.end_epoch(1.0, lambda: 1.0)
@@ -306,27 +313,21 @@ def test_max_failures_one_switches_at_the_first_failure():
 
 def test_max_failures_count_survives_a_resume():
     kw = dict(
-        steps_per_epoch=1,
         total_epochs=20,
-        warmup_epochs=0,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        **QUICK_SWITCH,
         probe_max_failures=3,
     )
-
-    def fail():
-        raise RuntimeError("probe died")
 
     a = TwoPhaseLR(make_optimizer(), **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        decisions = [a.end_epoch(1.0, fail).decision for _ in range(3)]
+        decisions = [a.end_epoch(1.0, probe_died).decision for _ in range(3)]
         assert decisions == ["none", "skipped", "skipped"]
         state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
         assert state["decision"]["probe_failures"] == 2
         b = TwoPhaseLR(make_optimizer(), **kw)
         b.load_state_dict(state)
-        assert b.end_epoch(1.0, fail).decision == "switch"
+        assert b.end_epoch(1.0, probe_died).decision == "switch"
 
 
 @pytest.mark.parametrize("probe", [{"max_failures": 5}, {}])
@@ -418,19 +419,13 @@ def test_a_run_that_never_leaves_exploration_says_why(kwargs, losses, expected):
 def test_a_pending_switch_at_the_end_of_the_run_says_why():
     sched = TwoPhaseLR(
         make_optimizer(),
-        steps_per_epoch=1,
         total_epochs=3,
-        warmup_epochs=0,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        **QUICK_SWITCH,
     )
-
-    def fail():
-        raise RuntimeError("probe died")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        records = [sched.end_epoch(1.0, fail) for _ in range(3)]
+        records = [sched.end_epoch(1.0, probe_died) for _ in range(3)]
     assert [r.decision for r in records] == ["none", "skipped", "skipped"]
     assert "probe died" in records[-1].warning
     assert "end of epoch 2 is waiting for a successful hmax probe" in records[-1].warning
