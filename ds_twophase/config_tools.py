@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, Problem, did_you_mean
+from .errors import ConfigError, Problem, did_you_mean, is_int, is_number
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -190,13 +190,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return value
         raise ConfigError(key=key, problem=f"expected true or false, got {_kind(value)} {value!r}")
     if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ConfigError(key=key, problem=f"expected an integer, got {_kind(value)} {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number(value):
             return float(value)
         raise ConfigError(key=key, problem=f"expected a number, got {_kind(value)} {value!r}")
     if hint is str:

@@ -104,16 +104,18 @@ def initialize_run(
 
     Reuses what validation built: the optimizer factory, bound here to ``model``, and the
     scheduler's checked params; the batch arithmetic is checked for this world size (a no-op
-    when validation already had it)."""
+    when validation already had it) and the probe settings against ``model``
+    (``check_probe_model``)."""
     world = mpu.get_data_parallel_world_size() if mpu is not None else dist.get_world_size()
     batch = run.check_world_size(world)
+    if run.probe is not None:  # the first place the model is known (trainer and initialize)
+        from .probe import check_probe_model
+
+        problem = check_probe_model(model, run.probe)
+        if problem is not None:
+            raise ConfigError(problem)
     if run.optimizer is not None:
-        if optimizer is not None:
-            raise ConfigError(
-                key="optimizer.type",
-                problem=f"'{run.optimizer.type}' is in the config and an optimizer was "
-                "passed to initialize(); remove one of them",
-            )
+        _refuse_both("optimizer", run.optimizer.type, optimizer, "an optimizer")
         if run.optimizer_factory is None:  # a RunConfig not made by validate_config
             from .optim import build_optimizer_factory
 
@@ -122,12 +124,7 @@ def initialize_run(
             )
         optimizer = run.optimizer_factory.bind(model)
     if run.scheduler is not None:
-        if lr_scheduler is not None:
-            raise ConfigError(
-                key="scheduler.type",
-                problem=f"'{run.scheduler.type}' is in the config and lr_scheduler was "
-                "passed to initialize(); remove one of them",
-            )
+        _refuse_both("scheduler", run.scheduler.type, lr_scheduler, "lr_scheduler")
         lr_scheduler = scheduler_factory(
             run,
             total_epochs=total_epochs,
@@ -216,6 +213,16 @@ def load_checkpoint(
     if isinstance(engine.lr_scheduler, EpochScheduler):
         engine.lr_scheduler.apply_lr()
     return result
+
+
+def _refuse_both(section: str, type_name: str, passed: Any, what: str) -> None:
+    """A component named in the config and also passed to ``initialize()`` is one too many."""
+    if passed is not None:
+        raise ConfigError(
+            key=f"{section}.type",
+            problem=f"'{type_name}' is in the config and {what} was passed to initialize(); "
+            "remove one of them",
+        )
 
 
 def _pick(name: str, from_json: Any, from_arg: Any, derived: Any, *, fix: str) -> Any:

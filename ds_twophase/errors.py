@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     """A JSON number: ``int`` or ``float`` but not ``bool`` (``True`` is an ``int`` in Python)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """A JSON integer: ``int`` but not ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -104,10 +105,10 @@ def check_number(
     orr = " or null" if optional else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key=name, problem=f"must be {kind}{orr}, got {value!r}")
-    if integer and not float(value).is_integer():
-        raise ConfigError(key=name, problem=f"must be an integer{orr}, got {value!r}")
     if value != value or value in (float("inf"), float("-inf")):
         raise ConfigError(key=name, problem=f"must be finite, got {value!r}")
+    if integer and not float(value).is_integer():
+        raise ConfigError(key=name, problem=f"must be an integer{orr}, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         sign = ">" if low_open else ">="
         raise ConfigError(key=name, problem=f"must be {kind} {sign} {low}{orr}, got {value!r}")

@@ -77,7 +77,7 @@ class Trainer:
         if run.deepspeed.get("bf16", {}).get("enabled"):
             # DeepSpeed casts parameters but not buffers; BatchNorm on CPU needs both in bf16.
             self.model.to(torch.bfloat16)
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             self.splits.train,
             num_replicas=world,
             rank=dist.get_rank(),

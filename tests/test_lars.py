@@ -737,8 +737,8 @@ def test_factory_unknown_keys_one_line_each_with_did_you_mean():
     "params,message",
     [
         ({}, "optimizer.params.lr: required by LARS"),
-        ({"lr": -1}, "optimizer.params.lr: must be >= 0, got -1"),
-        ({"lr": 0.1, "momentum": 2}, "optimizer.params.momentum: must be in [0, 1), got 2"),
+        ({"lr": -1}, "optimizer.params.lr: must be a number >= 0, got -1"),
+        ({"lr": 0.1, "momentum": 2}, "optimizer.params.momentum: must be a number < 1, got 2"),
         ({"lr": 0.1, "exclude_bias_and_norm": "no"}, "optimizer.params.exclude_bias_and_norm:"),
         ({"lr": 0.1, "exclude": [1]}, "optimizer.params.exclude:"),
     ],

@@ -232,8 +232,8 @@ def test_train_mode_syncbatchnorm_is_refused_in_rank0_mode_in_one_line():
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     cfg = ProbeConfig(micro_batch_size=8, bn_mode="train")
     problem = check_probe_model(model, cfg)
-    assert problem is not None and "\n" not in problem
-    assert problem.startswith("scheduler.params.probe.bn_mode:") and '"eval"' in problem
+    assert problem is not None and "\n" not in str(problem)
+    assert problem.key == "scheduler.params.probe.bn_mode" and '"eval"' in problem.problem
     with pytest.raises(ValueError, match="scheduler.params.probe.bn_mode"):
         measure_hmax(model, CE, ds, list(range(16)), cfg, device="cpu")
     # Allowed: running statistics (no collective), sharded mode, or plain BatchNorm.
@@ -243,6 +243,25 @@ def test_train_mode_syncbatchnorm_is_refused_in_rank0_mode_in_one_line():
     assert measure_hmax(
         model, CE, ds, list(range(16)), ProbeConfig(micro_batch_size=8), device="cpu"
     ).ok
+
+
+def test_initialize_refuses_train_mode_syncbatchnorm_as_a_config_error():
+    # ds_twophase.initialize and the trainer (both through initialize_run) check the model
+    # they are given before DeepSpeed sees it: one keyed line, exit 2, instead of a hang.
+    from pathlib import Path
+
+    from ds_twophase.config import load_config, validate_config
+    from ds_twophase.engine import initialize_run
+    from ds_twophase.errors import ConfigError
+
+    raw = load_config(Path(__file__).parents[1] / "ds_twophase/defaults/mnist1d.json")
+    raw["scheduler"]["params"]["probe"]["bn_mode"] = "train"
+    run = validate_config(raw, world_size=1)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(setup()[0])
+    with pytest.raises(ConfigError) as info:
+        initialize_run(run, model=model)
+    assert info.value.key == "scheduler.params.probe.bn_mode"
+    assert len(info.value.messages) == 1 and "SyncBatchNorm" in info.value.messages[0]
 
 
 def test_micro_batch_size_must_be_filled():

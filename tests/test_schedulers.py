@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from ds_twophase.errors import ConfigError
 from ds_twophase.schedulers import TwoPhaseLR, WarmupStepLR
 from ds_twophase.schedulers.two_phase import resolve_patience
 
@@ -18,6 +19,16 @@ def make_optimizer(lr: float = 1.0, groups: int = 1) -> torch.optim.Optimizer:
         {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr * (i + 1)} for i in range(groups)
     ]
     return torch.optim.SGD(params, lr=lr)
+
+
+def probe_died() -> float:
+    """A ``hessian`` callable whose probe fails."""
+    raise RuntimeError("probe died")
+
+
+QUICK_SWITCH = dict(steps_per_epoch=1, warmup_epochs=0, plateau_patience=1, extra_epochs_ratio=0)
+"""One step per epoch, no warmup, a plateau after one epoch without improvement and the switch
+in the same epoch: the shortest way into the convergence phase."""
 
 
 class Probe:
@@ -175,11 +186,8 @@ def test_floor_only_when_no_group_moves(groups, min_lr, expected):
     # keeping h_prev every epoch can ask for a decay; after a real decay the next epoch keeps.
     sched = TwoPhaseLR(
         make_optimizer(groups=groups),
-        steps_per_epoch=1,
         total_epochs=50,
-        warmup_epochs=0,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        **QUICK_SWITCH,
         min_lr=min_lr,
     )
     sched.end_epoch(1.0, lambda: 1.0)
@@ -305,27 +313,21 @@ def test_max_failures_one_switches_at_the_first_failure():
 
 def test_max_failures_count_survives_a_resume():
     kw = dict(
-        steps_per_epoch=1,
         total_epochs=20,
-        warmup_epochs=0,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        **QUICK_SWITCH,
         probe_max_failures=3,
     )
-
-    def fail():
-        raise RuntimeError("probe died")
 
     a = TwoPhaseLR(make_optimizer(), **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        decisions = [a.end_epoch(1.0, fail).decision for _ in range(3)]
+        decisions = [a.end_epoch(1.0, probe_died).decision for _ in range(3)]
         assert decisions == ["none", "skipped", "skipped"]
         state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
         assert state["decision"]["probe_failures"] == 2
         b = TwoPhaseLR(make_optimizer(), **kw)
         b.load_state_dict(state)
-        assert b.end_epoch(1.0, fail).decision == "switch"
+        assert b.end_epoch(1.0, probe_died).decision == "switch"
 
 
 @pytest.mark.parametrize("probe", [{"max_failures": 5}, {}])
@@ -417,19 +419,13 @@ def test_a_run_that_never_leaves_exploration_says_why(kwargs, losses, expected):
 def test_a_pending_switch_at_the_end_of_the_run_says_why():
     sched = TwoPhaseLR(
         make_optimizer(),
-        steps_per_epoch=1,
         total_epochs=3,
-        warmup_epochs=0,
-        plateau_patience=1,
-        extra_epochs_ratio=0,
+        **QUICK_SWITCH,
     )
-
-    def fail():
-        raise RuntimeError("probe died")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        records = [sched.end_epoch(1.0, fail) for _ in range(3)]
+        records = [sched.end_epoch(1.0, probe_died) for _ in range(3)]
     assert [r.decision for r in records] == ["none", "skipped", "skipped"]
     assert "probe died" in records[-1].warning
     assert "end of epoch 2 is waiting for a successful hmax probe" in records[-1].warning
@@ -700,3 +696,20 @@ def test_warmup_step_explicit_epochs_and_records():
 def test_warmup_step_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WarmupStepLR(make_optimizer(), steps_per_epoch=1, total_epochs=10, **kwargs)
+
+
+def test_check_params_is_the_constructors_check_without_building():
+    # Config validation asks the class; the engine's construction raises the same problem.
+    assert TwoPhaseLR.check_params({"decay_factor": 0.5}, total_epochs=10, peak_lr=0.1) == []
+    (problem,) = TwoPhaseLR.check_params({"decay_factor": 1.5})
+    assert (problem.key, problem.problem) == ("decay_factor", "must be a number < 1, got 1.5")
+    (problem,) = TwoPhaseLR.check_params({"min_lr": 0.5}, peak_lr=0.1)
+    assert problem.key == "min_lr" and "peak LR (0.1)" in problem.problem
+    assert TwoPhaseLR.check_params({"min_lr": 0.5}) == []  # peak unknown: checked when built
+    (problem,) = TwoPhaseLR.check_params({"decay_factr": 0.5})
+    assert problem.key == "decay_factr" and "did you mean 'decay_factor'" in problem.problem
+    (problem,) = WarmupStepLR.check_params({"milestones": [0.9, 5]}, total_epochs=10)
+    assert problem.key == "milestones" and "increasing" in problem.problem
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match="decay_factor: must be a number < 1, got 1.5"):
+        TwoPhaseLR(opt, steps_per_epoch=1, total_epochs=10, decay_factor=1.5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..errors import ConfigError
 from .runs import Run
@@ -29,7 +30,7 @@ MARGIN_PANEL = ("margin_median", "margin (median, q1-q3)")
 """The fifth panel, drawn when some run has margins; its band is ``margin_q1``..``margin_q3``."""
 MARGIN_BAND = ("margin_q1", "margin_q3")
 
-MARKER_STYLES = {"plateau": ":", "switch": "--", "decay": "-"}
+MARKER_STYLES: dict[str, Literal[":", "--", "-"]] = {"plateau": ":", "switch": "--", "decay": "-"}
 """Line style of each kind of vertical marker."""
 
 FORMATS = {".png", ".svg", ".pdf"}

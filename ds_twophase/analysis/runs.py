@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_number
 
 # Drops of at least this fraction in one epoch count as decays for schedulers that record no
 # decisions (DeepSpeed's built-in ones); a smooth schedule (cosine) loses far less per epoch.
@@ -72,7 +72,7 @@ class Run:
         epochs, values = [], []
         for row in self.rows:
             value = row.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if is_number(value):
                 epochs.append(int(row["epoch"]))
                 values.append(float(value))
         return epochs, values

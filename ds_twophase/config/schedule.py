@@ -96,26 +96,20 @@ def scheduler_section(
 def _check_scheduler_params(
     type_name: str, params: dict[str, Any], cfg: dict[str, Any]
 ) -> list[Problem]:
-    """Validate by building the real scheduler against a stand-in optimizer."""
-    cls = SCHEDULERS[type_name]
+    """The scheduler's own parameter check (nothing is built: the engine builds it once), with
+    the epoch budget of ``trainer.epochs`` and the peak LR of ``optimizer.params.lr`` when the
+    config gives them."""
     optimizer = cfg.get("optimizer")
     opt_params = optimizer.get("params") if isinstance(optimizer, dict) else None
-    peak = opt_params.get("lr", 1.0) if isinstance(opt_params, dict) else 1.0
-    if not is_number(peak) or peak <= 0:
-        peak = 1.0
-    trainer: dict[str, Any] = cfg["trainer"] if isinstance(cfg.get("trainer"), dict) else {}
-    epochs = trainer.get("epochs", 1)
-    filled = {
-        "steps_per_epoch": 1,
-        "total_epochs": epochs if isinstance(epochs, int) and epochs > 0 else 1,
-    }
-    filled.update(params)
-    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float(peak))
-    try:
-        _construct(cls, dummy, filled)
-    except ConfigError as exc:
-        return exc.problems
-    return []
+    peak = opt_params.get("lr") if isinstance(opt_params, dict) else None
+    trainer = cfg.get("trainer")
+    epochs = trainer.get("epochs") if isinstance(trainer, dict) else None
+    problems = SCHEDULERS[type_name].check_params(
+        params,
+        total_epochs=epochs,
+        peak_lr=float(peak) if is_number(peak) and peak > 0 else None,
+    )
+    return [p.under("scheduler.params.") for p in problems]
 
 
 def _check_builtin_scheduler(
@@ -199,23 +193,19 @@ def _check_probe_layer(
     trainer: TrainerConfig, layer: str | list[str], num_classes: int, shape: tuple[int, ...]
 ) -> Problem | None:
     """Why ``scheduler.params.probe.layer`` names no parametric module of the configured model
-    (``None`` when it does, or for ``"auto"``). The model is built on the meta device."""
+    (``None`` when it does, or for ``"auto"``): the probe's own :func:`resolve_layer` on the
+    model built on the meta device."""
     if layer == "auto":
         return None
     from ..models import build_model
-    from ..probe import parametric_modules, resolve_layer
+    from ..probe import UnknownLayer, resolve_layer
 
     with torch.device("meta"):
         model = build_model(trainer.model, num_classes, shape, check_forward=False)
     try:
         resolve_layer(model, layer)
-    except ValueError:
-        names = [layer] if isinstance(layer, str) else list(layer)
-        with_params = {
-            n for n, m in model.named_modules() if next(m.parameters(), None) is not None
-        }
-        bad = next((n for n in names if n not in with_params), str(layer))
-        candidates = list(parametric_modules(model))
+    except UnknownLayer as exc:
+        bad, candidates = exc.name, exc.candidates
         shown = ", ".join(candidates[-12:])
         if len(candidates) > 12:
             shown = f"..., {shown} (the last 12 of {len(candidates)})"

@@ -38,7 +38,7 @@ def save_arrays(path: Path, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # stub: **kwds may hit allow_pickle
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -64,13 +64,13 @@ def _read_batches(
 
 def _build(name: str, cfg: DatasetConfig) -> DatasetSplits:
     folder, train_files, test_files, label_key, num_classes = CIFAR_LAYOUTS[name]
-    missing = missing_cifar_files(name, cfg.root)
+    missing = missing_cifar_files(name, cfg.data_root())
     if missing:
         raise ConfigError(
             f"trainer.dataset.root: {name} file '{missing[0]}' is missing; unpack the official "
             f"python-version archive so that '{folder}/' lies directly under trainer.dataset.root"
         )
-    base = Path(cfg.root).expanduser() / folder
+    base = cfg.data_root() / folder
     x_train, y_train = _read_batches(base, train_files, label_key)
     x_test, y_test = _read_batches(base, test_files, label_key)
     (x_train, y_train), (x_test, y_test) = take_sizes(

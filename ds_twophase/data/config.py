@@ -202,6 +202,21 @@ class DatasetConfig:
         test = default_test if self.test_size is None else self.test_size
         return train, test
 
+    def generated_sizes(self) -> tuple[int, int]:
+        """:meth:`resolved_sizes` of a generated data set (mnist1d, synthetic), whose defaults
+        are numbers."""
+        train, test = self.resolved_sizes()
+        if train is None or test is None:
+            raise ValueError(f"dataset '{self.name}' has no fixed sizes")
+        return train, test
+
+    def data_root(self) -> Path:
+        """``root``, user-expanded, of a data set that reads local files (set for those:
+        ``__post_init__`` refuses them without it)."""
+        if self.root is None:
+            raise ConfigError(key="root", problem=f"dataset '{self.name}' needs a root directory")
+        return Path(self.root).expanduser()
+
     def resolved_shape(self) -> tuple[int, ...]:
         """The synthetic input shape (default ``(3, 32, 32)``)."""
         return _DEFAULT_SHAPE if self.shape is None else tuple(self.shape)

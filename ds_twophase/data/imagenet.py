@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision import datasets
@@ -82,10 +82,10 @@ def _label_tensor(label: int) -> torch.Tensor:
 
 def build_imagenet(cfg: DatasetConfig) -> DatasetSplits:
     """ImageNet train/val folders with the paper's preprocessing; inputs ``(3, 224, 224)``."""
-    problem = imagenet_root_problem(cfg.root)
+    problem = imagenet_root_problem(cfg.data_root())
     if problem:
         raise ConfigError(f"trainer.dataset.root: {problem}")
-    base = Path(cfg.root).expanduser()
+    base = cfg.data_root()
     augment = cfg.resolved_augment()
     train = datasets.ImageFolder(
         str(base / "train"),
@@ -109,7 +109,7 @@ def build_imagenet(cfg: DatasetConfig) -> DatasetSplits:
         train_eval = copy.copy(train)
         train_eval.transform = val.transform
     train_size, test_size = cfg.resolved_sizes()
-    splits = []
+    splits: list[Any] = []
     for key, data, size in (
         ("train_size", train, train_size),
         ("test_size", val, test_size),

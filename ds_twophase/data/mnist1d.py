@@ -45,7 +45,7 @@ def generation_count() -> int:
 
 def generation_args(cfg: DatasetConfig) -> dict[str, Any]:
     """The full ``mnist1d`` generator arguments for ``cfg`` (also the cache key)."""
-    train, test = cfg.resolved_sizes()
+    train, test = cfg.generated_sizes()
     total = train + test
     # make_dataset draws num_samples // 10 samples per class: round up so none are missing.
     num_samples = -(-total // NUM_CLASSES) * NUM_CLASSES
@@ -93,7 +93,7 @@ def build_mnist1d(cfg: DatasetConfig) -> DatasetSplits:
     generator's standard dataset. When ``normalize`` is on, inputs are standardised with the
     training split's mean and standard deviation.
     """
-    train, test = cfg.resolved_sizes()
+    train, test = cfg.generated_sizes()
     x, y = load_or_generate(cfg)
     xs = torch.from_numpy(x).unsqueeze(1)  # channel dim for Conv1d
     ys = torch.from_numpy(y)

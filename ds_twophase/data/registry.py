@@ -49,14 +49,19 @@ class DatasetSpec:
     """Whether training-time augmentation is on when ``augment`` is unset."""
 
 
+def _fixed_description(
+    num_classes: int, shape: tuple[int, ...]
+) -> Callable[[DatasetConfig], tuple[int, tuple[int, ...]]]:
+    return lambda cfg: (num_classes, shape)
+
+
 def _cifar_root_check(name: str) -> Callable[[DatasetConfig], str | None]:
     def check(cfg: DatasetConfig) -> str | None:
-        root = cfg.root
-        missing = missing_cifar_files(name, root)
+        missing = missing_cifar_files(name, cfg.data_root())
         if not missing:
             return None
         return (
-            f"no {name} data under '{root}' ('{missing[0]}' is missing); unpack the official "
+            f"no {name} data under '{cfg.root}' ('{missing[0]}' is missing); unpack the official "
             f"python-version archive there ({missing[0].parent.name}/) - nothing is downloaded"
         )
 
@@ -106,7 +111,7 @@ for _name, _builder, _label, _classes in (
             _builder,
             f"{_label} from root in the python-pickle format; inputs (3, 32, 32)",
             default_sizes=(None, None),
-            describe=lambda cfg, n=_classes: (n, (3, 32, 32)),
+            describe=_fixed_description(_classes, (3, 32, 32)),
             options=frozenset({"augment"}),
             needs_root=True,
             check_root=_cifar_root_check(_name),
@@ -116,7 +121,7 @@ for _name, _builder, _label, _classes in (
 
 
 def _svhn_root_check(cfg: DatasetConfig) -> str | None:
-    missing = missing_svhn_files(cfg.root, cfg.resolved_extra())
+    missing = missing_svhn_files(cfg.data_root(), cfg.resolved_extra())
     if not missing:
         return None
     hint = " (or set extra: false)" if missing[0].name.startswith("extra") else ""
@@ -141,10 +146,10 @@ register_dataset(
         build_imagenet,
         "ImageNet as ImageFolders root/train and root/val; inputs (3, 224, 224)",
         default_sizes=(None, None),
-        describe=lambda cfg: (imagenet_num_classes(cfg.root), (3, 224, 224)),
+        describe=lambda cfg: (imagenet_num_classes(cfg.data_root()), (3, 224, 224)),
         options=frozenset({"augment"}),
         needs_root=True,
-        check_root=lambda cfg: imagenet_root_problem(cfg.root),
+        check_root=lambda cfg: imagenet_root_problem(cfg.data_root()),
         default_augment=True,
     ),
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -68,7 +70,7 @@ def hold_out_validation(splits: DatasetSplits, val_size: int, seed: int) -> Data
     """
     if val_size == 0:
         return splits
-    n = len(splits.train)
+    n = len(cast(Sized, splits.train))  # every data set here is map-style, with a length
     if val_size >= n:
         raise ValueError(
             f"val_size: {val_size} must be smaller than the {n} training samples; lower it"

@@ -51,10 +51,10 @@ def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def build_svhn(cfg: DatasetConfig) -> DatasetSplits:
     """SVHN train (+ extra) / test, per-channel standardised, no augmentation."""
     extra = cfg.resolved_extra()
-    missing = missing_svhn_files(cfg.root, extra)
+    missing = missing_svhn_files(cfg.data_root(), extra)
     if missing:
         raise ConfigError(f"trainer.dataset.root: svhn file '{missing[0]}' is missing")
-    base = Path(cfg.root).expanduser()
+    base = cfg.data_root()
     train_files, test_files = svhn_files(extra)
     parts = [_read(base / f) for f in train_files]
     x_train = torch.cat([p[0] for p in parts])

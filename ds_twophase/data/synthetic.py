@@ -28,7 +28,7 @@ def build_synthetic(cfg: DatasetConfig) -> DatasetSplits:
     Labels are balanced (``i % num_classes``, then shuffled). Train and validation samples come
     from the same distribution; everything is deterministic given the config.
     """
-    train, test = cfg.resolved_sizes()
+    train, test = cfg.generated_sizes()
     shape = tuple(cfg.resolved_shape())
     num_classes = cfg.resolved_num_classes()
     spatial = shape[1:]

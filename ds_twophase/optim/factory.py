@@ -168,8 +168,8 @@ def build_optimizer_factory(
         }
         try:
             _check_hyperparameters(**merged, adapt=True)
-        except ValueError as exc:
-            raise ConfigError(f"optimizer.params.{exc}") from None
+        except ConfigError as exc:
+            raise exc.under("optimizer.params.") from None
     return OptimizerFactory(cls, kwargs, options, model)
 
 

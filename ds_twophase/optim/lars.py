@@ -42,10 +42,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..errors import ConfigError, check_number
 from . import zero_lars
 
 __all__ = ["LARS"]
@@ -147,7 +148,8 @@ def _caller_stacklevel() -> int:
     # the frames between here and the caller (this module, torch's optimizer and no_grad
     # wrappers) change with torch versions, so they are counted rather than hard-coded
     internal = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(internal):
         level, frame = level + 1, frame.f_back
     return level
@@ -166,35 +168,22 @@ def _check_hyperparameters(
     compile: Any = False,
     where: str = "",
 ) -> None:
-    """Raise ``ValueError`` naming the first out-of-range hyperparameter."""
-
-    def real(name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}{name}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{where}{name}: must be finite, got {value!r}")
-        return float(value)
-
-    def flag(name: str, value: Any) -> None:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}{name}: expected true or false, got {value!r}")
-
-    if real("lr", lr) < 0:
-        raise ValueError(f"{where}lr: must be >= 0, got {lr}")
-    if not 0 <= real("momentum", momentum) < 1:
-        raise ValueError(f"{where}momentum: must be in [0, 1), got {momentum}")
-    if real("weight_decay", weight_decay) < 0:
-        raise ValueError(f"{where}weight_decay: must be >= 0, got {weight_decay}")
-    if real("trust_coefficient", trust_coefficient) <= 0:
-        raise ValueError(f"{where}trust_coefficient: must be > 0, got {trust_coefficient}")
-    if real("eps", eps) < 0:
-        raise ValueError(f"{where}eps: must be >= 0, got {eps}")
-    flag("nesterov", nesterov)
-    flag("clip", clip)
-    flag("adapt", adapt)
-    flag("compile", compile)
-    if nesterov and momentum == 0:
-        raise ValueError(f"{where}nesterov: Nesterov momentum needs momentum > 0")
+    """Raise :class:`ConfigError` (a ``ValueError``) keyed ``where + name`` for the first
+    out-of-range hyperparameter (the shared number check)."""
+    try:
+        check_number("lr", lr, low=0)
+        check_number("momentum", momentum, low=0, high=1, high_open=True)
+        check_number("weight_decay", weight_decay, low=0)
+        check_number("trust_coefficient", trust_coefficient, low=0, low_open=True)
+        check_number("eps", eps, low=0)
+        flags = (("nesterov", nesterov), ("clip", clip), ("adapt", adapt), ("compile", compile))
+        for name, value in flags:
+            if not isinstance(value, bool):
+                raise ConfigError(key=name, problem=f"expected true or false, got {value!r}")
+        if nesterov and momentum == 0:
+            raise ConfigError(key="nesterov", problem="Nesterov momentum needs momentum > 0")
+    except ConfigError as exc:
+        raise exc.under(where) from None
 
 
 class LARS(Optimizer):
@@ -243,7 +232,7 @@ class LARS(Optimizer):
         *,
         compile: bool = False,
     ):
-        defaults = dict(
+        defaults: dict[str, Any] = dict(
             lr=lr,
             momentum=momentum,
             weight_decay=weight_decay,
@@ -576,11 +565,13 @@ def _plan(params: list[Tensor], compile: bool = False, kernel: bool = False) -> 
     """
     by_kind: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
-        if p.grad.is_sparse:
+        grad = p.grad
+        assert grad is not None  # the step passes only parameters that have a gradient
+        if grad.is_sparse:
             raise ValueError("LARS does not support sparse gradients")
         if p.is_complex():
             raise ValueError("LARS does not support complex parameters")
-        by_kind.setdefault((p.device, p.dtype, p.grad.dtype), []).append(i)
+        by_kind.setdefault((p.device, p.dtype, grad.dtype), []).append(i)
     buckets = []
     for (device, dtype, grad_dtype), indices in by_kind.items():
         fused = device.type in _FUSED_DEVICES and dtype == grad_dtype and dtype.is_floating_point
@@ -657,7 +648,7 @@ def _lars_foreach(
 
 def _sgd(
     params: list[Tensor],
-    grads: list[Tensor],
+    grads: list[Tensor] | tuple[Tensor, ...],
     bufs: list[Tensor],
     group: dict[str, Any],
     weight_decay: float,

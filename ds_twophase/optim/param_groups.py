@@ -80,11 +80,11 @@ def split_param_groups(
         # a bare string would otherwise be matched character by character
         exclude = [exclude]
     names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
-    params = list(params)
-    if params and all(isinstance(g, Mapping) for g in params):
-        groups = [dict(g) for g in params]
+    items = list(params)
+    if items and all(isinstance(g, Mapping) for g in items):
+        groups = [dict(g) for g in items]
     else:
-        groups = [{"params": params}]
+        groups = [{"params": items}]
     out = []
     for group in groups:
         members = group["params"]

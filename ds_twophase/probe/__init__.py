@@ -27,6 +27,7 @@ from ds_twophase.probe.epoch_end import (
 from ds_twophase.probe.functional import Functional
 from ds_twophase.probe.hvp import HessianOperator
 from ds_twophase.probe.layer import (
+    UnknownLayer,
     parametric_modules,
     preserve_rng_state,
     probe_modes,
@@ -56,6 +57,7 @@ __all__ = [
     "ProbePeerFailure",
     "RankDisagreement",
     "RitzPair",
+    "UnknownLayer",
     "check_probe_model",
     "check_ranks_agree",
     "epoch_end",

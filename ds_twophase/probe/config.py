@@ -68,7 +68,7 @@ class ProbeConfig:
     ``None``: hmax only when the schedule needs it."""
 
     def __post_init__(self) -> None:
-        _check_layer(self.layer)
+        layer_names(self.layer)
         _check_choice("mode", self.mode, MODES)
         _check_choice("method", self.method, METHODS)
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
@@ -109,7 +109,11 @@ def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
         raise ConfigError(key=name, problem=f"must be {choices}, got {value!r}")
 
 
-def _check_layer(layer: Any) -> None:
+def layer_names(layer: Any) -> list[str]:
+    """The module names ``layer`` (``"auto"`` aside) asks for, or :class:`ConfigError` keyed
+    ``layer`` when it is not a module name or a non-empty list of them: the one form check
+    (the settings check it at construction, :func:`~ds_twophase.probe.resolve_layer` before
+    looking the names up in a model)."""
     ok = (isinstance(layer, str) and layer) or (
         isinstance(layer, (list, tuple))
         and layer
@@ -121,3 +125,4 @@ def _check_layer(layer: Any) -> None:
             problem='must be "auto", a module name or a non-empty list of module names, '
             f"got {layer!r}",
         )
+    return [layer] if isinstance(layer, str) else list(layer)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ds_twophase.errors import check_number
 from ds_twophase.probe.config import BN_MODES, DEFAULT_MAX_GRAPH_BYTES, METHODS
 from ds_twophase.probe.functional import Functional, InferenceBatchNormAsAffine, LossFn
 from ds_twophase.probe.hvp import HessianOperator
@@ -109,7 +110,7 @@ class _Reducer:
 
     def announce_failure(self) -> None:
         """Tell peers (through the hook's collectives) that this process failed."""
-        if self.peers_informed:
+        if self.peers_informed or self.hook is None:
             return
         self.peers_informed = True
         with contextlib.suppress(Exception):  # the hook raises by contract; the original wins
@@ -186,24 +187,14 @@ def principal_eigenvalue(
 def _check_args(
     max_iters: int, tol: float, method: str, bn_mode: str, seed: int, max_graph_bytes: int | None
 ) -> None:
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be an integer >= 1, got {max_iters!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    check_number("max_iters", max_iters, low=1, integer=True)
+    check_number("tol", tol, low=0)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if max_graph_bytes is not None and (
-        isinstance(max_graph_bytes, bool)
-        or not isinstance(max_graph_bytes, int)
-        or max_graph_bytes < 0
-    ):
-        raise ValueError(
-            f"max_graph_bytes must be None or an integer >= 0, got {max_graph_bytes!r}"
-        )
+    check_number("seed", seed, low=0, integer=True)
+    check_number("max_graph_bytes", max_graph_bytes, low=0, integer=True, optional=True)
 
 
 def _solve(

@@ -53,11 +53,15 @@ class HessianProbe:
     ) -> None:
         self.dataset = dataset
         self.loss_fn = loss_fn
+        # The resolved settings, typed as set (``config`` holds the same values).
+        self.batch_size: int = config.batch_size or batch_size
+        self.micro_batch_size: int = config.micro_batch_size or micro_batch_size
+        self.seed: int = config.seed if config.seed is not None else seed
         self.config = replace(
             config,
-            batch_size=config.batch_size or batch_size,
-            micro_batch_size=config.micro_batch_size or micro_batch_size,
-            seed=config.seed if config.seed is not None else seed,
+            batch_size=self.batch_size,
+            micro_batch_size=self.micro_batch_size,
+            seed=self.seed,
         )
         self.zero_stage = zero_stage
         self.group = group
@@ -67,9 +71,7 @@ class HessianProbe:
         """The last successful probe's eigenvector estimate on the ranks that computed it."""
 
     def _draw(self) -> list[int]:
-        return select_probe_indices(
-            len(self.dataset), self.config.batch_size, self.config.seed, self.draws
-        )
+        return select_probe_indices(len(self.dataset), self.batch_size, self.seed, self.draws)
 
     def __call__(self, model: torch.nn.Module, device: torch.device | str) -> ProbeOutcome:
         """Measure hmax on every rank (same outcome everywhere); never raises for a failed probe.
@@ -81,7 +83,7 @@ class HessianProbe:
             self.draws += 1
             self.indices = self._draw()
         outcome = self._measure(model, device, self.config)
-        micro = self.config.micro_batch_size
+        micro = self.micro_batch_size
         if outcome.error and "OutOfMemoryError" in outcome.error and micro > 1:
             retry = self._measure(model, device, replace(self.config, micro_batch_size=micro // 2))
             if not retry.ok:

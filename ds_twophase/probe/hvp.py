@@ -103,7 +103,7 @@ class ExactHVP:
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(v) if self.kept is None else self._hvp(self.kept, v, retain=True)
-        if self.pending_first:
+        if self.pending_first and self.first is not None:
             self.pending_first = False
             return total + self.first
         for inputs, targets in self.spilled:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ds_twophase.errors import did_you_mean
+from ds_twophase.probe.config import layer_names
 from ds_twophase.probe.functional import cast_tree, to_device
 
 log = logging.getLogger("ds_twophase.probe")
@@ -35,32 +36,43 @@ def parametric_modules(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+class UnknownLayer(ValueError):
+    """A probe layer name that names no module with parameters of the model."""
+
+    def __init__(self, name: str, candidates: list[str]) -> None:
+        self.name = name
+        """The first name not found."""
+        self.candidates = candidates
+        """Names of the modules that own parameters, in model order."""
+        super().__init__(
+            f"unknown probe layer {name!r}{did_you_mean(name, candidates)}; "
+            f"modules with parameters: {', '.join(candidates)}"
+        )
+
+
 def resolve_layer(
     model: nn.Module, layer: str | Sequence[str], example_inputs: Any = None
 ) -> list[str]:
-    """Module names whose parameters form the probed block.
+    """Module names whose parameters form the probed block: the one check of a probe layer
+    against a model (config validation calls it on the model built on the meta device).
 
     ``"auto"`` runs one no-grad forward on ``example_inputs`` (one or two samples are enough) to
     find the forward execution order, then picks the largest (most parameters; the later one on
     ties) of the last three parametric leaf modules, and logs it. A name or a list of names of
-    modules with parameters overrides it; an unknown name raises ``ValueError`` listing the
-    candidates. The model and the RNG states are left as they were.
+    modules with parameters overrides it; a malformed ``layer`` raises
+    :class:`~ds_twophase.errors.ConfigError`, an unknown name :class:`UnknownLayer` (both
+    ``ValueError``) listing the candidates. The model and the RNG states are left as they were.
     """
     candidates = parametric_modules(model)
     if isinstance(layer, str) and layer == "auto":
         if example_inputs is None:
             raise ValueError("layer='auto' needs example_inputs to find the forward order")
         return [_auto_layer(model, candidates, example_inputs)]
-    names = [layer] if isinstance(layer, str) else list(layer)
-    if not names or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"layer must be 'auto', a module name or a list of names, got {layer!r}")
+    names = layer_names(layer)
     modules = dict(model.named_modules())
     for n in names:
         if n not in modules or next(modules[n].parameters(), None) is None:
-            raise ValueError(
-                f"unknown probe layer {n!r}{did_you_mean(n, candidates)}; "
-                f"modules with parameters: {', '.join(candidates)}"
-            )
+            raise UnknownLayer(n, list(candidates))
     return list(dict.fromkeys(names))
 
 
@@ -119,13 +131,14 @@ def preserve_rng_state() -> Iterator[None]:
     cpu = torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     py = random.getstate()
-    np_state = None
+    np_random: Any = None
     try:
-        import numpy as np
+        import numpy
 
-        np_state = np.random.get_state()
+        np_random = numpy.random
     except ImportError:  # numpy is optional for this module
-        np = None
+        pass
+    np_state = None if np_random is None else np_random.get_state()
     try:
         yield
     finally:
@@ -133,8 +146,8 @@ def preserve_rng_state() -> Iterator[None]:
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
         random.setstate(py)
-        if np_state is not None:
-            np.random.set_state(np_state)
+        if np_random is not None:
+            np_random.set_state(np_state)
 
 
 @contextlib.contextmanager

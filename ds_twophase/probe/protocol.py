@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from ds_twophase import dist, faults
+from ds_twophase.errors import Problem, check_number
 from ds_twophase.probe.config import ProbeConfig
 from ds_twophase.probe.eigen import EigenResult, principal_eigenvalue
 from ds_twophase.probe.functional import LossFn, to_device
@@ -55,15 +56,13 @@ def select_probe_indices(num_samples: int, size: int, seed: int, draw: int = 0) 
     The same arguments always give the same indices (fixed probe batch); ``redraw`` mode passes
     a different ``draw`` (e.g. the probe count) to get a different set each time.
     """
-    for name, value, minimum in (("num_samples", num_samples, 1), ("size", size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    for name, value in (("seed", seed), ("draw", draw)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    check_number("num_samples", num_samples, low=1, integer=True)
+    check_number("size", size, low=1, integer=True)
+    check_number("seed", seed, low=0, integer=True)
+    check_number("draw", draw, low=0, integer=True)
     # A private generator keyed by (seed, draw): independent of the global RNG streams.
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + draw)
-    chosen = torch.randperm(num_samples, generator=gen)[: min(size, num_samples)]
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(draw))  # 2.0 passes as 2
+    chosen = torch.randperm(int(num_samples), generator=gen)[: min(int(size), int(num_samples))]
     return sorted(chosen.tolist())
 
 
@@ -109,7 +108,7 @@ class _ShardedReduce:
 
     def __call__(self, vector: torch.Tensor | None, count: float) -> tuple[torch.Tensor, float]:
         failed, total = dist.all_reduce_sums([float(vector is None), float(count)], self.group)
-        if failed > 0:
+        if failed > 0 or vector is None:  # a None vector is counted in failed
             raise ProbePeerFailure(f"probe failed on {int(failed)} rank(s)")
         return dist.all_reduce_sum_(vector, self.group), total
 
@@ -158,8 +157,8 @@ def measure_hmax(
             'deadlocks): use "sharded"'
         )
     problem = check_probe_model(model, cfg)
-    if problem:
-        raise ValueError(problem)
+    if problem is not None:
+        raise ValueError(str(problem))
     env_hook, nan_loss = faults.probe_fail_from_env()
     fail_hook = fail_hook or env_hook
     if nan_loss:
@@ -172,13 +171,15 @@ def measure_hmax(
     return _sharded(job, group, zero_stage)
 
 
-def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> str | None:
-    """Why ``cfg`` cannot probe ``model`` (one line naming the key and the fix), else ``None``.
+def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> Problem | None:
+    """Why ``cfg`` cannot probe ``model`` (keyed ``scheduler.params.probe.bn_mode``, with the
+    fix), else ``None``.
 
     ``bn_mode: "train"`` with ``SyncBatchNorm`` in ``"rank0"`` mode is refused: in train mode
     those layers all-reduce their batch statistics in every forward, and only rank 0 runs the
     probe's forwards, so the other ranks would never join and the run would hang. Call it where
-    the model is first known (``measure_hmax`` does, before any collective, on every rank).
+    the model is first known: ``ds_twophase.initialize`` and the trainer (raised as a
+    ``ConfigError``, exit 2) and ``measure_hmax`` (before any collective, on every rank).
     """
     if cfg.bn_mode != "train" or cfg.mode != "rank0":
         return None
@@ -189,10 +190,10 @@ def check_probe_model(model: nn.Module, cfg: ProbeConfig) -> str | None:
     ]
     if not sync:
         return None
-    return (
-        f'scheduler.params.probe.bn_mode: "train" with SyncBatchNorm ({sync[0]}) deadlocks in '
-        f'probe.mode "rank0" (its batch statistics are all-reduced, but only rank 0 runs the '
-        f'probe); set bn_mode to "eval"'
+    return Problem(
+        "scheduler.params.probe.bn_mode",
+        f'"train" with SyncBatchNorm ({sync[0]}) deadlocks in probe.mode "rank0" (its batch '
+        'statistics are all-reduced, but only rank 0 runs the probe); set bn_mode to "eval"',
     )
 
 
@@ -210,6 +211,8 @@ class _ProbeJob:
 
     def chunks(self) -> list[list[int]]:
         mb = self.cfg.micro_batch_size
+        if mb is None:  # measure_hmax refuses this before it builds a job
+            raise ValueError("probe.micro_batch_size is None")
         return [self.indices[i : i + mb] for i in range(0, len(self.indices), mb)]
 
     def load(self, chunk: list[int]) -> tuple[Any, Any]:
@@ -305,8 +308,8 @@ def _sharded_probe(job: _ProbeJob, group: Any) -> ProbeOutcome:
     # rank 0's, as rank0 mode (and a checkpoint, which stores rank 0's) would.
     buffers = None
     if world > 1:
-        local = {k: v.detach().cpu() for k, v in job.model.named_buffers()}
-        buffers = dist.broadcast_object(local, src=0, group=group)
+        own = {k: v.detach().cpu() for k, v in job.model.named_buffers()}
+        buffers = dist.broadcast_object(own, src=0, group=group)
     try:
         batches, layer = job.prepare(job.chunks()[rank::world])
     except Exception as e:

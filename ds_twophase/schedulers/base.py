@@ -8,14 +8,15 @@ boundaries, and not when an fp16/bf16 overflow skipped the step) and reads the L
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from ..errors import check_number
+from ..errors import ConfigError, Problem, check_number, did_you_mean, is_int
 
-__all__ = ["EpochScheduler", "check_number", "linear_warmup_factor"]
+__all__ = ["EpochScheduler", "linear_warmup_factor"]
 
 
 def linear_warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
@@ -34,7 +35,61 @@ class EpochScheduler:
 
     Subclasses implement :meth:`_scale` (the multiplier after warmup) and may keep epoch-level
     state updated by :meth:`end_epoch`. The peak LR of each group is its ``lr`` at construction.
+    Hyperparameters are checked in one place, :meth:`check_hyperparams`, which the constructor
+    calls and config validation reaches through :meth:`check_params` without building anything.
     """
+
+    @classmethod
+    def check_hyperparams(cls, peak_lr: float | None, **args: Any) -> None:
+        """Raise :class:`ConfigError` (a ``ValueError``) keyed by argument name for the first
+        bad constructor argument; ``args`` holds every keyword argument of the constructor.
+        ``peak_lr`` is the smallest param-group LR (``None``: not known yet, checks against it
+        are skipped). Subclasses extend this with their own arguments."""
+        check_number("steps_per_epoch", args["steps_per_epoch"], low=1, integer=True)
+        check_number("total_epochs", args["total_epochs"], low=1, integer=True)
+        check_number("warmup_epochs", args["warmup_epochs"], low=0)
+        check_number("warmup_start_factor", args["warmup_start_factor"], low=0, high=1)
+
+    @classmethod
+    def check_params(
+        cls,
+        params: Mapping[str, Any],
+        *,
+        total_epochs: object = None,
+        peak_lr: float | None = None,
+    ) -> list[Problem]:
+        """The problems of constructor arguments ``params`` (keyed by argument name), found
+        without building the scheduler: unknown names and what :meth:`check_hyperparams` says.
+
+        ``steps_per_epoch`` and ``total_epochs`` may be missing (they are resolved when the
+        engine is built); checks that need the epoch budget then use ``total_epochs`` (when a
+        positive integer, else 1).
+        """
+        sig = inspect.signature(cls.__init__)
+        names = [n for n in sig.parameters if n not in ("self", "optimizer")]
+        unknown = [
+            Problem(
+                key,
+                f"unknown key{did_you_mean(key, names)}; allowed: {', '.join(sorted(names))}",
+            )
+            for key in params
+            if key not in names
+        ]
+        if unknown:
+            return unknown
+        args = {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if n in names and p.default is not p.empty
+        }
+        args["steps_per_epoch"] = 1
+        args["total_epochs"] = total_epochs if is_int(total_epochs) and total_epochs > 0 else 1
+        args.update(params)
+        try:
+            cls.check_hyperparams(peak_lr, **args)
+        except ConfigError as exc:
+            return exc.problems
+        return []
 
     def __init__(
         self,
@@ -45,10 +100,7 @@ class EpochScheduler:
         warmup_epochs: float,
         warmup_start_factor: float,
     ) -> None:
-        check_number("steps_per_epoch", steps_per_epoch, low=1, integer=True)
-        check_number("total_epochs", total_epochs, low=1, integer=True)
-        check_number("warmup_epochs", warmup_epochs, low=0)
-        check_number("warmup_start_factor", warmup_start_factor, low=0, high=1)
+        # The subclass has run check_hyperparams (with its own arguments) before this.
         if not optimizer.param_groups:
             raise ValueError("optimizer has no param groups")
         self.optimizer = optimizer

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from .base import EpochScheduler, check_number
+from ..errors import ConfigError, check_number
+from .base import EpochScheduler
 from .decision import (
     CONVERGENCE,
     EXPLORATION,
@@ -116,22 +116,21 @@ class TwoPhaseLR(EpochScheduler):
         max_exploration_epochs: int | None = None,
         probe_max_failures: int = 3,
     ) -> None:
-        check_number("warmup_epochs", warmup_epochs, low=0)  # read by the decision below
-        check_number("plateau_patience", plateau_patience, low=0, low_open=True)
-        if plateau_patience >= 1:
-            check_number("plateau_patience", plateau_patience, integer=True)
-        check_number("plateau_threshold", plateau_threshold, low=0, high=1, high_open=True)
-        check_number("extra_epochs_ratio", extra_epochs_ratio, low=0)
-        check_number("decay_factor", decay_factor, low=0, high=1, low_open=True, high_open=True)
-        check_number("min_lr", min_lr, low=0)
-        if max_exploration_epochs is not None:
-            check_number("max_exploration_epochs", max_exploration_epochs, low=1, integer=True)
-        check_number("probe_max_failures", probe_max_failures, low=1, integer=True)
-        peak = min(float(g["lr"]) for g in optimizer.param_groups)
-        if min_lr > peak:
-            raise ConfigError(
-                key="min_lr", problem=f"{min_lr} must not exceed the peak LR ({peak})"
-            )
+        peak = min((float(g["lr"]) for g in optimizer.param_groups), default=None)
+        self.check_hyperparams(
+            peak,
+            steps_per_epoch=steps_per_epoch,
+            total_epochs=total_epochs,
+            warmup_epochs=warmup_epochs,
+            warmup_start_factor=warmup_start_factor,
+            plateau_patience=plateau_patience,
+            plateau_threshold=plateau_threshold,
+            extra_epochs_ratio=extra_epochs_ratio,
+            decay_factor=decay_factor,
+            min_lr=min_lr,
+            max_exploration_epochs=max_exploration_epochs,
+            probe_max_failures=probe_max_failures,
+        )
         self.min_lr = float(min_lr)
         self.decision = TwoPhaseDecision(
             total_epochs=int(total_epochs),
@@ -153,6 +152,34 @@ class TwoPhaseLR(EpochScheduler):
             warmup_epochs=warmup_epochs,
             warmup_start_factor=warmup_start_factor,
         )
+
+    @classmethod
+    def check_hyperparams(cls, peak_lr: float | None, **args: Any) -> None:
+        """The base checks, then this schedule's own (``min_lr`` against ``peak_lr``)."""
+        super().check_hyperparams(peak_lr, **args)
+        patience = args["plateau_patience"]
+        check_number("plateau_patience", patience, low=0, low_open=True)
+        if patience >= 1:
+            check_number("plateau_patience", patience, integer=True)
+        check_number("plateau_threshold", args["plateau_threshold"], low=0, high=1, high_open=True)
+        check_number("extra_epochs_ratio", args["extra_epochs_ratio"], low=0)
+        check_number(
+            "decay_factor", args["decay_factor"], low=0, high=1, low_open=True, high_open=True
+        )
+        min_lr = args["min_lr"]
+        check_number("min_lr", min_lr, low=0)
+        check_number(
+            "max_exploration_epochs",
+            args["max_exploration_epochs"],
+            low=1,
+            integer=True,
+            optional=True,
+        )
+        check_number("probe_max_failures", args["probe_max_failures"], low=1, integer=True)
+        if peak_lr is not None and min_lr > peak_lr:
+            raise ConfigError(
+                key="min_lr", problem=f"{min_lr} must not exceed the peak LR ({peak_lr})"
+            )
 
     @property
     def phase(self) -> str:

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from .base import EpochScheduler, check_number
+from ..errors import ConfigError, check_number
+from .base import EpochScheduler
 from .two_phase import EpochRecord
 
 
@@ -45,13 +45,15 @@ class WarmupStepLR(EpochScheduler):
         milestones: Sequence[float] = (0.5, 0.75),
         gamma: float = 0.1,
     ) -> None:
-        check_number("total_epochs", total_epochs, low=1, integer=True)
-        if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
-            raise ConfigError(
-                key="milestones",
-                problem=f"must be a list of epochs or fractions, got {milestones!r}",
-            )
-        check_number("gamma", gamma, low=0, high=1, low_open=True, high_open=True)
+        self.check_hyperparams(
+            None,
+            steps_per_epoch=steps_per_epoch,
+            total_epochs=total_epochs,
+            warmup_epochs=warmup_epochs,
+            warmup_start_factor=warmup_start_factor,
+            milestones=milestones,
+            gamma=gamma,
+        )
         self.milestones = resolve_milestones(milestones, int(total_epochs))
         self.gamma = float(gamma)
         self._epoch = 0
@@ -62,6 +64,20 @@ class WarmupStepLR(EpochScheduler):
             warmup_epochs=warmup_epochs,
             warmup_start_factor=warmup_start_factor,
         )
+
+    @classmethod
+    def check_hyperparams(cls, peak_lr: float | None, **args: Any) -> None:
+        """The base checks, then the milestones (resolved against ``total_epochs``) and
+        ``gamma``."""
+        super().check_hyperparams(peak_lr, **args)
+        milestones = args["milestones"]
+        if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
+            raise ConfigError(
+                key="milestones",
+                problem=f"must be a list of epochs or fractions, got {milestones!r}",
+            )
+        check_number("gamma", args["gamma"], low=0, high=1, low_open=True, high_open=True)
+        resolve_milestones(milestones, int(args["total_epochs"]))
 
     @property
     def phase(self) -> str:
