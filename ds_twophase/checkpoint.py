@@ -35,7 +35,7 @@ def tag_for(epoch: int) -> str:
     return f"epoch{epoch:04d}"
 
 
-def _write_atomic(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
+def _write_atomic(path: Path, mode: str, write: Callable[[IO[Any]], object]) -> None:
     # A temporary file, synced, then renamed over ``path``: readers never see half a file.
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, mode) as f:

@@ -387,10 +387,13 @@ class LARS(Optimizer):
         """An adapted group that DeepSpeed (ZeRO-1/2) turned into one flat partition: trust
         ratios from whole-parameter norms over all ranks (zero_lars.py)."""
         flat = layout.flat
-        w_norm, g_norm = zero_lars.partition_norms(layout, flat.grad)
+        grad = flat.grad
+        if grad is None:  # never: _step_group passes only a partition that has a gradient
+            return
+        w_norm, g_norm = zero_lars.partition_norms(layout, grad)
         ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
         buf = self._momentum_buffers([flat])[0] if group["momentum"] != 0 else None
-        zero_lars.step_fragments(layout, flat.grad, buf, ratios, group)
+        zero_lars.step_fragments(layout, grad, buf, ratios, group)
 
     def _step_eager(
         self,

@@ -204,11 +204,13 @@ def step_fragments(
     # accelerators: multi-tensor ops on the fragment views, ratios kept on the device
     params = [flat.narrow(0, s, n) for s, n in layout.bounds]
     grads = [grad.narrow(0, s, n) for s, n in layout.bounds]
-    d = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else [g.clone() for g in grads]
-    torch._foreach_mul_(d, list(per_fragment.unbind()))
+    steps: list[Tensor] | tuple[Tensor, ...] = (
+        torch._foreach_add(grads, params, alpha=wd) if wd != 0 else [g.clone() for g in grads]
+    )
+    torch._foreach_mul_(steps, list(per_fragment.unbind()))
     if buf is not None:
         bufs = [buf.narrow(0, s, n) for s, n in layout.bounds]
         torch._foreach_mul_(bufs, m)
-        torch._foreach_add_(bufs, d)
-        d = torch._foreach_add(d, bufs, alpha=m) if nesterov else bufs
-    torch._foreach_add_(params, d, alpha=-lr)
+        torch._foreach_add_(bufs, steps)
+        steps = torch._foreach_add(steps, bufs, alpha=m) if nesterov else bufs
+    torch._foreach_add_(params, steps, alpha=-lr)
