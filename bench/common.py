@@ -5,6 +5,7 @@ runs as ``python bench/X.py``); it uses the package through public names only.""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -199,3 +200,31 @@ def write_section(heading: str, text: str, path: Path = DOCS, after: str | None 
     else:
         new = current.rstrip() + "\n\n" + body
     write_atomic(path, new.rstrip() + "\n")
+
+
+def publish(heading: str, section: str, write: bool, after: str | None = None) -> None:
+    """Print a bench's markdown section and, when ``write``, put it into docs/benchmarks.md."""
+    print("\n" + section)
+    if write:
+        write_section(heading, section, after=after)
+        print(f"wrote {DOCS.relative_to(ROOT)} ({heading})")
+
+
+def bench_parser(doc: str | None, quick: str) -> argparse.ArgumentParser:
+    """A bench's argument parser with the options every bench has: ``--config``, ``--quick``
+    (its quickest mode, described by ``quick``; prints only) and ``--write-docs``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--config", default=CONFIG, help="run config (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help=f"{quick}; prints only")
+    parser.add_argument(
+        "--write-docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write docs/benchmarks.md (default: yes, except with --quick)",
+    )
+    return parser
+
+
+def writes_docs(args: argparse.Namespace) -> bool:
+    """``--write-docs`` as given, else not with ``--quick``."""
+    return not args.quick if args.write_docs is None else bool(args.write_docs)

@@ -38,7 +38,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from docs_section import write_section  # noqa: E402
+from common import write_section  # noqa: E402
 
 from ds_twophase.optim import LARS, split_param_groups  # noqa: E402
 from ds_twophase.optim import lars as lars_module  # noqa: E402

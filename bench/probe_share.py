@@ -27,7 +27,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import CONFIG, machine_line, md_table, run_config, spread, train_and_read, write_section
+from common import (
+    bench_parser,
+    machine_line,
+    md_table,
+    publish,
+    run_config,
+    spread,
+    train_and_read,
+    writes_docs,
+)
 
 HEADING = "## Probe share"
 AFTER = "## Trainer overhead"
@@ -129,8 +138,7 @@ def probe_table(shares: list[ProbeShare]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--config", default=CONFIG, help="run config (default: %(default)s)")
+    parser = bench_parser(__doc__, "12-epoch runs forced to switch after epoch 6")
     parser.add_argument(
         "--probe-batches",
         default="config",
@@ -138,16 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "it is (default: %(default)s)",
     )
     parser.add_argument("--epochs", type=int, help="epochs of each run (default: the config's)")
-    parser.add_argument(
-        "--quick", action="store_true", help="12-epoch runs forced to switch after epoch 6"
-    )
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs")
-    parser.add_argument(
-        "--write-docs",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write docs/benchmarks.md (default: yes, except with --quick)",
-    )
     args = parser.parse_args(argv)
     args.probe_batches = [e.strip() for e in args.probe_batches.split(",")]
     for entry in args.probe_batches:
@@ -186,13 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             probe_table(shares),
         ]
     )
-    print("\n" + section)
+    publish(HEADING, section, writes_docs(args), AFTER)
     for p in shares:
         verdict = "met" if p.share < GOAL_PROBE_SHARE else "NOT met"
         print(f"goal probe share < {GOAL_PROBE_SHARE:.0%}, {p.label}: {p.share:.2%} ({verdict})")
-    if args.write_docs if args.write_docs is not None else not args.quick:
-        write_section(HEADING, section, after=AFTER)
-        print(f"wrote docs/benchmarks.md ({HEADING})")
     return 0
 
 

@@ -50,14 +50,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from common import (
-    CONFIG,
+    bench_parser,
     cpu_seconds,
     init_single_process,
     machine_line,
     md_table,
+    publish,
     quiet_stdout,
     run_config,
-    write_section,
+    writes_docs,
 )
 
 HEADING = "## Trainer overhead"
@@ -261,21 +262,13 @@ def throughput_table(all_results: dict[str, dict[str, LoopResult]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2048/256 and 128/64, 2 rounds")
+    parser = bench_parser(__doc__, "2048/256 and 128/64, 2 rounds")
     parser.add_argument("--rounds", type=int, help="timed epochs per loop and setting")
-    parser.add_argument("--config", default=CONFIG, help="run config (default: %(default)s)")
     parser.add_argument(
         "--threads", default="1", help="comma-separated torch thread counts (0: torch's default)"
     )
     parser.add_argument(
         "--no-our-loader-row", action="store_true", help="omit the 'bare loop, our loader' row"
-    )
-    parser.add_argument(
-        "--write-docs",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write docs/benchmarks.md (default: yes, except with --quick)",
     )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
@@ -319,11 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             throughput_table(tables),
         ]
     )
-    print("\n" + section)
-    write = args.write_docs if args.write_docs is not None else not args.quick
-    if write:
-        write_section(HEADING, section)
-        print(f"wrote docs/benchmarks.md ({HEADING})")
+    publish(HEADING, section, writes_docs(args))
     return 0
 
 
