@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["LARS"]
+__all__ = ["LARS", "kernel_available"]
 
 # CPU tuning, measured with bench/lars.py. Weights + grads of one bucket stay in the last-level
 # cache between the norm pass and the update pass.
@@ -92,6 +92,11 @@ def _kernel_module() -> ModuleType | None:
             if _kernel is None:
                 _kernel = _load_kernel()
     return _kernel if isinstance(_kernel, ModuleType) else None
+
+
+def kernel_available() -> bool:
+    """Whether the fused CPU kernel can be used here (builds or loads it on the first call)."""
+    return _kernel_module() is not None
 
 
 def _load_kernel() -> ModuleType | bool:
@@ -215,6 +220,8 @@ class LARS(Optimizer):
             Needs a C++ compiler; if compilation fails the optimizer warns once and uses the
             eager implementation. Large tensors and accelerator tensors always use the eager
             implementation, which is already fused.
+        kernel: use the fused CPU kernel where it applies (default); False keeps this optimizer
+            on the PyTorch implementation it otherwise falls back to (for comparisons).
 
     Every option can be overridden per parameter group. Groups also accept ``adapt`` (default
     True): with ``adapt=False`` the group gets no trust ratio, i.e. plain momentum SGD with the
@@ -237,6 +244,7 @@ class LARS(Optimizer):
         clip: bool = False,
         *,
         compile: bool = False,
+        kernel: bool = True,
     ):
         defaults = dict(
             lr=lr,
@@ -250,10 +258,19 @@ class LARS(Optimizer):
         )
         _check_hyperparameters(**defaults, compile=compile)
         self._compile = compile
-        # private switch (tests, benchmarks): False keeps this optimizer off the fused CPU kernel
-        self._kernel = True
+        self._kernel = bool(kernel)
         self._plans: dict[int, tuple[list[Tensor], list[_Bucket]]] = {}
         super().__init__(params, defaults)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether ``compile=True`` is in effect (False again after a failed compilation)."""
+        return self._compile
+
+    @property
+    def uses_kernel(self) -> bool:
+        """Whether this optimizer takes the fused CPU kernel where it applies."""
+        return self._kernel
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (see ``torch.optim.Optimizer``); its hyperparameters are validated."""
