@@ -107,8 +107,8 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "timm Lars (loop)": lambda ps: TimmLars(ps, LR, MOMENTUM, weight_decay=WD, foreach=False),
     "timm Lars (foreach)": lambda ps: TimmLars(ps, LR, MOMENTUM, weight_decay=WD, foreach=True),
     "LARS": lambda ps: LARS(ps, LR, MOMENTUM, WD),
-    EAGER: lambda ps: LARS(ps, LR, MOMENTUM, WD, kernel=False),
-    COMPILED: lambda ps: LARS(ps, LR, MOMENTUM, WD, compile=True, kernel=False),
+    EAGER: lambda ps: LARS(ps, LR, MOMENTUM, WD).disable_kernel(),
+    COMPILED: lambda ps: LARS(ps, LR, MOMENTUM, WD, compile=True).disable_kernel(),
     # the usual set-up: biases and norm parameters (< 2 dims) neither adapted nor decayed
     EXCLUDED + "timm Lars (loop)": lambda ps: TimmLars(
         _timm_groups(ps), LR, MOMENTUM, foreach=False
@@ -117,7 +117,7 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
         _timm_groups(ps), LR, MOMENTUM, foreach=True
     ),
     EXCLUDED + "LARS": lambda ps: LARS(lars_groups(ps), LR, MOMENTUM, WD),
-    EXCLUDED + EAGER: lambda ps: LARS(lars_groups(ps), LR, MOMENTUM, WD, kernel=False),
+    EXCLUDED + EAGER: lambda ps: LARS(lars_groups(ps), LR, MOMENTUM, WD).disable_kernel(),
 }
 SGD = ["SGD (default)", "SGD foreach", "SGD fused"]
 # goals: speed-up over timm's best mode per model, and at most this factor over the fastest SGD

@@ -220,8 +220,6 @@ class LARS(Optimizer):
             Needs a C++ compiler; if compilation fails the optimizer warns once and uses the
             eager implementation. Large tensors and accelerator tensors always use the eager
             implementation, which is already fused.
-        kernel: use the fused CPU kernel where it applies (default); False keeps this optimizer
-            on the PyTorch implementation it otherwise falls back to (for comparisons).
 
     Every option can be overridden per parameter group. Groups also accept ``adapt`` (default
     True): with ``adapt=False`` the group gets no trust ratio, i.e. plain momentum SGD with the
@@ -244,7 +242,6 @@ class LARS(Optimizer):
         clip: bool = False,
         *,
         compile: bool = False,
-        kernel: bool = True,
     ):
         defaults = dict(
             lr=lr,
@@ -258,7 +255,7 @@ class LARS(Optimizer):
         )
         _check_hyperparameters(**defaults, compile=compile)
         self._compile = compile
-        self._kernel = bool(kernel)
+        self._kernel = True  # off with disable_kernel()
         self._plans: dict[int, tuple[list[Tensor], list[_Bucket]]] = {}
         super().__init__(params, defaults)
 
@@ -266,6 +263,13 @@ class LARS(Optimizer):
     def compiled(self) -> bool:
         """Whether ``compile=True`` is in effect (False again after a failed compilation)."""
         return self._compile
+
+    def disable_kernel(self) -> LARS:
+        """Keep this optimizer off the fused CPU kernel (the PyTorch implementation it otherwise
+        falls back to; for comparisons). Call before the first ``step``. Returns ``self``."""
+        self._kernel = False
+        self._plans.clear()
+        return self
 
     @property
     def uses_kernel(self) -> bool:
