@@ -449,7 +449,8 @@ def render(study: Study, command: str, started: datetime.datetime) -> str:
     ]
     if study.verify:
         out += ["", study.verify]
-    out += ["", summary_table(study), "", run_probe_table(study), "", replay_table(study)]
+    for table in (summary_table(study), run_probe_table(study), replay_table(study)):
+        out += ["", table] if table else []
     out += ["", "<details><summary>Per epoch</summary>", "", epoch_table(study), "", "</details>"]
     return "\n".join(out) + "\n"
 
