@@ -95,12 +95,19 @@ def probe_share(config: str, out: str, extra: list[str], entry: str, threads: in
     """One training run with the probe batch of ``entry``, read back."""
     overrides = [*extra, *entry_overrides(entry), "trainer.progress=off"]
     rows, shown, wall = train_and_read(config, overrides, out, threads)
+    batch = resolved_probe_batch(config, overrides)
+    return share_from_rows(
+        f"{batch} (config)" if entry == "config" else str(batch), shown, rows, wall
+    )
+
+
+def share_from_rows(label: str, command: str, rows: list[dict], wall: float) -> ProbeShare:
+    """A ``ProbeShare`` from the ``metrics.jsonl`` rows of one run."""
     probed = [(r.get("probe_seconds") or 0.0) > 0 for r in rows]
     plain = [r["epoch_seconds"] for r, p in zip(rows, probed, strict=True) if not p]
-    batch = resolved_probe_batch(config, overrides)
     return ProbeShare(
-        label=f"{batch} (config)" if entry == "config" else str(batch),
-        command=shown,
+        label=label,
+        command=command,
         epochs=len(rows),
         probes=sum(probed),
         hvps=[int(r["probe_hvps"]) for r in rows if r.get("probe_hvps")],
