@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import write_atomic
 from study import (
     ROOT,
     RunSpec,
@@ -368,15 +367,6 @@ def study_tables(work: Path) -> list[str]:
                 f"{decays(runs)} | {when} | {share(runs)} |"
             )
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,10 +38,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from docs_section import write_section  # noqa: E402
+from common import write_section  # noqa: E402
 
-from ds_twophase.optim import LARS, split_param_groups  # noqa: E402
-from ds_twophase.optim import lars as lars_module  # noqa: E402
+from ds_twophase.optim import LARS, kernel_available, split_param_groups  # noqa: E402
 
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 SECTION = "## LARS step time"
@@ -89,12 +88,6 @@ def lars_groups(params: list[nn.Parameter]) -> list[dict]:
     return split_param_groups(params)
 
 
-def eager(opt: LARS) -> LARS:
-    """``opt`` kept off the fused CPU kernel: the PyTorch implementation it falls back to."""
-    opt._kernel = False
-    return opt
-
-
 EAGER = "LARS eager fallback"
 COMPILED = EAGER + ", compile=True"
 
@@ -114,8 +107,8 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "timm Lars (loop)": lambda ps: TimmLars(ps, LR, MOMENTUM, weight_decay=WD, foreach=False),
     "timm Lars (foreach)": lambda ps: TimmLars(ps, LR, MOMENTUM, weight_decay=WD, foreach=True),
     "LARS": lambda ps: LARS(ps, LR, MOMENTUM, WD),
-    EAGER: lambda ps: eager(LARS(ps, LR, MOMENTUM, WD)),
-    COMPILED: lambda ps: eager(LARS(ps, LR, MOMENTUM, WD, compile=True)),
+    EAGER: lambda ps: LARS(ps, LR, MOMENTUM, WD).disable_kernel(),
+    COMPILED: lambda ps: LARS(ps, LR, MOMENTUM, WD, compile=True).disable_kernel(),
     # the usual set-up: biases and norm parameters (< 2 dims) neither adapted nor decayed
     EXCLUDED + "timm Lars (loop)": lambda ps: TimmLars(
         _timm_groups(ps), LR, MOMENTUM, foreach=False
@@ -124,7 +117,7 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
         _timm_groups(ps), LR, MOMENTUM, foreach=True
     ),
     EXCLUDED + "LARS": lambda ps: LARS(lars_groups(ps), LR, MOMENTUM, WD),
-    EXCLUDED + EAGER: lambda ps: eager(LARS(lars_groups(ps), LR, MOMENTUM, WD)),
+    EXCLUDED + EAGER: lambda ps: LARS(lars_groups(ps), LR, MOMENTUM, WD).disable_kernel(),
 }
 SGD = ["SGD (default)", "SGD foreach", "SGD fused"]
 # goals: speed-up over timm's best mode per model, and at most this factor over the fastest SGD
@@ -165,12 +158,12 @@ def measure(
             opt.step()  # compile=True compiles here; the kernel is built (or loaded) here
             first = time.perf_counter() - start
         if isinstance(opt, LARS) and name.endswith("compile=True"):
-            if not opt._compile:
+            if not opt.compiled:
                 print(f"  {name}: compilation failed, not measured", flush=True)
                 continue
             print(f"  {name}: first step (compilation) {first:.1f} s", flush=True)
-        if isinstance(opt, LARS) and opt._kernel:
-            if lars_module._kernel_module() is None:
+        if isinstance(opt, LARS) and opt.uses_kernel:
+            if not kernel_available():
                 print(f"  {name}: the fused kernel is unavailable, not measured", flush=True)
                 continue
             print(f"  {name}: first step {first * 1e3:.1f} ms", flush=True)
@@ -290,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # reported in the output instead
-        available = lars_module._kernel_module() is not None
+        available = kernel_available()
     kernel_note = (
         f"the fused kernel was ready {time.perf_counter() - start:.2f} s after the first call "
         "(which includes its build where it is not cached; see docs/lars.md)"

@@ -107,7 +107,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        from docs_section import write_section
+        from common import write_section
 
         write_section("## Margins cost", text)
 

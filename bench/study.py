@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import ROOT, trainer_command, trainer_env
 
 from ds_twophase.config import load_config
 from ds_twophase.resume import config_changes, resume_fingerprint
-
-ROOT = Path(__file__).resolve().parents[1]
-LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class StaleRun(RuntimeError):
@@ -99,13 +96,8 @@ def link_duplicates(specs: Sequence[RunSpec], work: Path, dry: bool = False) -> 
 def train(spec: RunSpec, work: Path, resume: bool) -> tuple[RunSpec, int, float]:
     """Train one run in a subprocess (one process, one torch thread); returns its exit status
     and wall seconds. Output goes to ``<run dir>.log``."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
-    env.update(
-        OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    )
-    cmd = [sys.executable, "-m", "ds_twophase.train", "--config", str(spec.config)]
-    for item in spec.overrides(work):
-        cmd += ["--set", item]
+    env = trainer_env(threads=1)
+    cmd = trainer_command(spec.config, spec.overrides(work))
     if resume:
         cmd += ["--resume", "auto"]
     log = work / f"{spec.name}.log"  # names hold dots (lr0.025): no with_suffix

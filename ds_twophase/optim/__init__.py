@@ -8,7 +8,7 @@ from .factory import (
     check_zero_compatible,
     find_optimizer,
 )
-from .lars import LARS
+from .lars import LARS, kernel_available
 from .param_groups import lars_param_groups, split_param_groups
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "build_optimizer_factory",
     "check_zero_compatible",
     "find_optimizer",
+    "kernel_available",
     "lars_param_groups",
     "split_param_groups",
 ]

@@ -59,7 +59,7 @@ from torch.optim import Optimizer
 from ..errors import ConfigError, check_number
 from . import zero_lars
 
-__all__ = ["LARS"]
+__all__ = ["LARS", "kernel_available"]
 
 # CPU tuning, measured with bench/lars.py. Weights + grads of one bucket stay in the last-level
 # cache between the norm pass and the update pass.
@@ -98,6 +98,11 @@ def _kernel_module() -> ModuleType | None:
             if _kernel is None:
                 _kernel = _load_kernel()
     return _kernel if isinstance(_kernel, ModuleType) else None
+
+
+def kernel_available() -> bool:
+    """Whether the fused CPU kernel can be used here (builds or loads it on the first call)."""
+    return _kernel_module() is not None
 
 
 def _load_kernel() -> ModuleType | bool:
@@ -244,8 +249,7 @@ class LARS(Optimizer):
         )
         _check_hyperparameters(**defaults, compile=compile)
         self._compile = compile
-        # private switch (tests, benchmarks): False keeps this optimizer off the fused CPU kernel
-        self._kernel = True
+        self._kernel = True  # off with disable_kernel()
         self._plans: dict[int, tuple[list[Tensor], list[_Bucket]]] = {}
         # the parameters of each group as given (model parameters); under ZeRO-1/2 DeepSpeed
         # replaces a group's params by one flat partition, mapped back to these (zero_lars.py)
@@ -255,6 +259,23 @@ class LARS(Optimizer):
         # False until the first step that changed something (see _is_setup_step)
         self._started = False
         super().__init__(params, defaults)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether ``compile=True`` is in effect (False again after a failed compilation)."""
+        return self._compile
+
+    def disable_kernel(self) -> LARS:
+        """Keep this optimizer off the fused CPU kernel (the PyTorch implementation it otherwise
+        falls back to; for comparisons). Call before the first ``step``. Returns ``self``."""
+        self._kernel = False
+        self._plans.clear()
+        return self
+
+    @property
+    def uses_kernel(self) -> bool:
+        """Whether this optimizer takes the fused CPU kernel where it applies."""
+        return self._kernel
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (see ``torch.optim.Optimizer``); its hyperparameters are validated."""
