@@ -181,3 +181,39 @@ def test_mid_epoch_checkpoint_refuses_another_world_size(tmp_path):
         world_size_note({"world_size": 2}, "ck", zero_stage=1, batch=batch)
     assert world_size_note({"world_size": 1}, "ck", zero_stage=2, batch=batch) == ""
     assert "from 2 to 1" in world_size_note({"world_size": 2}, "ck", zero_stage=0, batch=batch)
+
+
+def test_checkpoint_minutes_must_be_positive_or_null():
+    from ds_twophase.config import load_config, validate_config
+    from ds_twophase.errors import ConfigError
+
+    for bad, problem in (
+        ("0", "must be a number > 0 or null, got 0"),
+        ("-1", "must be a number > 0 or null, got -1"),
+        ('"soon"', "expected a number or null, got string 'soon'"),
+    ):
+        raw = load_config(TINY, [f"trainer.checkpoint_minutes={bad}"])
+        with pytest.raises(ConfigError, match=rf"^trainer\.checkpoint_minutes: {problem}"):
+            validate_config(raw, world_size=2)
+    raw = load_config(TINY, ["trainer.checkpoint_minutes=null"])
+    assert validate_config(raw, world_size=2).trainer.checkpoint_minutes is None
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_checkpoint_minutes_saves_at_epoch_ends(tmp_path):
+    """With a tiny ``checkpoint_minutes`` every epoch end is due (the tiny config's
+    ``checkpoint_every`` 4 alone would save none of epochs 1-2)."""
+    run = RunDir(tmp_path)
+    proc = train(
+        run,
+        "--set",
+        "trainer.checkpoint_minutes=0.0001",
+        "--set",
+        "trainer.keep_checkpoints=5",
+        "--stop-after",
+        "3",
+        ranks=1,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dirs = checkpoint.checkpoint_dirs(run.path / "checkpoints")
+    assert [epoch for epoch, _ in dirs] == [1, 2, 3]
