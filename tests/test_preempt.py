@@ -82,7 +82,7 @@ def _wait_for_rows(run: RunDir, proc: subprocess.Popen, rows: int) -> None:
 
 
 @pytest.mark.timeout(3 * TIMEOUT)
-def test_sigterm_to_launch_script_reaches_every_rank_and_leaves_no_process(tmp_path, reference):
+def test_sigterm_to_launch_script_reaches_every_rank_and_leaves_no_process(tmp_path):
     run = RunDir(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = ["bash", "launch/single_node.sh", "2", TINY, *run.flag]
@@ -101,14 +101,16 @@ def test_sigterm_to_launch_script_reaches_every_rank_and_leaves_no_process(tmp_p
     assert alive == [], f"left behind: {alive}"
     newest = checkpoint.newest_complete(run.path / "checkpoints")
     assert newest is not None and newest[0] >= 2
-
-    resumed = train(run, "--resume", "auto")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert without_timing(run.metrics()) == without_timing(reference.metrics())
-    assert same_params(run, reference)
+    # (that such a checkpoint resumes exactly is the test above)
 
 
 STOP = 7
+OWN = ("resume:", "epoch ", "done:", "stopped ", "preempted:", "warning:", "error:")
+
+
+def own_lines(stdout: str) -> list[str]:
+    """The trainer's own lines (not DeepSpeed's or the launcher's log lines)."""
+    return [line for line in stdout.splitlines() if line.startswith(OWN)]
 
 
 def _stop_state(run: RunDir) -> dict:
@@ -143,7 +145,7 @@ def test_resume_two_ranks_on_one(tmp_path):
 
     proc = train(run, "--resume", "auto", ranks=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first = proc.stdout.splitlines()[0]
+    first = own_lines(proc.stdout)[0]
     assert first.startswith("resume: world size changed from 2 to 1 rank(s)"), proc.stdout
     assert "micro-batch 100 x accumulation 2" in first
     _check_continued(before, run, saved)
@@ -159,8 +161,7 @@ def test_resume_one_rank_on_two(tmp_path):
 
     proc = train(run, "--resume", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # the ranks' own lines (the launcher's log lines start with "[")
-    lines = [line for line in proc.stdout.splitlines() if line and not line.startswith("[")]
+    lines = own_lines(proc.stdout)
     assert lines[0].startswith("resume: world size changed from 1 to 2 rank(s)"), proc.stdout
     assert "micro-batch 100 x accumulation 1" in lines[0]
     _check_continued(before, run, saved)
@@ -217,3 +218,15 @@ def test_checkpoint_minutes_saves_at_epoch_ends(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     dirs = checkpoint.checkpoint_dirs(run.path / "checkpoints")
     assert [epoch for epoch, _ in dirs] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signals_only_set_a_flag_while_installed(sig):
+    from ds_twophase.preempt import StopFlag
+
+    before = signal.getsignal(sig)
+    with StopFlag() as stop:
+        assert not stop.requested and not stop.agreed()
+        os.kill(os.getpid(), sig)  # a real signal; the process goes on
+        assert stop.requested and stop.agreed() and stop.name() == sig.name
+    assert signal.getsignal(sig) is before
