@@ -145,6 +145,8 @@ class Trainer:
             if self.probe is not None and state.get("probe") is not None:
                 vector = state["tensors"].get("probe_vector")
                 self.probe.load_state_dict({**state["probe"], "vector": vector})
+            if self.progress is not None:  # a mid-epoch checkpoint
+                note += f"{self.progress.micro_batches} micro-batch(es) into epoch {epoch + 1}; "
             dist.print_rank_zero(f"resume: {note}continuing after epoch {epoch} from {path}")
         if dist.is_rank_zero():
             self.metrics.truncate(epoch)  # epochs no checkpoint kept are trained again
