@@ -70,7 +70,7 @@ def test_sigterm_on_one_rank_mid_epoch_then_resume_equals_uninterrupted(tmp_path
 
     proc = train(run, "--resume", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resume: continuing after epoch 5 from" in proc.stdout
+    assert "resume: 3 micro-batch(es) into epoch 6; continuing after epoch 5 from" in proc.stdout
     assert without_timing(run.metrics()) == without_timing(reference.metrics())
     assert same_params(run, reference)
 
