@@ -27,12 +27,16 @@ from .errors import ConfigError
 
 STATE_FILE = "ds_twophase.json"
 COMPLETE_FILE = "COMPLETE"
-TAG_PATTERN = re.compile(r"epoch(\d{4,})")
+TAG_PATTERN = re.compile(r"epoch(\d{4,})(?:\+mb(\d+))?")
 
 
-def tag_for(epoch: int) -> str:
-    """The DeepSpeed tag of the checkpoint taken after ``epoch``."""
-    return f"epoch{epoch:04d}"
+def tag_for(epoch: int, micro_batches: int | None = None) -> str:
+    """The DeepSpeed tag of the checkpoint taken after ``epoch``; with ``micro_batches``, of the
+    mid-epoch checkpoint taken that many micro-batches into epoch ``epoch + 1``
+    (``epoch0007+mb000012``; it sorts between ``epoch0007`` and ``epoch0008``)."""
+    if micro_batches is None:
+        return f"epoch{epoch:04d}"
+    return f"epoch{epoch:04d}+mb{micro_batches:06d}"
 
 
 def _write_atomic(path: Path, mode: str, write: Callable[[IO[Any]], object]) -> None:
@@ -69,15 +73,16 @@ def save(
     *,
     keep: int,
     tensors: dict[str, torch.Tensor] | None = None,
+    micro_batches: int | None = None,
 ) -> Path:
     """Save a complete checkpoint after ``epoch`` on every rank; returns its directory.
 
     ``state`` is our JSON state and ``tensors`` our tensors (rank 0's are written; read them
     back with :func:`read_tensors`). Keeps the newest ``keep`` complete checkpoints and deletes
-    older ones.
+    older ones. ``micro_batches`` makes it a mid-epoch checkpoint (:func:`tag_for`).
     """
     tensors = tensors or {}
-    tag = tag_for(epoch)
+    tag = tag_for(epoch, micro_batches)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ds_twophase_epoch": epoch})
     if faults.crash_in_save(epoch, dist.get_rank(), dist.get_world_size()):
         os._exit(17)  # test hook: die before the checkpoint is marked complete
@@ -95,15 +100,16 @@ def save(
 
 def checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
     """``(epoch, path)`` of every checkpoint directory under ``ckpt_dir`` (complete or not),
-    oldest first."""
+    oldest first; ``epoch`` counts complete epochs (a mid-epoch checkpoint sorts after the
+    checkpoint of the epoch it continues)."""
     if not ckpt_dir.is_dir():
         return []
     found = []
     for child in ckpt_dir.iterdir():
         m = TAG_PATTERN.fullmatch(child.name)
         if m and child.is_dir():
-            found.append((int(m.group(1)), child))
-    return sorted(found)
+            found.append((int(m.group(1)), int(m.group(2) or -1), child))
+    return [(epoch, path) for epoch, _, path in sorted(found)]
 
 
 def is_complete(path: Path) -> bool:

@@ -269,6 +269,12 @@ def all_reduce_max(value: float, group: Any = None) -> float:
     return float(t.item())
 
 
+def any_rank(flag: bool, group: Any = None) -> bool:
+    """True on every rank when ``flag`` is True on any rank (one all-reduce max of one number;
+    how the ranks agree to stop after a signal reached some of them)."""
+    return all_reduce_max(1.0 if flag else 0.0, group) > 0.0
+
+
 @contextlib.contextmanager
 def gathered_parameters(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
     """Full values of ZeRO stage 3 partitioned ``params`` on every rank inside the block,

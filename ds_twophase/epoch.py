@@ -8,8 +8,11 @@ against.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,45 @@ from . import checkpoint, dist, faults
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose (non-finite loss, ranks disagreeing); the message says why."""
+
+
+@dataclass
+class EpochProgress:
+    """Where one rank is inside an epoch: what a mid-epoch checkpoint saves so a resumed epoch
+    continues bit for bit (the same batches, the same random numbers, the same mean loss)."""
+
+    micro_batches: int
+    """Micro-batches of the epoch done (a whole number of optimizer steps)."""
+    loss_sum: float
+    """This rank's sum of the finite micro-batch losses so far (float64)."""
+    finite: int
+    """This rank's number of finite micro-batch losses so far."""
+    rng_state: torch.Tensor
+    """This rank's torch CPU generator state after the last micro-batch."""
+
+
+class EpochInterrupted(Exception):
+    """The ranks agreed to stop inside an epoch, at an optimizer-step boundary."""
+
+    def __init__(self, progress: EpochProgress):
+        super().__init__(f"stopped after {progress.micro_batches} micro-batches")
+        self.progress = progress
+
+
+class ResumableSampler(DistributedSampler):
+    """:class:`DistributedSampler` that can leave out the first samples of one epoch (the part a
+    mid-epoch checkpoint already trained); the order of the rest is unchanged."""
+
+    skip = 0
+    """Samples of this rank to leave out in the next pass (reset by :meth:`set_epoch`)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip :])
 
 
 def seed_everything(seed: int) -> None:
@@ -62,21 +104,33 @@ def train_epoch(
     seed: int,
     skip_nonfinite: bool,
     progress: str = "off",
+    start: EpochProgress | None = None,
+    gas: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, int]:
     """One epoch of exactly ``micro_batches`` micro-batches (whole optimizer steps).
 
     Returns the mean training loss over all ranks and micro-batches (NaN when none was finite),
     and (with ``skip_nonfinite``) the number of micro-batches skipped on all ranks. The caller
-    sets the sampler's epoch.
+    sets the sampler's epoch (and, with ``start``, makes ``loader`` leave out the micro-batches
+    ``start`` already did). ``should_stop`` (a collective) is asked after every optimizer step
+    (every ``gas`` micro-batches) but the last; when it says so, :class:`EpochInterrupted`
+    carries this rank's progress.
     """
     # Per-epoch seeds make a resumed run draw the same random numbers (dropout, augmentation).
     rank = dist.get_rank()
     torch.manual_seed(seed * 100_003 + epoch * 1009 + rank)
+    batches = iter(loader)  # draws the loader's base seed, as an uninterrupted epoch does
     engine.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     finite = 0
+    first = 0
+    if start is not None:
+        torch.set_rng_state(start.rng_state)
+        loss_sum += start.loss_sum
+        finite, first = start.finite, start.micro_batches
     bar = _progress(progress, epoch, micro_batches)
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(batches, start=first):
         if i == micro_batches:
             break
         x, y = to_engine(engine, batch)
@@ -93,8 +147,16 @@ def train_epoch(
             loss_sum += loss.detach().double()
             finite += 1
         engine.step()
+        if faults.signal_at(epoch, i, rank):
+            os.kill(os.getpid(), signal.SIGTERM)  # test hook: pre-empted right here
         if bar is not None:
             bar.update(1)
+        done = i + 1
+        if should_stop is not None and done % gas == 0 and done < micro_batches and should_stop():
+            if bar is not None:
+                bar.close()
+            state = torch.get_rng_state()
+            raise EpochInterrupted(EpochProgress(done, loss_sum.item(), finite, state))
     if bar is not None:
         bar.close()
     # Data parallelism does not synchronise BatchNorm statistics: give every rank rank 0's,

@@ -13,6 +13,9 @@ code. None is set in normal use.
 * ``DS_TWOPHASE_CRASH_IN_SAVE=<epoch>``: while saving the checkpoint of that epoch, rank 1 (rank 0
   in a one-rank run) dies right after DeepSpeed wrote its files and its ``latest`` pointer, before
   the checkpoint is marked complete.
+* ``DS_TWOPHASE_SIGNAL_AT=<epoch>:<micro-batch>[:<rank>]``: right after that micro-batch's
+  optimizer call the rank (every rank, or only ``rank``) sends itself SIGTERM, as a cluster
+  pre-empting the job would.
 * ``DS_TWOPHASE_DESYNC_AT=<epoch>``: after that epoch's decision rank 1 halves its LR, so the
   ranks disagree.
 """
@@ -26,6 +29,7 @@ from collections.abc import Callable
 NAN_LOSS_ENV = "DS_TWOPHASE_NAN_LOSS"
 CRASH_IN_SAVE_ENV = "DS_TWOPHASE_CRASH_IN_SAVE"
 DESYNC_ENV = "DS_TWOPHASE_DESYNC_AT"
+SIGNAL_ENV = "DS_TWOPHASE_SIGNAL_AT"
 PROBE_FAIL_ENV = "DS_TWOPHASE_PROBE_FAIL"
 
 FailHook = Callable[[int, int], None]
@@ -46,6 +50,15 @@ def _ints(name: str) -> list[int] | None:
 def nan_loss_at(epoch: int, micro_batch: int, rank: int) -> bool:
     """True when the NaN-loss hook targets this epoch, micro-batch (0-based) and rank."""
     spec = _ints(NAN_LOSS_ENV)
+    if spec is None:
+        return False
+    target_rank = spec[2] if len(spec) > 2 else rank
+    return spec[0] == epoch and spec[1] == micro_batch and target_rank == rank
+
+
+def signal_at(epoch: int, micro_batch: int, rank: int) -> bool:
+    """True when the self-signal hook targets this epoch, micro-batch (0-based) and rank."""
+    spec = _ints(SIGNAL_ENV)
     if spec is None:
         return False
     target_rank = spec[2] if len(spec) > 2 else rank

@@ -22,6 +22,7 @@ from .metrics import MetricsLog
 RESUME_FREE_KEYS = (
     "trainer.output_dir",
     "trainer.checkpoint_every",
+    "trainer.checkpoint_minutes",
     "trainer.keep_checkpoints",
     "trainer.progress",
     "trainer.num_workers",

@@ -72,7 +72,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run."""
+    """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run,
+    75 (``preempt.EXIT_RESUMABLE``) for a run stopped by SIGTERM/SIGUSR1 after saving a
+    checkpoint (continue it with ``--resume auto``)."""
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         check_args(args)
@@ -96,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare_output_dir(run.trainer.output_dir)
         dist.init_process_group(quiet=True)  # no per-step INFO noise from any rank
         run.check_world_size(dist.get_world_size())  # a no-op when the launcher said it
+        from .preempt import EXIT_RESUMABLE, Preempted
         from .trainer import Trainer, TrainingStopped
 
         try:
@@ -103,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TrainingStopped as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except Preempted as exc:
+            dist.print_rank_zero(f"preempted: {exc}")
+            return EXIT_RESUMABLE
     except ConfigError as exc:
         return report(exc) if dist.is_main_process() else 2
     return 0

@@ -12,16 +12,18 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from torch.utils.data import DistributedSampler
 
-from . import checkpoint, dist, summary
+from . import checkpoint, dist, preempt, summary
 from .config import RunConfig
 from .data import build_datasets
 from .engine import initialize_run, load_checkpoint
 from .epoch import (
+    EpochInterrupted,
+    EpochProgress,
+    ResumableSampler,
     TrainingStopped,
     cross_entropy,
     make_loader,
@@ -77,7 +79,8 @@ class Trainer:
         if run.deepspeed.get("bf16", {}).get("enabled"):
             # DeepSpeed casts parameters but not buffers; BatchNorm on CPU needs both in bf16.
             self.model.to(torch.bfloat16)
-        self.sampler: DistributedSampler[int] = DistributedSampler(
+        self.batch = batch
+        self.sampler = ResumableSampler(
             self.splits.train,
             num_replicas=world,
             rank=dist.get_rank(),
@@ -111,6 +114,9 @@ class Trainer:
             run, self.splits.train, batch_size=self.train_batch, micro_batch_size=self.micro
         )
         self.monitor = MonitorEvents(self.engine)
+        # Pre-emption: the stop flag while fit runs, and the mid-epoch progress to resume from.
+        self.stop: preempt.StopFlag | None = None
+        self.progress: EpochProgress | None = None
 
     def _build_data(self) -> Any:
         # Rank 0 generates and caches the data set first so the other ranks only read it.
@@ -138,13 +144,19 @@ class Trainer:
         epoch = 0
         if choice is not None:
             epoch, path, state = choice
+            note = preempt.world_size_note(
+                state, path, zero_stage=self.run.zero_stage, batch=self.batch
+            )
+            self.progress = preempt.unpack_progress(state)
             path = Path(path)
             load_checkpoint(self.engine, path.parent, tag=path.name)
             if self.probe is not None and state.get("probe") is not None:
                 vector = state["tensors"].get("probe_vector")
                 self.probe.load_state_dict({**state["probe"], "vector": vector})
             self.analysis.load(state)
-            dist.print_rank_zero(f"resume: continuing after epoch {epoch} from {path}")
+            if self.progress is not None:  # a mid-epoch checkpoint
+                note += f"{self.progress.micro_batches} micro-batch(es) into epoch {epoch + 1}; "
+            dist.print_rank_zero(f"resume: {note}continuing after epoch {epoch} from {path}")
         if dist.is_rank_zero():
             self.metrics.truncate(epoch)  # epochs no checkpoint kept are trained again
         return epoch
@@ -154,6 +166,9 @@ class Trainer:
         all ranks and micro-batches, and the number of micro-batches skipped for a non-finite
         loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
         self.sampler.set_epoch(epoch)
+        start, self.progress = self.progress, None  # a mid-epoch checkpoint's epoch only
+        if start is not None:
+            self.sampler.skip = start.micro_batches * self.micro
         return train_epoch(
             self.engine,
             self.loader,
@@ -162,6 +177,9 @@ class Trainer:
             seed=self.tc.seed,
             skip_nonfinite=self.tc.on_nonfinite_loss == "skip",
             progress=self.tc.progress,
+            start=start,
+            gas=self.gas,
+            should_stop=None if self.stop is None else self.stop.agreed,
         )
 
     def fit(self, resume: str | None = None, stop_after: int | None = None) -> RunResult:
@@ -182,12 +200,21 @@ class Trainer:
         last = self.tc.epochs
         end_at = last if stop_after is None else min(stop_after, last)
         val_acc = None
-        for epoch in range(start + 1, end_at + 1):
-            row = self._epoch(epoch, last)
-            val_acc = row["val_accuracy"] if row["val_accuracy"] is not None else val_acc
-            every = self.tc.checkpoint_every
-            if epoch == end_at or (every and epoch % every == 0):
-                self._save(epoch)
+        with preempt.StopFlag() as self.stop:
+            timer = preempt.CheckpointTimer(self.tc.checkpoint_minutes)
+            for epoch in range(start + 1, end_at + 1):
+                try:
+                    row = self._epoch(epoch, last)
+                except EpochInterrupted as exc:
+                    self._preempted(epoch - 1, exc.progress)
+                val_acc = row["val_accuracy"] if row["val_accuracy"] is not None else val_acc
+                every = self.tc.checkpoint_every
+                if epoch == end_at or (every and epoch % every == 0) or timer.due():
+                    self._save(epoch)
+                    timer.saved()
+                if epoch < end_at and self.stop.agreed():
+                    self._preempted(epoch, None)
+        self.stop = None
         if end_at < last:
             dist.print_rank_zero(
                 f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self.out})"
@@ -282,7 +309,20 @@ class Trainer:
         }
         return columns, 0.0 if end.probe is None else end.probe.seconds
 
-    def _save(self, epoch: int) -> None:
+    def _preempted(self, epoch: int, progress: EpochProgress | None) -> NoReturn:
+        """Save a complete checkpoint after ``epoch`` (and ``progress`` into the next) and
+        raise :class:`~ds_twophase.preempt.Preempted`."""
+        assert self.stop is not None  # only called inside fit's loop
+        path = self._save(epoch, progress)
+        where = f"after epoch {epoch}"
+        if progress is not None:
+            where = f"after {progress.micro_batches} micro-batch(es) of epoch {epoch + 1}"
+        raise preempt.Preempted(
+            f"stopped by {self.stop.name()} {where}; saved {path}; continue with --resume auto "
+            f"(exit status {preempt.EXIT_RESUMABLE})"
+        )
+
+    def _save(self, epoch: int, progress: EpochProgress | None = None) -> Path:
         probe = None if self.probe is None else self.probe.state_dict()
         vector = None if probe is None else probe.pop("vector")
         epoch_scheduler = isinstance(self.scheduler, EpochScheduler)
@@ -293,14 +333,20 @@ class Trainer:
             "probe": probe,
             "scheduler": self.scheduler.state_dict() if epoch_scheduler else None,
             **analysis,
+            "world_size": dist.get_world_size(),
         }
-        checkpoint.save(
+        tensors = {} if vector is None else {"probe_vector": vector}
+        if progress is not None:
+            state["partial"], rng = preempt.pack_progress(progress)
+            tensors.update(rng)
+        return checkpoint.save(
             self.engine,
             self.ckpt_dir,
             epoch,
             state,
             keep=self.tc.keep_checkpoints,
-            tensors={**({} if vector is None else {"probe_vector": vector}), **analysis_tensors},
+            tensors={**tensors, **analysis_tensors},
+            micro_batches=None if progress is None else progress.micro_batches,
         )
 
 

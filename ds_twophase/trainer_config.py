@@ -33,6 +33,9 @@ class TrainerConfig:
     """Where the resolved config, ``metrics.jsonl`` and checkpoints go."""
     checkpoint_every: int = 0
     """Save a DeepSpeed checkpoint every N epochs (0: only at the end)."""
+    checkpoint_minutes: float | None = None
+    """Also save a checkpoint at the first epoch end after this many minutes since the last
+    checkpoint (bounds what a hard kill can lose; ``null``: off). Rank 0's clock decides."""
     keep_checkpoints: int = 2
     """How many complete checkpoints to keep (older ones are deleted after a new one is saved)."""
     num_workers: int = 0
@@ -60,6 +63,9 @@ class TrainerConfig:
         ):
             check_number(name, getattr(self, name), low=low, integer=True)
         check_number("seed", self.seed, integer=True)
+        check_number(
+            "checkpoint_minutes", self.checkpoint_minutes, low=0, low_open=True, optional=True
+        )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ConfigError(
                 key="output_dir", problem=f"must be a non-empty path, got {self.output_dir!r}"

@@ -14,5 +14,19 @@ shift 2
 master=$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$hostfile")
 # DS_LAUNCHER picks the runner's way of reaching the hosts (pdsh by default; openmpi, mvapich,
 # slurm, ...).
-exec deepspeed ${DS_LAUNCHER:+--launcher "$DS_LAUNCHER"} --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}" \
-  --module ds_twophase.train --config "$config" "$@"
+# Pre-emption: for a multi-host pdsh job the runner passes SIGINT/SIGTERM on (each host's
+# launcher gives its ranks SIGTERM and 30 s before SIGKILL; a rank that saved in time leaves a
+# complete checkpoint, but the runner reports status 1, not 75). SIGUSR1 would kill the runner
+# outright, so it is turned into SIGTERM here. Under SLURM use launch/slurm.sbatch instead.
+deepspeed ${DS_LAUNCHER:+--launcher "$DS_LAUNCHER"} --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}" \
+  --module ds_twophase.train --config "$config" "$@" &
+runner=$!
+forwarded=0
+trap 'forwarded=1; kill -TERM "$runner" 2>/dev/null || true' TERM USR1
+while :; do
+  forwarded=0
+  status=0
+  wait "$runner" || status=$?
+  [ "$forwarded" = 1 ] || break
+done
+exit "$status"

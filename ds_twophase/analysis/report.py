@@ -24,6 +24,7 @@ IGNORED_KEYS = frozenset(
         "trainer.seed",
         "trainer.output_dir",
         "trainer.checkpoint_every",
+        "trainer.checkpoint_minutes",
         "trainer.keep_checkpoints",
         "trainer.num_workers",
         "trainer.progress",
