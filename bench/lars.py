@@ -40,8 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from docs_section import write_section  # noqa: E402
 
-from ds_twophase.optim import LARS, split_param_groups  # noqa: E402
-from ds_twophase.optim import lars as lars_module  # noqa: E402
+from ds_twophase.optim import LARS, lars_kernel, split_param_groups  # noqa: E402
 
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 SECTION = "## LARS step time"
@@ -170,7 +169,7 @@ def measure(
                 continue
             print(f"  {name}: first step (compilation) {first:.1f} s", flush=True)
         if isinstance(opt, LARS) and opt._kernel:
-            if lars_module._kernel_module() is None:
+            if lars_kernel._kernel_module() is None:
                 print(f"  {name}: the fused kernel is unavailable, not measured", flush=True)
                 continue
             print(f"  {name}: first step {first * 1e3:.1f} ms", flush=True)
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # reported in the output instead
-        available = lars_module._kernel_module() is not None
+        available = lars_kernel._kernel_module() is not None
     kernel_note = (
         f"the fused kernel was ready {time.perf_counter() - start:.2f} s after the first call "
         "(which includes its build where it is not cached; see docs/lars.md)"
