@@ -157,7 +157,7 @@ class LARS(Optimizer):
         *,
         compile: bool = False,
     ):
-        defaults = dict(
+        defaults: dict[str, Any] = dict(
             lr=lr,
             momentum=momentum,
             weight_decay=weight_decay,
@@ -312,10 +312,12 @@ class LARS(Optimizer):
         """An adapted group that DeepSpeed (ZeRO-1/2) turned into one flat partition: trust
         ratios from whole-parameter norms over all ranks (zero_lars.py)."""
         flat = layout.flat
-        w_norm, g_norm = zero_lars.partition_norms(layout, flat.grad)
+        grad = flat.grad
+        assert grad is not None  # _step_group takes this path only for a tensor with a grad
+        w_norm, g_norm = zero_lars.partition_norms(layout, grad)
         ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
         buf = self._momentum_buffers([flat])[0] if group["momentum"] != 0 else None
-        zero_lars.step_fragments(layout, flat.grad, buf, ratios, group)
+        zero_lars.step_fragments(layout, grad, buf, ratios, group)
 
     def _step_eager(
         self,

@@ -15,7 +15,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 
 import torch
 
@@ -91,10 +91,11 @@ def _load_kernel() -> ModuleType | bool:
 
 def _caller_stacklevel() -> int:
     """``stacklevel`` for a warning about the frame that called into torch.optim / LARS."""
-    # the frames between here and the caller (this module, torch's optimizer and no_grad
+    # the frames between here and the caller (ds_twophase.optim, torch's optimizer and no_grad
     # wrappers) change with torch versions, so they are counted rather than hard-coded
     internal = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(internal):
         level, frame = level + 1, frame.f_back
     return level

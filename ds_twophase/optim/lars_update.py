@@ -9,7 +9,7 @@ cache-sized buckets and slices on CPU, or a ``torch.compile``-d loop with ``comp
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -156,11 +156,12 @@ def _plan(params: list[Tensor], compile: bool = False, kernel: bool = False) -> 
     """
     by_kind: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
-        if p.grad.is_sparse:
+        grad = cast(Tensor, p.grad)  # the caller passes only parameters that have a grad
+        if grad.is_sparse:
             raise ValueError("LARS does not support sparse gradients")
         if p.is_complex():
             raise ValueError("LARS does not support complex parameters")
-        by_kind.setdefault((p.device, p.dtype, p.grad.dtype), []).append(i)
+        by_kind.setdefault((p.device, p.dtype, grad.dtype), []).append(i)
     buckets = []
     for (device, dtype, grad_dtype), indices in by_kind.items():
         fused = device.type in _FUSED_DEVICES and dtype == grad_dtype and dtype.is_floating_point
@@ -237,7 +238,7 @@ def _lars_foreach(
 
 def _sgd(
     params: list[Tensor],
-    grads: list[Tensor],
+    grads: list[Tensor] | tuple[Tensor, ...],
     bufs: list[Tensor],
     group: dict[str, Any],
     weight_decay: float,
