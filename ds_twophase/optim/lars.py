@@ -34,22 +34,17 @@ evicts each tensor from the cache before the next op reads it, so tensors go in 
 buckets: small tensors share a bucket (few dispatches), and large tensors are updated slice by
 slice so that ``d`` is never written out to memory.
 
+The kernel's loader is ``lars_kernel.py``; the PyTorch implementation is
+``lars_update.py``.
+
 Under DeepSpeed ZeRO-1/2 a group arrives as one flat partition of this rank; the trust ratios
 are then computed from whole-parameter norms summed over the ranks (``zero_lars.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import sys
-import threading
-import types
 import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -58,106 +53,18 @@ from torch.optim import Optimizer
 
 from ..errors import ConfigError, check_number
 from . import zero_lars
+from .lars_kernel import _kernel_module, kernel_available
+from .lars_update import (
+    _Bucket,
+    _lars_compiled,
+    _lars_foreach,
+    _lars_large_cpu,
+    _plan,
+    _same_strides,
+    _sgd,
+)
 
 __all__ = ["LARS", "kernel_available"]
-
-# CPU tuning, measured with bench/lars.py. Weights + grads of one bucket stay in the last-level
-# cache between the norm pass and the update pass.
-_CPU_BUCKET_BYTES = 4 << 20
-# Tensors this large take the per-tensor CPU path: its per-call overhead is small against
-# their memory traffic.
-_CPU_LARGE_NUMEL = 1 << 16
-# Slice length of that path: ``d`` of one slice (2 MiB in fp32) is still in cache when the fused
-# kernel reads it back.
-_CPU_SLICE_NUMEL = 1 << 19
-
-_FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
-
-# The fused CPU kernel (see the module docstring and lars_kernel.cpp).
-_KERNEL_ENV = "DS_TWOPHASE_LARS_KERNEL"
-_KERNEL_SOURCE = Path(__file__).with_name("lars_kernel.cpp")
-_KERNEL_DTYPES = (torch.float32, torch.float64)
-# -ffp-contract=off: the compiler adds no fused multiply-adds of its own, so the kernel rounds
-# where its source says (like PyTorch's CPU ops, see lars_kernel.cpp). No -march=native: the
-# cache directory may be shared by machines with different CPUs (the kernel picks its AVX2 or
-# baseline loops at run time).
-_KERNEL_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
-_KERNEL_LDFLAGS = ["-fopenmp"]
-_kernel_lock = threading.Lock()
-# None: not tried yet; False: disabled or failed (warned once); else the loaded module
-_kernel: ModuleType | bool | None = None
-
-_log = logging.getLogger(__name__)
-
-
-def _kernel_module() -> ModuleType | None:
-    """The fused CPU kernel, built or loaded on the first call; None if it is unavailable."""
-    global _kernel
-    if _kernel is None:
-        with _kernel_lock:
-            if _kernel is None:
-                _kernel = _load_kernel()
-    return _kernel if isinstance(_kernel, ModuleType) else None
-
-
-def kernel_available() -> bool:
-    """Whether the fused CPU kernel can be used here (builds or loads it on the first call)."""
-    return _kernel_module() is not None
-
-
-def _load_kernel() -> ModuleType | bool:
-    """Compile (once per machine and source version) and import the kernel, or warn once."""
-    if os.environ.get(_KERNEL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    try:
-        source = _KERNEL_SOURCE.read_bytes()
-        # A name per source, flags and torch version: a different checkout or torch gets its
-        # own build directory instead of rebuilding over (and racing with) another's.
-        digest = hashlib.sha1(
-            source + repr((_KERNEL_CFLAGS, _KERNEL_LDFLAGS, torch.__version__)).encode()
-        ).hexdigest()[:12]
-        # importing cpp_extension logs a warning about CUDA_HOME on machines without CUDA
-        ext_log = logging.getLogger("torch.utils.cpp_extension")
-        level = ext_log.level
-        ext_log.setLevel(logging.ERROR)
-        try:
-            from torch.utils import cpp_extension
-        finally:
-            ext_log.setLevel(level)
-        _log.info("LARS: loading the fused CPU kernel (the first time: a build of 10-15 s)")
-        # torch serialises concurrent builds of one name with a file lock in its build directory
-        return cpp_extension.load(
-            name=f"ds_twophase_lars_{digest}",
-            sources=[str(_KERNEL_SOURCE)],
-            extra_cflags=_KERNEL_CFLAGS,
-            extra_ldflags=_KERNEL_LDFLAGS,
-            verbose=False,
-        )
-    except Exception as exc:  # no compiler, no ninja, a read-only cache, ...: run without it
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if len(first) > 200:  # a failed build quotes the whole compiler command line
-            first = first[:200] + " ..."
-        _log.debug("LARS: the fused CPU kernel failed to build or load", exc_info=True)
-        warnings.warn(
-            f"LARS: the fused CPU kernel is unavailable, using the slower PyTorch "
-            f"implementation ({type(exc).__name__}: {first}); set {_KERNEL_ENV}=0 to skip "
-            f"the attempt",
-            RuntimeWarning,
-            stacklevel=_caller_stacklevel(),
-        )
-        return False
-
-
-def _caller_stacklevel() -> int:
-    """``stacklevel`` for a warning about the frame that called into torch.optim / LARS."""
-    # the frames between here and the caller (this module, torch's optimizer and no_grad
-    # wrappers) change with torch versions, so they are counted rather than hard-coded
-    internal = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
-    level = 1
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(internal):
-        level, frame = level + 1, frame.f_back
-    return level
 
 
 def _check_hyperparameters(
@@ -432,7 +339,7 @@ class LARS(Optimizer):
         if not group["adapt"]:
             _sgd(params, grads, bufs, group, group["weight_decay"], fused)
         elif bucket.large and fused and all(p.is_contiguous() for p in params):
-            self._lars_large_cpu(params, grads, bufs, group)
+            _lars_large_cpu(params, grads, bufs, group)
         else:
             _lars_foreach(params, grads, bufs, group, fused)
 
@@ -449,59 +356,14 @@ class LARS(Optimizer):
             bufs.append(buf)
         return bufs
 
-    def _lars_large_cpu(
-        self, params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
-    ) -> None:
-        """Large contiguous CPU tensors: d = ratio * g per slice, then fused SGD on that slice.
-
-        The kernel adds ``weight_decay * p`` with a float weight decay, so ``ratio * wd`` is
-        passed as that float: d = ratio * g + ratio * wd * p in the same memory pass as the
-        momentum and parameter updates. The ratios are read on the host for that; for CPU
-        tensors this is a memory read with no device to wait for (accelerators never get here).
-        """
-        ratios = _trust_ratios(params, grads, group).tolist()
-        wd, m, n = group["weight_decay"], group["momentum"], _CPU_SLICE_NUMEL
-        scratch = torch.empty(min(n, max(p.numel() for p in params)), dtype=params[0].dtype)
-        for i, (p, g, ratio) in enumerate(zip(params, grads, ratios, strict=True)):
-            flat_p, flat_g = p.view(-1), g.view(-1)
-            flat_b = bufs[i].view(-1) if m != 0 else None
-            for start in range(0, flat_p.numel(), n):
-                stop = min(start + n, flat_p.numel())
-                d = torch.mul(flat_g[start:stop], ratio, out=scratch[: stop - start])
-                torch._fused_sgd_(
-                    [flat_p[start:stop]],
-                    [d],
-                    [flat_b[start:stop]] if flat_b is not None else [],
-                    weight_decay=wd * ratio,
-                    momentum=m,
-                    lr=group["lr"],
-                    dampening=0.0,
-                    nesterov=group["nesterov"],
-                    maximize=False,
-                    is_first_step=False,
-                )
-
     def _run_compiled(
         self, params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
     ) -> bool:
         """Update through the compiled loop; False (after one warning) if it cannot compile."""
         if not self._compile:
             return False
-        lr = group["lr"]
         try:
-            _compiled_lars()(
-                params,
-                grads,
-                bufs,
-                # a tensor, so that the scheduler's new lr each step does not recompile
-                torch.tensor(lr, dtype=torch.float64),
-                momentum=group["momentum"],
-                weight_decay=group["weight_decay"],
-                trust_coefficient=group["trust_coefficient"],
-                eps=group["eps"],
-                nesterov=group["nesterov"],
-                clip=group["clip"],
-            )
+            _lars_compiled(params, grads, bufs, group)
         except Exception as exc:  # any compiler failure means: run eagerly
             self._compile = False
             warnings.warn(
@@ -512,192 +374,3 @@ class LARS(Optimizer):
             )
             return False
         return True
-
-
-_COMPILED: Callable[..., None] | None = None
-
-
-def _compiled_lars() -> Callable[..., None]:
-    global _COMPILED
-    if _COMPILED is None:
-        # dynamic=False: every tensor gets a kernel specialised to its size, and a new size
-        # recompiles rather than switching the whole graph to slower generic kernels.
-        # size_asserts: the guards already check every input's size and strides; repeating it
-        # in the generated code costs a quarter of a ResNet-20 step.
-        _COMPILED = torch.compile(
-            _lars_loop, fullgraph=True, dynamic=False, options={"size_asserts": False}
-        )
-    return _COMPILED
-
-
-def _lars_loop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    bufs: list[Tensor],
-    lr: Tensor,
-    *,
-    momentum: float,
-    weight_decay: float,
-    trust_coefficient: float,
-    eps: float,
-    nesterov: bool,
-    clip: bool,
-) -> None:
-    """The update written tensor by tensor, for ``torch.compile`` to fuse per tensor."""
-    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        w_norm = torch.linalg.vector_norm(p)
-        g_norm = torch.linalg.vector_norm(g)
-        ratio = trust_coefficient * w_norm / (g_norm + w_norm * weight_decay + eps)
-        ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
-        if clip:
-            ratio = torch.where(lr > 0, torch.clamp(ratio / lr, max=1.0), 1.0)
-        d = (g + p * weight_decay) * ratio
-        if momentum != 0:
-            b = bufs[i]
-            b.mul_(momentum).add_(d)
-            d = d + b * momentum if nesterov else b
-        p.sub_(d * lr)
-
-
-class _Bucket:
-    """Indices (into a group's parameters that have grads) updated together, and how."""
-
-    __slots__ = ("indices", "large", "fused", "compiled", "kernel")
-
-    def __init__(
-        self,
-        indices: list[int],
-        large: bool,
-        fused: bool,
-        compiled: bool = False,
-        kernel: bool = False,
-    ):
-        self.indices = indices
-        self.large = large
-        self.fused = fused
-        self.compiled = compiled
-        self.kernel = kernel
-
-
-def _plan(params: list[Tensor], compile: bool = False, kernel: bool = False) -> list[_Bucket]:
-    """Split parameters into buckets of one device and dtype (see the module docstring).
-
-    With ``kernel`` (and the fused CPU kernel available) the float32/float64 CPU tensors of a
-    kind form one bucket for it: the kernel keeps each tensor in cache between its two passes
-    by itself. Otherwise, with ``compile``, the small CPU tensors of a kind share one bucket:
-    one compiled graph.
-    """
-    by_kind: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
-    for i, p in enumerate(params):
-        grad = p.grad
-        assert grad is not None  # the step passes only parameters that have a gradient
-        if grad.is_sparse:
-            raise ValueError("LARS does not support sparse gradients")
-        if p.is_complex():
-            raise ValueError("LARS does not support complex parameters")
-        by_kind.setdefault((p.device, p.dtype, grad.dtype), []).append(i)
-    buckets = []
-    for (device, dtype, grad_dtype), indices in by_kind.items():
-        fused = device.type in _FUSED_DEVICES and dtype == grad_dtype and dtype.is_floating_point
-        if device.type != "cpu":
-            buckets.append(_Bucket(indices, large=False, fused=fused))
-            continue
-        # the kernel is built (or found unavailable) here, at the first step that needs it
-        if (
-            kernel
-            and dtype == grad_dtype
-            and dtype in _KERNEL_DTYPES
-            and _kernel_module() is not None
-        ):
-            buckets.append(_Bucket(indices, large=False, fused=fused, kernel=True))
-            continue
-        # (members, bytes) of the open small and large bucket
-        open_buckets: dict[bool, tuple[list[int], int]] = {False: ([], 0), True: ([], 0)}
-        for i in indices:
-            large = params[i].numel() >= _CPU_LARGE_NUMEL
-            nbytes = 2 * params[i].numel() * params[i].element_size()
-            members, size = open_buckets[large]
-            if members and size + nbytes > _CPU_BUCKET_BYTES and (large or not compile):
-                buckets.append(_Bucket(members, large, fused, compile and not large))
-                members, size = [], 0
-            open_buckets[large] = (members + [i], size + nbytes)
-        for large, (members, _) in open_buckets.items():
-            if members:
-                buckets.append(_Bucket(members, large, fused, compile and not large))
-    return buckets
-
-
-def _same_strides(params: list[Tensor], *others: list[Tensor]) -> bool:
-    """True when every tensor in ``others`` (lists parallel to params, or empty) has its
-    parameter's strides."""
-    strides = [p.stride() for p in params]
-    return all(not xs or [x.stride() for x in xs] == strides for xs in others)
-
-
-def _trust_ratios(params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> Tensor:
-    """Per-tensor trust ratios as one 1-D tensor on the parameters' device (no host sync)."""
-    norms = torch.stack(torch._foreach_norm(params + grads))
-    w_norm, g_norm = norms[: len(params)], norms[len(params) :]
-    # timm's order of operations, so that float rounding agrees as far as possible
-    ratio = (
-        group["trust_coefficient"]
-        * w_norm
-        / (g_norm + w_norm * group["weight_decay"] + group["eps"])
-    )
-    ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
-    if group["clip"]:
-        lr = group["lr"]
-        # min(ratio / lr, 1) tends to 1 as lr -> 0, where 0 / 0 would give nan
-        ratio = ratio.div(lr).clamp_(max=1.0) if lr > 0 else torch.ones_like(ratio)
-    return ratio
-
-
-def _lars_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    bufs: list[Tensor],
-    group: dict[str, Any],
-    fused: bool,
-) -> None:
-    """Multi-tensor path: d = ratio * (g + wd * p) for the whole list, then one SGD update."""
-    ratio = _trust_ratios(params, grads, group).unbind()
-    wd = group["weight_decay"]
-    if wd != 0:
-        d = torch._foreach_add(grads, params, alpha=wd)
-        torch._foreach_mul_(d, ratio)
-    else:
-        d = torch._foreach_mul(grads, ratio)
-    _sgd(params, d, bufs, group, 0.0, fused)
-
-
-def _sgd(
-    params: list[Tensor],
-    grads: list[Tensor] | tuple[Tensor, ...],
-    bufs: list[Tensor],
-    group: dict[str, Any],
-    weight_decay: float,
-    fused: bool,
-) -> None:
-    """SGD with momentum, no dampening, on lists; ``bufs`` is empty when momentum is 0."""
-    m, lr, nesterov = group["momentum"], group["lr"], group["nesterov"]
-    if fused:
-        torch._fused_sgd_(
-            params,
-            grads,
-            bufs,
-            weight_decay=weight_decay,
-            momentum=m,
-            lr=lr,
-            dampening=0.0,
-            nesterov=nesterov,
-            maximize=False,
-            is_first_step=False,
-        )
-        return
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    if m != 0:
-        torch._foreach_mul_(bufs, m)
-        torch._foreach_add_(bufs, grads)
-        grads = torch._foreach_add(grads, bufs, alpha=m) if nesterov else bufs
-    torch._foreach_add_(params, grads, alpha=-lr)

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # Slice length of the CPU update: ``d`` of one slice (2 MiB in fp32) is still in cache when the
-# fused SGD kernel reads it back (as in lars._lars_large_cpu).
+# fused SGD kernel reads it back (as in lars_update._lars_large_cpu).
 _SLICE_NUMEL = 1 << 19
 
 
@@ -150,7 +150,7 @@ def partition_norms(layout: PartitionLayout, grad: Tensor) -> tuple[Tensor, Tens
 
 
 def trust_ratios_from_norms(w_norm: Tensor, g_norm: Tensor, group: dict[str, Any]) -> Tensor:
-    """LARS trust ratios from whole-parameter norms (the formula of ``lars._trust_ratios``)."""
+    """LARS trust ratios from whole-parameter norms (formula of ``lars_update._trust_ratios``)."""
     ratio = (
         group["trust_coefficient"]
         * w_norm
