@@ -11,6 +11,7 @@ from ds_twophase.config import validate_config
 from ds_twophase.errors import ConfigError
 
 
+@pytest.mark.slow
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_lars_json_path_step_and_checkpoint_round_trip(tmp_path):

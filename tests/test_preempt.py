@@ -81,6 +81,7 @@ def _wait_for_rows(run: RunDir, proc: subprocess.Popen, rows: int) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT)
 def test_sigterm_to_launch_script_reaches_every_rank_and_leaves_no_process(tmp_path):
     run = RunDir(tmp_path)
@@ -151,6 +152,7 @@ def test_resume_two_ranks_on_one(tmp_path):
     _check_continued(before, run, saved)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT)
 def test_resume_one_rank_on_two(tmp_path):
     run = RunDir(tmp_path)

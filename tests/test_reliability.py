@@ -119,6 +119,7 @@ def test_killed_rank_ends_the_job_and_resume_matches(tmp_path, reference):
     assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_crash_while_saving_falls_back_to_previous_checkpoint(tmp_path, reference):
     out = tmp_path / "crashed"
@@ -136,6 +137,7 @@ def test_crash_while_saving_falls_back_to_previous_checkpoint(tmp_path, referenc
     assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_crash_in_first_save_refuses_to_restart_silently(tmp_path):
     out = tmp_path / "first"
@@ -168,14 +170,17 @@ def test_crash_in_first_save_refuses_to_restart_silently(tmp_path):
     "precision",
     [
         [],
-        [
-            "--set",
-            'bf16={"enabled": true}',
-            "--set",
-            "zero_optimization.stage=1",
-            "--set",
-            "zero_allow_untested_optimizer=true",
-        ],
+        pytest.param(
+            [
+                "--set",
+                'bf16={"enabled": true}',
+                "--set",
+                "zero_optimization.stage=1",
+                "--set",
+                "zero_allow_untested_optimizer=true",
+            ],
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["fp32-stage0", "bf16-zero1"],
 )
@@ -224,6 +229,7 @@ def test_skip_nonfinite_and_failing_rank0_probe_keep_training(tmp_path):
     assert proc.stderr.count("warning: epoch 4:") == 1  # once, by rank 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sharded_probe_failure_on_rank1_then_rank_disagreement_stops(tmp_path):
     env = {"DS_TWOPHASE_PROBE_FAIL": "rank1@2", "DS_TWOPHASE_DESYNC_AT": "5"}
