@@ -203,7 +203,12 @@ def _same_strides(params: list[Tensor], *others: list[Tensor]) -> bool:
 def _trust_ratios(params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> Tensor:
     """Per-tensor trust ratios as one 1-D tensor on the parameters' device (no host sync)."""
     norms = torch.stack(torch._foreach_norm(params + grads))
-    w_norm, g_norm = norms[: len(params)], norms[len(params) :]
+    return trust_ratios_from_norms(norms[: len(params)], norms[len(params) :], group)
+
+
+def trust_ratios_from_norms(w_norm: Tensor, g_norm: Tensor, group: dict[str, Any]) -> Tensor:
+    """LARS trust ratios from weight and gradient norms (1-D tensors, one entry per tensor or
+    per whole parameter under ZeRO, ``zero_lars.py``)."""
     # timm's order of operations, so that float rounding agrees as far as possible
     ratio = (
         group["trust_coefficient"]

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import dist
+from .lars_update import trust_ratios_from_norms
 
 __all__ = [
     "PartitionLayout",
@@ -147,20 +148,6 @@ def partition_norms(layout: PartitionLayout, grad: Tensor) -> tuple[Tensor, Tens
     dist.all_reduce_sum_(sums, layout.group)
     sums.sqrt_()
     return sums[0], sums[1]
-
-
-def trust_ratios_from_norms(w_norm: Tensor, g_norm: Tensor, group: dict[str, Any]) -> Tensor:
-    """LARS trust ratios from whole-parameter norms (formula of ``lars_update._trust_ratios``)."""
-    ratio = (
-        group["trust_coefficient"]
-        * w_norm
-        / (g_norm + w_norm * group["weight_decay"] + group["eps"])
-    )
-    ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
-    if group["clip"]:
-        lr = group["lr"]
-        ratio = ratio.div(lr).clamp_(max=1.0) if lr > 0 else torch.ones_like(ratio)
-    return ratio
 
 
 def step_fragments(
