@@ -17,6 +17,7 @@ import torch
 from _launch import run_deepspeed
 
 from ds_twophase import LARS
+from ds_twophase.optim import zero_lars
 
 SCRIPT = "tests/scripts/zero_lars_check.py"
 # LARS may differ from stage 0 by this many times SGD's own stage-k/stage-0 difference ...
@@ -203,3 +204,51 @@ def test_group_of_one_whole_parameter_copy_takes_the_ordinary_path():
         opt.step()
         ref_opt.step()
     assert torch.equal(master, reference)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_partition_update_matches_per_parameter_lars(nesterov):
+    """One rank's flat partition (small fragments batched into chunks, a large one sliced,
+    padding between them) updated exactly as LARS updates the parameters one by one."""
+    torch.manual_seed(0)
+    sizes = [7, 300, (1 << 19) + 1000, 5, 4096]  # the third spans two chunks
+    gap = 3  # DeepSpeed's alignment padding: must stay untouched
+    bounds, start = [], 0
+    for n in sizes:
+        bounds.append((start, n))
+        start += n + gap
+    flat = torch.randn(start)
+    grad = torch.randn(start)
+    buf = torch.randn(start) * 0.1
+    params = [flat[s : s + n].clone() for s, n in bounds]
+    grads = [grad[s : s + n].clone() for s, n in bounds]
+    bufs = [buf[s : s + n].clone() for s, n in bounds]
+    pads = [flat[s + n : s + n + gap].clone() for s, n in bounds]
+    chunks = zero_lars.cpu_chunks(bounds)
+    assert all(sum(n for _, _, n in c) <= 1 << 19 for c in chunks)
+    assert sum(n for c in chunks for _, _, n in c) == sum(sizes)
+    assert len(chunks) < len(sizes)  # small neighbours share a chunk
+    layout = zero_lars.PartitionLayout(
+        flat, len(sizes), list(range(len(sizes))), bounds, None, sizes
+    )
+    group = {
+        "lr": 0.5,
+        "momentum": 0.9,
+        "weight_decay": 1e-3,
+        "trust_coefficient": 0.01,
+        "eps": 1e-8,
+        "clip": False,
+        "nesterov": nesterov,
+    }
+    w_norm, g_norm = zero_lars.partition_norms(layout, grad)
+    ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
+    zero_lars.step_fragments(layout, grad, buf, ratios, group)
+    for (s, n), p, g, b, pad in zip(bounds, params, grads, bufs, pads, strict=True):
+        p64, g64, b64 = p.double(), g.double(), b.double()
+        r = 0.01 * p64.norm() / (g64.norm() + 1e-3 * p64.norm() + 1e-8)
+        d = r * (g64 + 1e-3 * p64)
+        b64 = 0.9 * b64 + d
+        p64 -= 0.5 * (d + 0.9 * b64 if nesterov else b64)
+        torch.testing.assert_close(flat[s : s + n].double(), p64, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(buf[s : s + n].double(), b64, rtol=1e-5, atol=1e-6)
+        assert torch.equal(flat[s + n : s + n + gap], pad)

@@ -61,7 +61,7 @@ from .lars_update import (
     _lars_large_cpu,
     _plan,
     _same_strides,
-    _sgd,
+    momentum_sgd,
 )
 
 __all__ = ["LARS", "kernel_available"]
@@ -337,7 +337,7 @@ class LARS(Optimizer):
         # PyTorch's fused SGD kernel on CPU assumes that all its tensors share one layout
         fused = bucket.fused and _same_strides(params, grads, bufs)
         if not group["adapt"]:
-            _sgd(params, grads, bufs, group, group["weight_decay"], fused)
+            momentum_sgd(params, grads, bufs, group, group["weight_decay"], fused)
         elif bucket.large and fused and all(p.is_contiguous() for p in params):
             _lars_large_cpu(params, grads, bufs, group)
         else:

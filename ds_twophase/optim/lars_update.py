@@ -48,18 +48,8 @@ def _lars_large_cpu(
         for start in range(0, flat_p.numel(), n):
             stop = min(start + n, flat_p.numel())
             d = torch.mul(flat_g[start:stop], ratio, out=scratch[: stop - start])
-            torch._fused_sgd_(
-                [flat_p[start:stop]],
-                [d],
-                [flat_b[start:stop]] if flat_b is not None else [],
-                weight_decay=wd * ratio,
-                momentum=m,
-                lr=group["lr"],
-                dampening=0.0,
-                nesterov=group["nesterov"],
-                maximize=False,
-                is_first_step=False,
-            )
+            bufs_slice = [flat_b[start:stop]] if flat_b is not None else []
+            momentum_sgd([flat_p[start:stop]], [d], bufs_slice, group, wd * ratio, fused=True)
 
 
 def _lars_compiled(
@@ -238,10 +228,10 @@ def _lars_foreach(
         torch._foreach_mul_(d, ratio)
     else:
         d = torch._foreach_mul(grads, ratio)
-    _sgd(params, d, bufs, group, 0.0, fused)
+    momentum_sgd(params, d, bufs, group, 0.0, fused)
 
 
-def _sgd(
+def momentum_sgd(
     params: list[Tensor],
     grads: list[Tensor] | tuple[Tensor, ...],
     bufs: list[Tensor],
@@ -249,7 +239,10 @@ def _sgd(
     weight_decay: float,
     fused: bool,
 ) -> None:
-    """SGD with momentum, no dampening, on lists; ``bufs`` is empty when momentum is 0."""
+    """SGD with momentum, no dampening, on lists; ``bufs`` is empty when momentum is 0.
+
+    ``fused``: PyTorch's fused kernel (one memory pass; needs a device in ``_FUSED_DEVICES``).
+    """
     m, lr, nesterov = group["momentum"], group["lr"], group["nesterov"]
     if fused:
         torch._fused_sgd_(
