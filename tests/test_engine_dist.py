@@ -34,6 +34,7 @@ def expected_log(steps_per_epoch: int) -> list:
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_engine_follows_schedule_and_checkpoint_restores_it(tmp_path):
     proc = run_deepspeed(["tests/scripts/engine_schedule.py", "--out", tmp_path, "--stages", "0,1"])
     assert proc.returncode == 0, proc.stderr[-3000:]

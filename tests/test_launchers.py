@@ -86,6 +86,7 @@ def reference(tmp_path_factory) -> list[dict]:
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(2 * TIMEOUT + 60)
+@pytest.mark.slow
 def test_two_nodes_over_loopback_equal_one_node(tmp_path, reference):
     """Two deepspeed node launchers (what the runner starts on each host of a hostfile), one
     rank each, rendezvous on 127.0.0.1 and train to the end."""

@@ -137,6 +137,7 @@ def _check_continued(before: list[dict], run: RunDir, saved: dict) -> None:
 
 
 @pytest.mark.timeout(3 * TIMEOUT)
+@pytest.mark.slow
 def test_resume_two_ranks_on_one(tmp_path):
     run = RunDir(tmp_path)
     proc = train(run, "--stop-after", str(STOP))

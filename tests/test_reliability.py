@@ -67,6 +67,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.slow
 def test_killed_rank_ends_the_job_and_resume_matches(tmp_path, reference):
     out = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
