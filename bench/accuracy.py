@@ -41,18 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import write_atomic
+from common import BY_HAND, write_atomic
 from study import (
     ROOT,
     RunSpec,
     StaleRun,
-    bootstrap_ci,
     gap_closed_ci,
     link_duplicates,
     read_run,
     run_all,
     run_status,
 )
+
+from ds_twophase.analysis import bootstrap_ci
 
 CONFIGS = ROOT / "configs" / "mnist1d"
 RESULTS = ROOT / "docs" / "results.md"
@@ -369,6 +370,14 @@ def study_tables(work: Path) -> list[str]:
     return out
 
 
+def keep_by_hand(path: Path, text: str) -> str:
+    """``text`` followed by the block from the line ``BY_HAND`` on in the current ``path``: the
+    reading of the numbers is written by a person and survives regeneration."""
+    current = path.read_text() if path.exists() else ""
+    _, marker, reading = current.partition(BY_HAND)
+    return text if not marker else text.rstrip() + "\n\n" + BY_HAND + reading.rstrip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "accuracy")
@@ -413,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.dry_run:
-        write_atomic(args.results, render(work, command))
+        write_atomic(args.results, keep_by_hand(args.results, render(work, command)))
         print(f"wrote {args.results}")
     return 0
 

@@ -151,18 +151,6 @@ def read_run(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def bootstrap_ci(
-    values: Sequence[float], level: float = 0.95, n: int = 10000, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (local copy until ds_twophase.analysis.stats
-    lands)."""
-    x = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
-
-
 def gap_closed_ci(
     row: Sequence[float],
     large: Sequence[float],

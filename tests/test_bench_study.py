@@ -13,7 +13,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from study import (  # noqa: E402
     RunSpec,
     StaleRun,
-    bootstrap_ci,
     gap_closed_ci,
     link_duplicates,
     run_all,
@@ -68,16 +67,13 @@ def test_identical_configs_share_one_run(tmp_path):
     assert run_status(b, tmp_path) == "alias"
 
 
-def test_bootstrap_intervals_known_cases():
-    assert bootstrap_ci([0.9] * 5) == (0.9, 0.9)
-    x = np.random.default_rng(1).normal(size=400)
-    lo, hi = bootstrap_ci(x)
-    half = 1.96 * x.std() / np.sqrt(len(x))  # the normal approximation, good at n = 400
-    assert lo == pytest.approx(x.mean() - half, abs=0.02)
-    assert hi == pytest.approx(x.mean() + half, abs=0.02)
+def test_gap_closed_interval_known_cases():
     # a row equal to the small batch on every seed closes the whole gap
     gap, glo, ghi = gap_closed_ci([0.99] * 5, [0.97, 0.98, 0.975, 0.97, 0.98], [0.99] * 5)
     assert gap == pytest.approx(1.0) and glo == pytest.approx(1.0) and ghi == pytest.approx(1.0)
+    # halfway between two rows with no spread: exactly half, however the seeds are resampled
+    gap, glo, ghi = gap_closed_ci([0.98] * 5, [0.97] * 5, [0.99] * 5)
+    assert gap == pytest.approx(0.5) and glo == pytest.approx(0.5) and ghi == pytest.approx(0.5)
 
 
 def test_results_are_regenerated_from_run_directories_alone(tmp_path):
@@ -126,3 +122,14 @@ def test_results_are_regenerated_from_run_directories_alone(tmp_path):
     # studies equal to the final runs (probe 128, ratio 0.3333, decay 0.5) read those runs
     assert text.count("| probe_batch | 128 | 98.") == 1
     assert "no finished runs" not in text and "c" * 40 in text
+
+
+def test_regenerated_results_keep_the_reading_written_by_hand(tmp_path):
+    import accuracy
+
+    results = tmp_path / "results.md"
+    assert accuracy.keep_by_hand(results, "tables\n") == "tables\n"  # no file yet
+    results.write_text(f"old tables\n\n{accuracy.BY_HAND}\nThe ordering holds because ...\n")
+    text = accuracy.keep_by_hand(results, "new tables\n")
+    assert text.startswith("new tables\n") and "old tables" not in text
+    assert text.endswith(f"{accuracy.BY_HAND}\nThe ordering holds because ...\n")
