@@ -252,3 +252,18 @@ def test_partition_update_matches_per_parameter_lars(nesterov):
         torch.testing.assert_close(flat[s : s + n].double(), p64, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(buf[s : s + n].double(), b64, rtol=1e-5, atol=1e-6)
         assert torch.equal(flat[s + n : s + n + gap], pad)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_zero1_first_step_with_one_rank_all_zero_gradient_steps_on_every_rank(tmp_path):
+    """Only DeepSpeed's set-up step is skipped, and the ranks decide it together: a first real
+    step whose gradient is zero on one rank's whole partition is taken there too (it used to
+    skip it alone, leaving the other rank in the norm all-reduce)."""
+    proc = run_deepspeed(["tests/scripts/zero_lars_zero_grad.py", str(tmp_path)], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["fragments1"] == [[0], [1]]  # rank 1 holds only `second`
+    for name in ("first", "second"):
+        s0, s1 = torch.tensor(result["stage0"][name]), torch.tensor(result["stage1"][name])
+        torch.testing.assert_close(s1, s0, rtol=1e-6, atol=1e-7)

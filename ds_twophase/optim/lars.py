@@ -237,21 +237,38 @@ class LARS(Optimizer):
         return loss
 
     def _is_setup_step(self) -> bool:
-        """True for a first step whose gradients (at least one) are all exactly zero."""
+        """True for a first step whose gradients (at least one) are all exactly zero.
+
+        Under ZeRO-1/2 each rank sees only its partition's gradient, which can be all zero on
+        one rank in a real step: the ranks decide together (one collective, on the first step
+        only), or that rank would skip the step and leave the others in the norm all-reduce.
+        """
         if self.state:
             return False
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        return bool(grads) and not any(bool(g.any()) for g in grads)
+        zero = bool(grads) and not any(bool(g.any()) for g in grads)
+        for group in self.param_groups:
+            layout = self._group_partition(group)
+            if layout is not None:
+                return zero_lars.on_every_rank(zero, layout)
+        return zero
+
+    def _group_partition(self, group: dict[str, Any]) -> zero_lars.PartitionLayout | None:
+        """The layout of an adapted group that DeepSpeed (ZeRO-1/2) turned into one flat
+        partition; None for an ordinary group."""
+        active = [p for p in group["params"] if p.grad is not None]
+        if group["adapt"] and len(active) == 1 and id(active[0]) not in self._lp_ids:
+            return self._partition_layout(active[0])
+        return None
 
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
         active = [p for p in group["params"] if p.grad is not None]
         if not active:
             return
-        if group["adapt"] and len(active) == 1 and id(active[0]) not in self._lp_ids:
-            layout = self._partition_layout(active[0])
-            if layout is not None:
-                self._step_partition(layout, group)
-                return
+        layout = self._group_partition(group)
+        if layout is not None:
+            self._step_partition(layout, group)
+            return
         cached = self._plans.get(index)
         # by identity: ``==`` on tensors is elementwise
         if (

@@ -32,6 +32,7 @@ __all__ = [
     "PartitionLayout",
     "check_layout",
     "find_layout",
+    "on_every_rank",
     "partition_norms",
     "step_fragments",
     "trust_ratios_from_norms",
@@ -131,6 +132,12 @@ def check_layout(layout: PartitionLayout) -> None:
             f"(elements per parameter {covered.tolist()}, expected {expected.tolist()}); "
             "per-layer trust ratios cannot be computed"
         )
+
+
+def on_every_rank(flag: bool, layout: PartitionLayout) -> bool:
+    """True on every rank of the layout's group when ``flag`` is True on all of them (a
+    collective)."""
+    return not dist.any_rank(not flag, layout.group)
 
 
 def partition_norms(layout: PartitionLayout, grad: Tensor) -> tuple[Tensor, Tensor]:
