@@ -220,7 +220,7 @@ def mean_std_ci(values: list[float]) -> str:
 
 
 def epochs_list(runs: list[dict], key: str) -> str:
-    return ", ".join("-" if r[key] is None else str(r[key]) for r in runs) or "-"
+    return ", ".join("-" if r[key] is None else f"{r[key]:g}" for r in runs) or "-"
 
 
 def decays(runs: list[dict]) -> str:
@@ -275,13 +275,14 @@ def render(work: Path, command: str) -> str:
         "the mean]. Gap closed: (row - large batch) / (small batch - large batch) of the means, "
         "with a bootstrap interval resampling seeds within each row.",
         "",
-        "| row | chosen point | test acc. % | gap closed | plateau | switch | decays (count) | probe share |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | chosen point | test acc. % | gap closed | plateau | switch | decays (count) "
+        "| final LR | probe share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
         runs = finals[row]
         if not runs:
-            lines.append(f"| `{row}` ({PAPER_NAMES[row]}) | - | no finished runs | | | | | |")
+            lines.append(f"| `{row}` ({PAPER_NAMES[row]}) | - | no finished runs | | | | | | |")
             continue
         gap = "-"
         if row not in (SMALL, LARGE) and len(tests[SMALL]) > 1 and len(tests[LARGE]) > 1:
@@ -291,11 +292,12 @@ def render(work: Path, command: str) -> str:
         lines.append(
             f"| `{row}` ({PAPER_NAMES[row]}) | {hyper(runs[0]['config'])} | {mean_std_ci(tests[row])} "
             f"| {gap} | {epochs_list(runs, 'plateau_epoch')} | {epochs_list(runs, 'switch_epoch')}{forced} "
-            f"| {decays(runs)} | {share(runs)} |"
+            f"| {decays(runs)} | {epochs_list(runs, 'final_lr')} | {share(runs)} |"
         )
     lines += [
         "",
-        "Plateau/switch: epoch per seed (`*`: a switch forced by `max_exploration_epochs`).",
+        "Plateau, switch, decay count and final LR: one entry per seed, seeds in order (`*`: a "
+        "switch forced by `max_exploration_epochs`).",
     ]
     lines += paired(finals) + ordering(tests) + grid_tables(work) + study_tables(work)
     return "\n".join(lines) + "\n"
@@ -355,9 +357,10 @@ def grid_tables(work: Path) -> list[str]:
 def study_tables(work: Path) -> list[str]:
     out = ["", "## Two-phase + LARS at its chosen point: probe batch and sensitivity", ""]
     out += [
-        "| study | value | test acc. % | switch | decays (count) | decay epochs | probe share |"
+        "| study | value | test acc. % | switch | decays (count) | decay epochs | final LR "
+        "| probe share |"
     ]
-    out += ["|---|---|---|---|---|---|---|"]
+    out += ["|---|---|---|---|---|---|---|---|"]
     for study, (_, values) in STUDIES.items():
         for value in values:
             runs = runs_under(work / "studies" / study / str(value))
@@ -365,7 +368,7 @@ def study_tables(work: Path) -> list[str]:
             when = "; ".join(",".join(map(str, r["decay_epochs"])) for r in runs) or "-"
             out.append(
                 f"| {study} | {value} | {acc} | {epochs_list(runs, 'switch_epoch')} | "
-                f"{decays(runs)} | {when} | {share(runs)} |"
+                f"{decays(runs)} | {when} | {epochs_list(runs, 'final_lr')} | {share(runs)} |"
             )
     return out
 
