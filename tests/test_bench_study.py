@@ -88,6 +88,7 @@ def test_results_are_regenerated_from_run_directories_alone(tmp_path):
             "switch_epoch": 14,
             "switch_forced": False,
             "decay_epochs": [20, 30],
+            "final_lr": 0.2,
             "probe_share": 0.02,
             "best_val_accuracy": 0.95,
             "best_val_epoch": 50,
@@ -121,6 +122,7 @@ def test_results_are_regenerated_from_run_directories_alone(tmp_path):
     assert "Seeds [1, 2, 3, 4, 5]: differences (points)" in text
     # studies equal to the final runs (probe 128, ratio 0.3333, decay 0.5) read those runs
     assert text.count("| probe_batch | 128 | 98.") == 1
+    assert "| 2, 2, 2, 2, 2 | 0.2, 0.2, 0.2, 0.2, 0.2 |" in text  # decays, then the final LRs
     assert "no finished runs" not in text and "c" * 40 in text
 
 
