@@ -26,7 +26,13 @@ import torch
 from torch import Tensor
 
 from .. import dist
-from .lars_update import _FUSED_DEVICES, momentum_sgd, trust_ratios_from_norms
+from .lars_update import (
+    _CPU_LARGE_NUMEL,
+    _CPU_SLICE_NUMEL,
+    _FUSED_DEVICES,
+    momentum_sgd,
+    trust_ratios_from_norms,
+)
 
 __all__ = [
     "PartitionLayout",
@@ -37,10 +43,6 @@ __all__ = [
     "step_fragments",
     "trust_ratios_from_norms",
 ]
-
-# Chunk length of the CPU update: ``d`` of one chunk (2 MiB in fp32) is still in cache when the
-# fused SGD kernel reads it back (as in lars_update._lars_large_cpu).
-_SLICE_NUMEL = 1 << 19
 
 
 @dataclass
@@ -61,7 +63,7 @@ class PartitionLayout:
     numels: list[int]
     #: ``index`` as a tensor on the partition's device (built once)
     index_tensor: Tensor | None = None
-    #: the CPU update's chunks of fragments (``cpu_chunks``, built on the first step)
+    #: the CPU update's work list (``cpu_chunks``, built on the first step)
     chunks: list[list[tuple[int, int, int]]] | None = None
 
     def indices(self) -> Tensor:
@@ -189,20 +191,24 @@ def step_fragments(
 
 
 def cpu_chunks(bounds: Sequence[tuple[int, int]]) -> list[list[tuple[int, int, int]]]:
-    """The fragments cut into chunks of at most ``_SLICE_NUMEL`` elements, each piece
-    ``(fragment, start, numel)``: a small fragment joins its neighbours' chunk, a large one is
-    sliced. One chunk is one batch of multi-tensor calls, small enough to stay in cache."""
+    """The CPU update's work list, each piece ``(fragment, start, numel)``: a fragment of at least
+    ``_CPU_LARGE_NUMEL`` elements is cut into slices of at most ``_CPU_SLICE_NUMEL``, one chunk
+    each (its memory traffic outweighs the per-call overhead); smaller fragments are gathered
+    into chunks of at most ``_CPU_SLICE_NUMEL`` elements, one batch of multi-tensor calls each
+    (the thresholds of the stage-0 CPU path, ``lars_update``)."""
     chunks: list[list[tuple[int, int, int]]] = []
     current: list[tuple[int, int, int]] = []
     size = 0
     for i, (start, numel) in enumerate(bounds):
-        for s in range(start, start + numel, _SLICE_NUMEL):
-            n = min(_SLICE_NUMEL, start + numel - s)
-            if current and size + n > _SLICE_NUMEL:
-                chunks.append(current)
-                current, size = [], 0
-            current.append((i, s, n))
-            size += n
+        if numel >= _CPU_LARGE_NUMEL:
+            for s in range(start, start + numel, _CPU_SLICE_NUMEL):
+                chunks.append([(i, s, min(_CPU_SLICE_NUMEL, start + numel - s))])
+            continue
+        if current and size + numel > _CPU_SLICE_NUMEL:
+            chunks.append(current)
+            current, size = [], 0
+        current.append((i, start, numel))
+        size += numel
     if current:
         chunks.append(current)
     return chunks
@@ -215,19 +221,30 @@ def _step_fragments_cpu(
     ratios: list[float],
     group: dict[str, Any],
 ) -> None:
-    """CPU: a handful of multi-tensor calls per chunk of fragments instead of several calls per
-    fragment (a ResNet-20 partition is 22 small fragments, where per-call overhead dominates);
-    within a chunk ``d`` is still in cache when the fused SGD kernel reads it back."""
+    """CPU: a chunk of small fragments takes a handful of multi-tensor calls instead of several
+    calls per fragment (a ResNet-20 partition is 18-22 small fragments, where per-call overhead
+    dominates); a slice of a large fragment takes ``d = ratio * g`` into a scratch buffer and
+    the fused SGD kernel adds ``ratio * wd * p`` in its own pass (fewest memory passes, ``d``
+    still in cache)."""
     wd = group["weight_decay"]
     flat = layout.flat
     if layout.chunks is None:
         layout.chunks = cpu_chunks(layout.bounds)
+    scratch = None
     for chunk in layout.chunks:
+        if len(chunk) == 1:
+            i, s, n = chunk[0]
+            if scratch is None:
+                scratch = torch.empty(min(_CPU_SLICE_NUMEL, flat.numel()), dtype=flat.dtype)
+            d = torch.mul(grad.narrow(0, s, n), ratios[i], out=scratch[:n])
+            bufs = [buf.narrow(0, s, n)] if buf is not None else []
+            momentum_sgd([flat.narrow(0, s, n)], [d], bufs, group, wd * ratios[i], fused=True)
+            continue
         params = [flat.narrow(0, s, n) for _, s, n in chunk]
         grads = [grad.narrow(0, s, n) for _, s, n in chunk]
         scales = [ratios[i] for i, _, _ in chunk]
-        d = torch._foreach_mul(grads, scales)
+        steps = torch._foreach_mul(grads, scales)
         if wd != 0:
-            torch._foreach_add_(d, torch._foreach_mul(params, [wd * r for r in scales]))
+            torch._foreach_add_(steps, torch._foreach_mul(params, [wd * r for r in scales]))
         bufs = [buf.narrow(0, s, n) for _, s, n in chunk] if buf is not None else []
-        momentum_sgd(params, d, bufs, group, 0.0, fused=True)
+        momentum_sgd(params, steps, bufs, group, 0.0, fused=True)
