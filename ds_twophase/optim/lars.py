@@ -248,15 +248,17 @@ class LARS(Optimizer):
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         zero = bool(grads) and not any(bool(g.any()) for g in grads)
         for group in self.param_groups:
-            layout = self._group_partition(group)
+            active = [p for p in group["params"] if p.grad is not None]
+            layout = self._group_partition(group, active)
             if layout is not None:
                 return zero_lars.on_every_rank(zero, layout)
         return zero
 
-    def _group_partition(self, group: dict[str, Any]) -> zero_lars.PartitionLayout | None:
-        """The layout of an adapted group that DeepSpeed (ZeRO-1/2) turned into one flat
-        partition; None for an ordinary group."""
-        active = [p for p in group["params"] if p.grad is not None]
+    def _group_partition(
+        self, group: dict[str, Any], active: list[Tensor]
+    ) -> zero_lars.PartitionLayout | None:
+        """The layout of an adapted group (its tensors with a gradient: ``active``) that
+        DeepSpeed (ZeRO-1/2) turned into one flat partition; None for an ordinary group."""
         if group["adapt"] and len(active) == 1 and id(active[0]) not in self._lp_ids:
             return self._partition_layout(active[0])
         return None
@@ -265,7 +267,7 @@ class LARS(Optimizer):
         active = [p for p in group["params"] if p.grad is not None]
         if not active:
             return
-        layout = self._group_partition(group)
+        layout = self._group_partition(group, active)
         if layout is not None:
             self._step_partition(layout, group)
             return

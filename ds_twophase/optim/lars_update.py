@@ -40,16 +40,26 @@ def _lars_large_cpu(
     tensors this is a memory read with no device to wait for (accelerators never get here).
     """
     ratios = _trust_ratios(params, grads, group).tolist()
-    wd, m, n = group["weight_decay"], group["momentum"], _CPU_SLICE_NUMEL
+    m, n = group["momentum"], _CPU_SLICE_NUMEL
     scratch = torch.empty(min(n, max(p.numel() for p in params)), dtype=params[0].dtype)
     for i, (p, g, ratio) in enumerate(zip(params, grads, ratios, strict=True)):
         flat_p, flat_g = p.view(-1), g.view(-1)
         flat_b = bufs[i].view(-1) if m != 0 else None
         for start in range(0, flat_p.numel(), n):
             stop = min(start + n, flat_p.numel())
-            d = torch.mul(flat_g[start:stop], ratio, out=scratch[: stop - start])
-            bufs_slice = [flat_b[start:stop]] if flat_b is not None else []
-            momentum_sgd([flat_p[start:stop]], [d], bufs_slice, group, wd * ratio, fused=True)
+            b = flat_b[start:stop] if flat_b is not None else None
+            lars_slice_cpu(flat_p[start:stop], flat_g[start:stop], b, ratio, scratch, group)
+
+
+def lars_slice_cpu(
+    param: Tensor, grad: Tensor, buf: Tensor | None, ratio: float, scratch: Tensor, group: dict
+) -> None:
+    """One contiguous CPU slice (at most ``scratch``'s length): ``d = ratio * g`` into
+    ``scratch``, where it is still in cache when the fused SGD kernel reads it back and adds
+    ``ratio * wd * p`` in the same pass as the momentum and parameter updates."""
+    d = torch.mul(grad, ratio, out=scratch[: grad.numel()])
+    bufs = [buf] if buf is not None else []
+    momentum_sgd([param], [d], bufs, group, group["weight_decay"] * ratio, fused=True)
 
 
 def _lars_compiled(

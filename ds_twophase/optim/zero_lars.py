@@ -30,6 +30,7 @@ from .lars_update import (
     _CPU_LARGE_NUMEL,
     _CPU_SLICE_NUMEL,
     _FUSED_DEVICES,
+    lars_slice_cpu,
     momentum_sgd,
     trust_ratios_from_norms,
 )
@@ -223,9 +224,8 @@ def _step_fragments_cpu(
 ) -> None:
     """CPU: a chunk of small fragments takes a handful of multi-tensor calls instead of several
     calls per fragment (a ResNet-20 partition is 18-22 small fragments, where per-call overhead
-    dominates); a slice of a large fragment takes ``d = ratio * g`` into a scratch buffer and
-    the fused SGD kernel adds ``ratio * wd * p`` in its own pass (fewest memory passes, ``d``
-    still in cache)."""
+    dominates); a slice of a large fragment is updated as the stage-0 path updates a slice of a
+    large tensor (``lars_update.lars_slice_cpu``, the fewest memory passes)."""
     wd = group["weight_decay"]
     flat = layout.flat
     if layout.chunks is None:
@@ -236,9 +236,8 @@ def _step_fragments_cpu(
             i, s, n = chunk[0]
             if scratch is None:
                 scratch = torch.empty(min(_CPU_SLICE_NUMEL, flat.numel()), dtype=flat.dtype)
-            d = torch.mul(grad.narrow(0, s, n), ratios[i], out=scratch[:n])
-            bufs = [buf.narrow(0, s, n)] if buf is not None else []
-            momentum_sgd([flat.narrow(0, s, n)], [d], bufs, group, wd * ratios[i], fused=True)
+            b = buf.narrow(0, s, n) if buf is not None else None
+            lars_slice_cpu(flat.narrow(0, s, n), grad.narrow(0, s, n), b, ratios[i], scratch, group)
             continue
         params = [flat.narrow(0, s, n) for _, s, n in chunk]
         grads = [grad.narrow(0, s, n) for _, s, n in chunk]
