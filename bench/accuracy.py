@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import BY_HAND, write_atomic
+from common import keep_by_hand, write_atomic
 from study import (
     ROOT,
     RunSpec,
@@ -371,14 +371,6 @@ def study_tables(work: Path) -> list[str]:
     return out
 
 
-def keep_by_hand(path: Path, text: str) -> str:
-    """``text`` followed by the block from the line ``BY_HAND`` on in the current ``path``: the
-    reading of the numbers is written by a person and survives regeneration."""
-    current = path.read_text() if path.exists() else ""
-    _, marker, reading = current.partition(BY_HAND)
-    return text if not marker else text.rstrip() + "\n\n" + BY_HAND + reading.rstrip() + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "accuracy")
@@ -423,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.dry_run:
-        write_atomic(args.results, keep_by_hand(args.results, render(work, command)))
+        # the reading below the tables is written by hand and survives regeneration
+        current = args.results.read_text() if args.results.exists() else ""
+        write_atomic(args.results, keep_by_hand(render(work, command), current))
         print(f"wrote {args.results}")
     return 0
 

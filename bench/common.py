@@ -178,6 +178,13 @@ BY_HAND = "<!-- written by hand: check against the numbers above after a rerun -
 tables, a person writes the sentences that read them."""
 
 
+def keep_by_hand(text: str, old: str) -> str:
+    """``text`` followed by ``old``'s block from the line ``BY_HAND`` on, when it has one: a
+    person's reading of the numbers stays (and is theirs to re-check)."""
+    _, marker, reading = old.partition(BY_HAND)
+    return text if not marker else text.rstrip() + "\n\n" + BY_HAND + reading.rstrip() + "\n"
+
+
 def _section(heading: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
 
@@ -191,9 +198,7 @@ def write_section(heading: str, text: str, path: Path = DOCS, after: str | None 
     body = text.rstrip() + "\n"
     own = _section(heading)
     if m := own.search(current):
-        kept = m.group(0).partition(BY_HAND)
-        if kept[1]:  # a person's reading of the numbers stays (and is theirs to re-check)
-            body += "\n" + BY_HAND + kept[2].rstrip() + "\n"
+        body = keep_by_hand(body, m.group(0))
         new = own.sub(lambda _: body + "\n", current, count=1)
     elif after is not None and (m := _section(after).search(current)):
         new = current[: m.end()].rstrip() + "\n\n" + body + "\n" + current[m.end() :]

@@ -35,16 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import publish  # noqa: E402
+from common import publish, writes_docs  # noqa: E402
 
 SECTION = "## LARS under ZeRO"
+# label: (optimizer type, ZeRO stage, torch SGD on LARS's two groups)
 CONFIGS = {
-    "ZeRO-1 LARS": ("LARS", 1),
-    "ZeRO-1 SGD": ("SGD", 1),
-    # torch SGD on LARS's two groups (biases and norms without weight decay): DeepSpeed's own
-    # cost per group (flattening, all-gather) apart from LARS's
-    "ZeRO-1 SGD, LARS's groups": ("SGD2", 1),
-    "stage-0 LARS": ("LARS", 0),
+    "ZeRO-1 LARS": ("LARS", 1, False),
+    "ZeRO-1 SGD": ("SGD", 1, False),
+    # biases and norms in a group without weight decay: DeepSpeed's own cost per group
+    # (flattening, all-gather) apart from LARS's
+    "ZeRO-1 SGD, LARS's groups": ("SGD", 1, True),
+    "stage-0 LARS": ("LARS", 0, False),
 }
 PARAMS = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 
@@ -89,20 +90,20 @@ def worker(models: list[str], rounds: int, block: int, out: Path) -> None:
     results = {}
     for model_name in models:
         engines = {}
-        for label, (opt, stage) in CONFIGS.items():
+        for label, (opt, stage, split) in CONFIGS.items():
             cfg = {
                 "train_batch_size": world,
                 "train_micro_batch_size_per_gpu": 1,
                 "steps_per_print": 10**9,
-                "optimizer": {"type": opt.rstrip("2"), "params": dict(PARAMS)},
+                "optimizer": {"type": opt, "params": dict(PARAMS)},
                 "zero_optimization": {"stage": stage},
             }
-            if opt != "LARS" and stage:
+            if opt == "SGD" and stage:
                 cfg["zero_allow_untested_optimizer"] = True
             torch.manual_seed(0)
             model = ParamSet(make_model(model_name))
             groups = None
-            if opt == "SGD2":
+            if split:
                 groups = split_param_groups(model.parameters(), model)
                 for group in groups:
                     group.pop("adapt")
@@ -193,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         f"OMP_NUM_THREADS=1; {os.cpu_count()} cores, load average {load:.1f} at the start, "
         f"torch {torch.__version__}). Goal: ZeRO-1 LARS at most 1.3x ZeRO-1 SGD.\n\n{text}\n"
     )
-    write = not args.quick if args.write_docs is None else args.write_docs
-    publish(SECTION, body, write, after="## LARS step time")
+    publish(SECTION, body, writes_docs(args), after="## LARS step time")
 
 
 if __name__ == "__main__":

@@ -127,11 +127,10 @@ def test_results_are_regenerated_from_run_directories_alone(tmp_path):
 
 
 def test_regenerated_results_keep_the_reading_written_by_hand(tmp_path):
-    import accuracy
+    from common import BY_HAND, keep_by_hand
 
-    results = tmp_path / "results.md"
-    assert accuracy.keep_by_hand(results, "tables\n") == "tables\n"  # no file yet
-    results.write_text(f"old tables\n\n{accuracy.BY_HAND}\nThe ordering holds because ...\n")
-    text = accuracy.keep_by_hand(results, "new tables\n")
+    assert keep_by_hand("tables\n", "") == "tables\n"  # no file yet
+    old = f"old tables\n\n{BY_HAND}\nThe ordering holds because ...\n"
+    text = keep_by_hand("new tables\n", old)
     assert text.startswith("new tables\n") and "old tables" not in text
-    assert text.endswith(f"{accuracy.BY_HAND}\nThe ordering holds because ...\n")
+    assert text.endswith(f"{BY_HAND}\nThe ordering holds because ...\n")
