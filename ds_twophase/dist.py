@@ -242,6 +242,25 @@ def all_reduce_sum_(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_sum_start(tensor: torch.Tensor, group: Any = None) -> Callable[[], torch.Tensor]:
+    """Start summing ``tensor`` over ranks in place; the returned function waits for the sum
+    and returns ``tensor``. Work that does not need the sum can run in between, hiding the
+    collective's latency (on gloo a small all-reduce takes 0.4-2 ms on a loaded CPU)."""
+    if not is_distributed():
+        return lambda: tensor
+    device = _backend_device(group)
+    moved = tensor if tensor.device == device else tensor.to(device)
+    work = tdist.all_reduce(moved, op=tdist.ReduceOp.SUM, group=group, async_op=True)
+
+    def wait() -> torch.Tensor:
+        work.wait()
+        if moved is not tensor:
+            tensor.copy_(moved)
+        return tensor
+
+    return wait
+
+
 def broadcast_tensors_(tensors: Iterable[torch.Tensor], src: int = 0, group: Any = None) -> None:
     """Overwrite every tensor in place with rank ``src``'s values."""
     if not is_distributed():

@@ -122,7 +122,8 @@ def initialize_run(
             run.optimizer_factory = build_optimizer_factory(
                 run.optimizer.type, run.optimizer.params
             )
-        optimizer = run.optimizer_factory.bind(model)
+        # ZeRO-1/2 flatten each group, with collectives per group: LARS then gets one group
+        optimizer = run.optimizer_factory.bind(model, partitioned=run.zero_stage in (1, 2))
     if run.scheduler is not None:
         _refuse_both("scheduler", run.scheduler.type, lr_scheduler, "lr_scheduler")
         lr_scheduler = scheduler_factory(

@@ -27,6 +27,7 @@ from ds_twophase.optim import (
     find_optimizer,
     lars_kernel,
     lars_param_groups,
+    split_param_groups,
 )
 
 # Most numerical tests run twice: through the fused CPU kernel ("kernel") and through the
@@ -633,7 +634,7 @@ _SUBPROCESS_STEPS = textwrap.dedent(
     ref, _ = run(False)
     print(json.dumps({
         "warnings": [[str(w.message), os.path.basename(w.filename)] for w in caught],
-        "kernel": [b.kernel for b in opt._plans[0][1]] == [True],
+        "kernel": [b.kernel for b in opt._plans[0, 0][1]] == [True],
         "equal_to_eager": all(torch.equal(a, b) for a, b in zip(ps, ref)),
         "digest": sum(float(p.double().sum()) for p in ps),
     }))
@@ -765,3 +766,44 @@ def test_zero_stages_0_to_2_and_other_optimizers_pass():
         check_zero_compatible(stage)
     check_zero_compatible(3, "Adam")
     assert math.isclose(LARS([nn.Parameter(torch.ones(1))], lr=0.1).defaults["eps"], 1e-8)
+
+
+def test_group_with_excluded_marks_steps_like_split_groups():
+    """A group built for ZeRO (``split_param_groups(mark_only=True)``: biases and norms marked
+    ``excluded`` within the group) that is not flattened steps exactly as the two split groups."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    twin = copy.deepcopy(model)
+    marked = split_param_groups(model.parameters(), model, mark_only=True)
+    (group,) = marked
+    assert group["excluded"] == [p.ndim < 2 for p in model.parameters()]
+    a = LARS(marked, lr=0.3, weight_decay=1e-2, trust_coefficient=0.02)
+    b = LARS(
+        split_param_groups(twin.parameters(), twin),
+        lr=0.3,
+        weight_decay=1e-2,
+        trust_coefficient=0.02,
+    )
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    assert all(
+        torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+
+
+@pytest.mark.parametrize("excluded", [[True], [True, False, "no"], "yes"])
+def test_bad_excluded_marks_are_refused(excluded):
+    params = [
+        nn.Parameter(torch.zeros(2, 2)),
+        nn.Parameter(torch.zeros(2)),
+        nn.Parameter(torch.zeros(3)),
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"param_groups\[0\]\.excluded: expected one true or false per parameter \(3\)",
+    ):
+        LARS([{"params": params, "excluded": excluded}], lr=0.1)

@@ -18,6 +18,7 @@ from _launch import run_deepspeed
 
 from ds_twophase import LARS
 from ds_twophase.optim import zero_lars
+from ds_twophase.optim.lars_kernel import _kernel_module, kernel_available
 
 SCRIPT = "tests/scripts/zero_lars_check.py"
 # LARS may differ from stage 0 by this many times SGD's own stage-k/stage-0 difference ...
@@ -25,6 +26,9 @@ FACTOR = 4.0
 # ... or, where SGD happens to agree to the last bit, by this much (relative to how far the
 # parameters moved): a few float32 roundings of the norms and ratios per step over 12 steps
 FLOOR = 1e-6
+# the parameters (in model order: weight and bias of each Linear, the LayerNorm's two before the
+# last Linear) that each rank's partition holds a fragment of
+FRAGMENTS = {0: [0, 1, 2], 1: [2, 3, 4, 5, 6, 7]}
 
 
 def _params(out, name):
@@ -58,7 +62,7 @@ def _check(out, precisions, stages) -> dict:
     for rank in (0, 1):
         rec = _record(out, "lars_bf16acc_s1", rank)
         assert rec["optimizer"] == "BF16_Optimizer" and rec["init_unchanged"], rec
-        assert rec["fragments"][0]["index"] == ([0, 1] if rank == 0 else [1, 2])
+        assert rec["fragments"][0]["index"] == FRAGMENTS[rank]
     for precision in precisions:
         lars0 = _params(out, f"lars_{precision}_s0")
         sgd0 = _params(out, f"sgd_{precision}_s0")
@@ -84,10 +88,12 @@ def _check(out, precisions, stages) -> dict:
                 if stage:
                     # clipping (at 0.5) was active on every step
                     assert min(rec["grad_norms"]) > 0.5
+                    # one group: biases and the LayerNorm marked, not split off
                     (frag,) = rec["fragments"]
-                    assert frag["count"] == 3
+                    assert frag["count"] == 8
                     # 8x32 wholly on rank 0, 32x4 wholly on rank 1, 32x32 split between them
-                    assert frag["index"] == ([0, 1] if rank == 0 else [1, 2]), frag
+                    assert frag["index"] == FRAGMENTS[rank], frag
+                    assert frag["shared"] == [2]  # only the split weight's norms travel
             if precision == "bf16" and stage == 0:
                 assert rec["optimizer"] == "FP16_UnfusedOptimizer"  # the wrapper with set-up
     return seen
@@ -206,12 +212,16 @@ def test_group_of_one_whole_parameter_copy_takes_the_ordinary_path():
     assert torch.equal(master, reference)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "pytorch"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_partition_update_matches_per_parameter_lars(nesterov):
-    """One rank's flat partition (small fragments batched into chunks, a large one sliced,
-    padding between them) updated exactly as LARS updates the parameters one by one."""
+def test_partition_update_matches_per_parameter_lars(nesterov, kernel):
+    """One rank's flat partition (fragments of adapted and excluded parameters, a large one
+    sliced, a "shared" one whose norms go through the all-reduce path, padding between them)
+    updated exactly as LARS updates the parameters one by one, through the fused kernel and
+    through the PyTorch implementation."""
     torch.manual_seed(0)
-    sizes = [7, 300, (1 << 19) + 1000, 5, 4096]  # the third spans two chunks
+    sizes = [7, 300, (1 << 19) + 1000, 5, 4096, 64]  # the third spans two slices
+    excluded = [False, True, False, False, False, True]
     gap = 3  # DeepSpeed's alignment padding: must stay untouched
     bounds, start = [], 0
     for n in sizes:
@@ -224,13 +234,13 @@ def test_partition_update_matches_per_parameter_lars(nesterov):
     grads = [grad[s : s + n].clone() for s, n in bounds]
     bufs = [buf[s : s + n].clone() for s, n in bounds]
     pads = [flat[s + n : s + n + gap].clone() for s, n in bounds]
-    chunks = zero_lars.cpu_chunks(bounds)
-    assert all(sum(n for _, _, n in c) <= 1 << 19 for c in chunks)
-    assert sum(n for c in chunks for _, _, n in c) == sum(sizes)
-    assert len(chunks) < len(sizes)  # small neighbours share a chunk
     layout = zero_lars.PartitionLayout(
-        flat, len(sizes), list(range(len(sizes))), bounds, None, sizes
+        flat, len(sizes), list(range(len(sizes))), bounds, None, sizes, excluded
     )
+    zero_lars.check_layout(layout)  # one process: nothing is shared
+    assert layout.shared == []
+    layout.shared, layout.parts = [2, 4], None  # as if other ranks held parts of these two
+    assert layout.split() == ([0, 3], [1, 5], [2, 4])
     group = {
         "lr": 0.5,
         "momentum": 0.9,
@@ -240,13 +250,16 @@ def test_partition_update_matches_per_parameter_lars(nesterov):
         "clip": False,
         "nesterov": nesterov,
     }
-    w_norm, g_norm = zero_lars.partition_norms(layout, grad)
-    ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
-    zero_lars.step_fragments(layout, grad, buf, ratios, group)
-    for (s, n), p, g, b, pad in zip(bounds, params, grads, bufs, pads, strict=True):
+    module = _kernel_module() if kernel else None
+    assert (module is not None) == kernel or not kernel_available()
+    zero_lars.step_partition(layout, grad, buf, group, module)
+    for (s, n), p, g, b, pad, out in zip(bounds, params, grads, bufs, pads, excluded, strict=True):
         p64, g64, b64 = p.double(), g.double(), b.double()
-        r = 0.01 * p64.norm() / (g64.norm() + 1e-3 * p64.norm() + 1e-8)
-        d = r * (g64 + 1e-3 * p64)
+        if out:
+            d = g64
+        else:
+            r = 0.01 * p64.norm() / (g64.norm() + 1e-3 * p64.norm() + 1e-8)
+            d = r * (g64 + 1e-3 * p64)
         b64 = 0.9 * b64 + d
         p64 -= 0.5 * (d + 0.9 * b64 if nesterov else b64)
         torch.testing.assert_close(flat[s : s + n].double(), p64, rtol=1e-5, atol=1e-6)

@@ -77,11 +77,15 @@ class OptimizerFactory:
         kwargs: dict[str, Any],
         options: dict[str, Any],
         model: nn.Module | None,
+        partitioned: bool = False,
     ):
         self.cls = cls
         self.kwargs = kwargs
         self.options = options
         self.model = model
+        #: whether DeepSpeed will flatten the groups (ZeRO-1/2): excluded parameters are then
+        #: marked within their group instead of split off (``split_param_groups(mark_only=)``)
+        self.partitioned = partitioned
 
     def __call__(
         self, params: Iterable[Tensor] | Iterable[Mapping[str, Any]] | None = None
@@ -89,7 +93,8 @@ class OptimizerFactory:
         """Build the optimizer on ``params`` (default: the model's parameters).
 
         Biases and normalisation parameters (and ``exclude`` matches) are split into their own
-        group with ``adapt=False`` and no weight decay, within each group of ``params``.
+        group with ``adapt=False`` and no weight decay, within each group of ``params``; when
+        ``partitioned``, they stay in their group, marked ``excluded`` (the same update).
         """
         if params is None:
             if self.model is None:
@@ -101,13 +106,14 @@ class OptimizerFactory:
             raise ValueError(
                 "OptimizerFactory: 'exclude' patterns need the model to name parameters"
             )
-        groups = split_param_groups(params, self.model, **self.options)
+        groups = split_param_groups(params, self.model, **self.options, mark_only=self.partitioned)
         return self.cls(groups, **self.kwargs)
 
-    def bind(self, model: nn.Module | None) -> OptimizerFactory:
+    def bind(self, model: nn.Module | None, partitioned: bool = False) -> OptimizerFactory:
         """This factory (already validated) for ``model``: the engine binds the factory that
-        config validation built to the model it trains, without checking the options again."""
-        return OptimizerFactory(self.cls, self.kwargs, self.options, model)
+        config validation built to the model it trains, without checking the options again.
+        ``partitioned``: DeepSpeed will flatten the groups (ZeRO stage 1 or 2)."""
+        return OptimizerFactory(self.cls, self.kwargs, self.options, model, partitioned)
 
     def __repr__(self) -> str:
         return f"OptimizerFactory({self.cls.__name__}, {self.kwargs}, {self.options})"

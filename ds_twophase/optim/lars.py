@@ -157,10 +157,12 @@ class LARS(Optimizer):
         _check_hyperparameters(**defaults, compile=compile)
         self._compile = compile
         self._kernel = True  # off with disable_kernel()
-        self._plans: dict[int, tuple[list[Tensor], list[_Bucket]]] = {}
+        self._plans: dict[tuple[int, int], tuple[list[Tensor], list[_Bucket]]] = {}
         # the parameters of each group as given (model parameters); under ZeRO-1/2 DeepSpeed
         # replaces a group's params by one flat partition, mapped back to these (zero_lars.py)
         self._lp_groups: list[list[Tensor]] = []
+        # per group and parameter: excluded (no trust ratio, no weight decay); see "excluded"
+        self._lp_excluded: list[list[bool]] = []
         self._lp_ids: set[int] = set()
         self._layouts: dict[int, zero_lars.PartitionLayout] = {}
         # False until the first step that changed something (see _is_setup_step)
@@ -188,12 +190,26 @@ class LARS(Optimizer):
         """Add a group (see ``torch.optim.Optimizer``); its hyperparameters are validated."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        self._lp_groups.append(list(group["params"]))
-        self._lp_ids.update(id(p) for p in group["params"])
         index = len(self.param_groups) - 1
         _check_hyperparameters(
             **{k: group[k] for k in self.defaults}, where=f"param_groups[{index}]."
         )
+        excluded = group.get("excluded")
+        if excluded is None:
+            excluded = [False] * len(group["params"])
+        elif (
+            not isinstance(excluded, list | tuple)
+            or len(excluded) != len(group["params"])
+            or not all(isinstance(x, bool) for x in excluded)
+        ):
+            raise ConfigError(
+                key=f"param_groups[{index}].excluded",
+                problem=f"expected one true or false per parameter ({len(group['params'])}), "
+                f"got {excluded!r}",
+            )
+        self._lp_groups.append(list(group["params"]))
+        self._lp_excluded.append(list(excluded))
+        self._lp_ids.update(id(p) for p in group["params"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -205,6 +221,9 @@ class LARS(Optimizer):
         self._kernel = getattr(self, "_kernel", True)
         self._plans = {}
         self._lp_groups = getattr(self, "_lp_groups", [])
+        self._lp_excluded = getattr(
+            self, "_lp_excluded", [[False] * len(g) for g in self._lp_groups]
+        )
         self._lp_ids = getattr(self, "_lp_ids", set())
         self._layouts = {}
         self._started = getattr(self, "_started", False) or bool(self.state)
@@ -271,14 +290,37 @@ class LARS(Optimizer):
         if layout is not None:
             self._step_partition(layout, group)
             return
-        cached = self._plans.get(index)
+        excluded = group.get("excluded")
+        if excluded is None or not any(excluded):
+            self._step_params((index, 0), active, group)
+            return
+        if len(excluded) != len(group["params"]):
+            raise RuntimeError(
+                f"LARS: param_groups[{index}] has {len(group['params'])} parameters but "
+                f"{len(excluded)} 'excluded' entries"
+            )
+        # a group built for ZeRO (excluded parameters marked, not split off) that DeepSpeed did
+        # not flatten: the excluded parameters step as a group of their own would
+        out = {id(p) for p, x in zip(group["params"], excluded, strict=True) if x}
+        self._step_params((index, 0), [p for p in active if id(p) not in out], group)
+        plain = {**group, "adapt": False, "weight_decay": 0.0}
+        self._step_params((index, 1), [p for p in active if id(p) in out], plain)
+
+    def _step_params(
+        self, key: tuple[int, int], active: list[Tensor], group: dict[str, Any]
+    ) -> None:
+        """The ordinary (unpartitioned) step of the tensors ``active``, with the options of
+        ``group``; ``key`` names the cached plan."""
+        if not active:
+            return
+        cached = self._plans.get(key)
         # by identity: ``==`` on tensors is elementwise
         if (
             cached is None
             or len(cached[0]) != len(active)
             or any(a is not b for a, b in zip(cached[0], active, strict=True))
         ):
-            cached = self._plans[index] = (active, _plan(active, self._compile, self._kernel))
+            cached = self._plans[key] = (active, _plan(active, self._compile, self._kernel))
         momentum = group["momentum"]
         for bucket in cached[1]:
             params = active if len(cached[1]) == 1 else [active[i] for i in bucket.indices]
@@ -315,7 +357,7 @@ class LARS(Optimizer):
         cached = self._layouts.get(id(flat))
         if cached is not None and cached.flat is flat:
             return cached
-        layout = zero_lars.find_layout(flat, self._lp_groups)
+        layout = zero_lars.find_layout(flat, self._lp_groups, self._lp_excluded)
         if layout is None:
             lp = [p for g in self._lp_groups for p in g]
             if any(getattr(p, "_hp_mapping", None) is not None or hasattr(p, "ds_id") for p in lp):
@@ -337,10 +379,9 @@ class LARS(Optimizer):
         grad = flat.grad
         if grad is None:  # never: _step_group passes only a partition that has a gradient
             return
-        w_norm, g_norm = zero_lars.partition_norms(layout, grad)
-        ratios = zero_lars.trust_ratios_from_norms(w_norm, g_norm, group)
         buf = self._momentum_buffers([flat])[0] if group["momentum"] != 0 else None
-        zero_lars.step_fragments(layout, grad, buf, ratios, group)
+        kernel = _kernel_module() if self._kernel else None
+        zero_lars.step_partition(layout, grad, buf, group, kernel)
 
     def _step_eager(
         self,

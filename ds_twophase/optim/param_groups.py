@@ -58,6 +58,7 @@ def split_param_groups(
     *,
     exclude_bias_and_norm: bool = True,
     exclude: Sequence[str] = (),
+    mark_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Split parameters, or existing parameter groups, into adapted and excluded groups.
 
@@ -70,11 +71,17 @@ def split_param_groups(
         model: used only to name parameters for the ``exclude`` patterns.
         exclude_bias_and_norm: exclude every parameter with fewer than two dimensions.
         exclude: ``fnmatch`` patterns on parameter names; matches are excluded.
+        mark_only: keep each input group whole and mark its excluded parameters in the group's
+            ``excluded`` list (one bool per parameter, which LARS reads) instead of moving them
+            to a group of their own. For ZeRO-1/2, where DeepSpeed flattens, clips and
+            all-gathers every group separately.
 
     Returns:
         For each input group (one for a plain list of tensors), an adapted part (its options
         unchanged, ``adapt`` True unless the group says otherwise) and an excluded part with
-        ``adapt=False`` and ``weight_decay=0.0``; empty parts are left out.
+        ``adapt=False`` and ``weight_decay=0.0``; empty parts are left out. With
+        ``mark_only``, one group per input group holding both, with ``excluded`` set when any
+        parameter is excluded.
     """
     if isinstance(exclude, str):
         # a bare string would otherwise be matched character by character
@@ -99,6 +106,15 @@ def split_param_groups(
                 excluded.append(p)
             else:
                 adapted.append(p)
+        if mark_only:
+            params = [p for p in members if p.requires_grad]
+            if params:
+                merged = {"adapt": True, **group, "params": params}
+                if excluded:
+                    out_ids = {id(p) for p in excluded}
+                    merged["excluded"] = [id(p) in out_ids for p in params]
+                out.append(merged)
+            continue
         if adapted:
             out.append({"adapt": True, **group, "params": adapted})
         if excluded:

@@ -7,27 +7,35 @@ the layers. DeepSpeed records where each model parameter lies in the partition
 (``param._hp_mapping``, ``deepspeed/utils/tensor_fragment.py``): a fragment ``(start, numel)``,
 or None when no part of the parameter is on this rank.
 
-From that mapping each rank sums the squares of its fragments of every parameter (weights, and
-gradients after DeepSpeed's unscaling and clipping); one all-reduce of a ``[2, n]`` float64
-vector over the data-parallel group (``n`` parameters in the group) gives every rank every
-layer's two norms, hence the same trust ratios as the unpartitioned model, and each rank
-updates its fragments with their layer's ratio. Momentum buffers stay the size of the
-partition. Groups with ``adapt=False`` need no norms: their update is elementwise, so the
-ordinary path is already exact on a partition.
+A parameter that lies wholly on this rank (all but at most two per rank, whatever the model)
+gets its norms and trust ratio here, exactly as at stage 0 (the same fused CPU kernel). Only the
+parameters cut by a partition boundary ("shared", found once when the layout is checked) need
+the other ranks: each rank sums the squares of its fragments of them (weights, and gradients
+after DeepSpeed's unscaling and clipping), and one all-reduce of a ``[2, shared]`` float64
+vector over the data-parallel group gives their whole-parameter norms. That all-reduce runs
+while the other fragments are updated, and none runs when nothing is shared (one rank).
+Momentum buffers stay the size of the partition.
+
+Under ZeRO the optimizer gets one group in which biases and normalisation parameters are marked
+``excluded`` (no trust ratio, no weight decay) instead of a group of their own: DeepSpeed
+flattens, clips and all-gathers each group separately, with collectives per group, which costs
+more than LARS's whole step on a small model (``bench/lars_zero.py``). Excluded fragments need no
+norms: their update is elementwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import dist
+from .lars_kernel import _KERNEL_DTYPES
 from .lars_update import (
-    _CPU_LARGE_NUMEL,
     _CPU_SLICE_NUMEL,
     _FUSED_DEVICES,
     lars_slice_cpu,
@@ -40,8 +48,7 @@ __all__ = [
     "check_layout",
     "find_layout",
     "on_every_rank",
-    "partition_norms",
-    "step_fragments",
+    "step_partition",
     "trust_ratios_from_norms",
 ]
 
@@ -52,7 +59,7 @@ class PartitionLayout:
 
     #: the flat fp32 partition (the single parameter DeepSpeed puts in the group)
     flat: Tensor
-    #: number of parameters in the group, the same on every rank (the norm vector's length)
+    #: number of parameters in the group, the same on every rank
     count: int
     #: for each local fragment, the index of its parameter in the group
     index: list[int]
@@ -62,30 +69,50 @@ class PartitionLayout:
     group: Any
     #: number of elements of each parameter of the group
     numels: list[int]
-    #: ``index`` as a tensor on the partition's device (built once)
-    index_tensor: Tensor | None = None
-    #: the CPU update's work list (``cpu_chunks``, built on the first step)
-    chunks: list[list[tuple[int, int, int]]] | None = None
+    #: for each parameter of the group, whether it is excluded (no trust ratio, no weight decay)
+    excluded: list[bool] = field(default_factory=list)
+    #: adapted parameters held by more than one rank, in index order (set by ``check_layout``)
+    shared: list[int] | None = None
+    #: ``(local adapted, excluded, shared adapted)`` fragment positions (built on first use)
+    parts: tuple[list[int], list[int], list[int]] | None = None
 
-    def indices(self) -> Tensor:
-        """``index`` as a long tensor on ``flat``'s device."""
-        if self.index_tensor is None:
-            self.index_tensor = torch.tensor(self.index, device=self.flat.device)
-        return self.index_tensor
+    def split(self) -> tuple[list[int], list[int], list[int]]:
+        """Positions in ``index`` of the fragments of adapted parameters wholly on this rank,
+        of excluded parameters, and of adapted parameters that other ranks share."""
+        if self.parts is None:
+            if self.shared is None:
+                raise RuntimeError("LARS: check_layout must run before the partition is stepped")
+            shared = set(self.shared)
+            local, excluded, cut = [], [], []
+            for k, i in enumerate(self.index):
+                if self.excluded and self.excluded[i]:
+                    excluded.append(k)
+                elif i in shared:
+                    cut.append(k)
+                else:
+                    local.append(k)
+            self.parts = (local, excluded, cut)
+        return self.parts
 
 
-def find_layout(flat: Tensor, lp_groups: Sequence[Sequence[Tensor]]) -> PartitionLayout | None:
+def find_layout(
+    flat: Tensor,
+    lp_groups: Sequence[Sequence[Tensor]],
+    excluded: Sequence[Sequence[bool]] | None = None,
+) -> PartitionLayout | None:
     """The layout of ``flat`` among the original (model) parameter groups ``lp_groups``.
 
     A parameter belongs to ``flat`` when DeepSpeed's fragment of it is a view of ``flat``'s
-    storage. None when no parameter of any group maps into ``flat`` (not a ZeRO-1/2 partition,
+    storage. ``excluded`` marks, per group and parameter, those without trust ratio and weight
+    decay. None when no parameter of any group maps into ``flat`` (not a ZeRO-1/2 partition,
     or a rank that holds none of the group's elements).
     """
     storage = flat.untyped_storage().data_ptr()
-    for lp_group in lp_groups:
-        trainable = [p for p in lp_group if p.requires_grad]
+    for g, lp_group in enumerate(lp_groups):
+        mask = list(excluded[g]) if excluded is not None else [False] * len(lp_group)
+        trainable = [(p, x) for p, x in zip(lp_group, mask, strict=True) if p.requires_grad]
         index, bounds, owner = [], [], None
-        for i, p in enumerate(trainable):
+        for i, (p, _) in enumerate(trainable):
             mapping = getattr(p, "_hp_mapping", None)
             if mapping is None:
                 continue
@@ -96,9 +123,15 @@ def find_layout(flat: Tensor, lp_groups: Sequence[Sequence[Tensor]]) -> Partitio
             bounds.append((int(address.start), int(address.numel)))
             owner = owner or getattr(p, "_zero_optimizer", None)
         if index:
-            group = _dp_group(flat, owner)
-            numels = [p.numel() for p in trainable]
-            return PartitionLayout(flat, len(trainable), index, bounds, group, numels)
+            return PartitionLayout(
+                flat,
+                len(trainable),
+                index,
+                bounds,
+                _dp_group(flat, owner),
+                [p.numel() for p, _ in trainable],
+                [x for _, x in trainable],
+            )
     return None
 
 
@@ -119,22 +152,30 @@ def _dp_group(flat: Tensor, owner: Any) -> Any:
 
 
 def check_layout(layout: PartitionLayout) -> None:
-    """Raise ``RuntimeError`` unless the ranks' fragments cover each parameter exactly once.
+    """Raise ``RuntimeError`` unless the ranks' fragments cover each parameter exactly once,
+    and record which adapted parameters more than one rank holds (``layout.shared``).
 
     A collective (every rank of the layout's group must call it): run once per layout, it turns
     a mapping this module misreads into an error instead of silently wrong trust ratios.
     """
-    covered = torch.zeros(layout.count, dtype=torch.float64)
+    # row 0: elements of each parameter on this rank; row 1: whether this rank holds any
+    counts = torch.zeros(2, layout.count, dtype=torch.float64)
     for i, (_, numel) in zip(layout.index, layout.bounds, strict=True):
-        covered[i] += numel
-    dist.all_reduce_sum_(covered, layout.group)
+        counts[0, i] += numel
+        counts[1, i] += 1
+    dist.all_reduce_sum_(counts, layout.group)
     expected = torch.tensor(layout.numels, dtype=torch.float64)
-    if not torch.equal(covered, expected):
+    if not torch.equal(counts[0], expected):
         raise RuntimeError(
             "LARS: the ZeRO partitions do not cover each parameter exactly once "
-            f"(elements per parameter {covered.tolist()}, expected {expected.tolist()}); "
+            f"(elements per parameter {counts[0].tolist()}, expected {expected.tolist()}); "
             "per-layer trust ratios cannot be computed"
         )
+    excluded = layout.excluded or [False] * layout.count
+    layout.shared = [
+        i for i, holders in enumerate(counts[1].tolist()) if holders > 1 and not excluded[i]
+    ]
+    layout.parts = None
 
 
 def on_every_rank(flag: bool, layout: PartitionLayout) -> bool:
@@ -143,107 +184,123 @@ def on_every_rank(flag: bool, layout: PartitionLayout) -> bool:
     return not dist.any_rank(not flag, layout.group)
 
 
-def partition_norms(layout: PartitionLayout, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """Full-parameter weight and gradient norms (float64, length ``count``) on every rank.
+def step_partition(
+    layout: PartitionLayout,
+    grad: Tensor,
+    buf: Tensor | None,
+    group: dict[str, Any],
+    kernel: ModuleType | None = None,
+) -> None:
+    """One LARS step of this rank's partition ``layout.flat`` (gradient ``grad``, momentum
+    buffer ``buf`` or None when the momentum is 0) with the group's hyperparameters.
 
-    One all-reduce of a ``[2, count]`` vector over the layout's group.
+    Per fragment: ``d = ratio * (g + wd * p)`` with its parameter's trust ratio (1, and no
+    weight decay, for excluded parameters), then momentum SGD without dampening (a zero buffer
+    makes the first step ``b = d``). ``kernel``: LARS's fused CPU kernel, for CPU partitions of
+    the dtypes it takes (else the PyTorch implementation). Elements outside every fragment
+    (DeepSpeed's alignment padding) are left alone. A collective when parameters are shared.
     """
+    local, excluded, cut = layout.split()
+    finish = _start_shared_norms(layout, grad, cut, group) if layout.shared else None
     flat = layout.flat
-    views = [flat.narrow(0, s, n) for s, n in layout.bounds]
-    views += [grad.narrow(0, s, n) for s, n in layout.bounds]
-    sums = torch.zeros(2, layout.count, dtype=torch.float64, device=flat.device)
-    if views:
+    views = _Views(layout, grad, buf)
+    if kernel is not None and flat.device.type == "cpu" and flat.dtype in _KERNEL_DTYPES:
+        for positions, adapt in ((local, True), (excluded, False)):
+            if positions:
+                options = group if adapt else {**group, "weight_decay": 0.0}
+                skipped = kernel.lars_step(
+                    views.params(positions),
+                    views.grads(positions),
+                    views.bufs(positions),
+                    float(group["lr"]),
+                    group["momentum"],
+                    options["weight_decay"],
+                    group["trust_coefficient"],
+                    group["eps"],
+                    group["nesterov"],
+                    group["clip"],
+                    adapt,
+                )
+                if skipped:  # never: views of one contiguous partition
+                    raise RuntimeError("LARS: the fused kernel refused a ZeRO partition")
+    else:
+        if local:
+            params, grads = views.params(local), views.grads(local)
+            norms = torch.stack(torch._foreach_norm(params + grads)).to(torch.float64)
+            ratios = trust_ratios_from_norms(norms[: len(local)], norms[len(local) :], group)
+            _update(views, local, ratios, group, group["weight_decay"])
+        if excluded:
+            params, grads = views.params(excluded), views.grads(excluded)
+            fused = flat.device.type in _FUSED_DEVICES
+            momentum_sgd(params, grads, views.bufs(excluded), group, 0.0, fused)
+    if finish is not None:
+        ratios = finish()
+        if cut:
+            _update(views, cut, ratios, group, group["weight_decay"])
+
+
+def _start_shared_norms(
+    layout: PartitionLayout, grad: Tensor, cut: list[int], group: dict[str, Any]
+) -> Callable[[], Tensor]:
+    """Start the all-reduce of the squared norms of the shared parameters' fragments; the
+    returned function waits for it and gives the trust ratio of each fragment in ``cut``."""
+    assert layout.shared is not None  # split() checked it
+    flat = layout.flat
+    sums = torch.zeros(2, len(layout.shared), dtype=torch.float64, device=flat.device)
+    slot = {i: s for s, i in enumerate(layout.shared)}
+    slots = torch.tensor([slot[layout.index[k]] for k in cut], device=flat.device)
+    if cut:
+        views = [flat.narrow(0, *layout.bounds[k]) for k in cut]
+        views += [grad.narrow(0, *layout.bounds[k]) for k in cut]
         norms = torch.stack(torch._foreach_norm(views)).to(torch.float64).square_()
-        k = len(layout.bounds)
-        sums[0].index_add_(0, layout.indices(), norms[:k])
-        sums[1].index_add_(0, layout.indices(), norms[k:])
-    dist.all_reduce_sum_(sums, layout.group)
-    sums.sqrt_()
-    return sums[0], sums[1]
+        sums[0].index_add_(0, slots, norms[: len(cut)])
+        sums[1].index_add_(0, slots, norms[len(cut) :])
+    wait = dist.all_reduce_sum_start(sums, layout.group)
+
+    def finish() -> Tensor:
+        total = wait().sqrt_()
+        return trust_ratios_from_norms(total[0], total[1], group)[slots]
+
+    return finish
 
 
-def step_fragments(
-    layout: PartitionLayout,
-    grad: Tensor,
-    buf: Tensor | None,
-    ratios: Tensor,
-    group: dict[str, Any],
+class _Views:
+    """Fragment views of the partition, its gradient and its momentum buffer."""
+
+    def __init__(self, layout: PartitionLayout, grad: Tensor, buf: Tensor | None):
+        self.layout, self.grad, self.buf = layout, grad, buf
+
+    def params(self, positions: list[int]) -> list[Tensor]:
+        return [self.layout.flat.narrow(0, *self.layout.bounds[k]) for k in positions]
+
+    def grads(self, positions: list[int]) -> list[Tensor]:
+        return [self.grad.narrow(0, *self.layout.bounds[k]) for k in positions]
+
+    def bufs(self, positions: list[int]) -> list[Tensor]:
+        if self.buf is None:
+            return []
+        return [self.buf.narrow(0, *self.layout.bounds[k]) for k in positions]
+
+
+def _update(
+    views: _Views, positions: list[int], ratios: Tensor, group: dict[str, Any], wd: float
 ) -> None:
-    """Update each local fragment of ``layout.flat`` with its parameter's trust ratio.
-
-    ``ratios`` holds one ratio per parameter of the group. Per fragment:
-    ``d = ratio * (g + wd * p)``, then momentum SGD without dampening (``buf`` None when the
-    momentum is 0; a zero buffer makes the first step ``b = d``). Elements outside every
-    fragment (DeepSpeed's alignment padding) are left alone.
-    """
-    flat = layout.flat
-    per_fragment = ratios[layout.indices()].to(flat.dtype)
+    """``d = ratio * (g + wd * p)`` and momentum SGD for the fragments at ``positions``, one
+    ratio each. On CPU slice by slice (``lars_update.lars_slice_cpu``: ``d`` stays in cache);
+    elsewhere multi-tensor ops with the ratios kept on the device."""
+    flat = views.layout.flat
+    params, grads, bufs = views.params(positions), views.grads(positions), views.bufs(positions)
+    ratios = ratios.to(flat.dtype)
     if flat.device.type == "cpu":
-        _step_fragments_cpu(layout, grad, buf, per_fragment.tolist(), group)
+        scratch = torch.empty(min(_CPU_SLICE_NUMEL, flat.numel()), dtype=flat.dtype)
+        options = {**group, "weight_decay": wd}
+        for k, ratio in enumerate(ratios.tolist()):
+            p, g = params[k], grads[k]
+            for s in range(0, p.numel(), _CPU_SLICE_NUMEL):
+                n = min(_CPU_SLICE_NUMEL, p.numel() - s)
+                b = bufs[k].narrow(0, s, n) if bufs else None
+                lars_slice_cpu(p.narrow(0, s, n), g.narrow(0, s, n), b, ratio, scratch, options)
         return
-    # accelerators: multi-tensor ops on the fragment views, ratios kept on the device
-    wd = group["weight_decay"]
-    params = [flat.narrow(0, s, n) for s, n in layout.bounds]
-    grads = [grad.narrow(0, s, n) for s, n in layout.bounds]
     steps = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else [g.clone() for g in grads]
-    torch._foreach_mul_(steps, list(per_fragment.unbind()))
-    bufs = [buf.narrow(0, s, n) for s, n in layout.bounds] if buf is not None else []
+    torch._foreach_mul_(steps, list(ratios.unbind()))
     momentum_sgd(params, steps, bufs, group, 0.0, fused=flat.device.type in _FUSED_DEVICES)
-
-
-def cpu_chunks(bounds: Sequence[tuple[int, int]]) -> list[list[tuple[int, int, int]]]:
-    """The CPU update's work list, each piece ``(fragment, start, numel)``: a fragment of at least
-    ``_CPU_LARGE_NUMEL`` elements is cut into slices of at most ``_CPU_SLICE_NUMEL``, one chunk
-    each (its memory traffic outweighs the per-call overhead); smaller fragments are gathered
-    into chunks of at most ``_CPU_SLICE_NUMEL`` elements, one batch of multi-tensor calls each
-    (the thresholds of the stage-0 CPU path, ``lars_update``)."""
-    chunks: list[list[tuple[int, int, int]]] = []
-    current: list[tuple[int, int, int]] = []
-    size = 0
-    for i, (start, numel) in enumerate(bounds):
-        if numel >= _CPU_LARGE_NUMEL:
-            for s in range(start, start + numel, _CPU_SLICE_NUMEL):
-                chunks.append([(i, s, min(_CPU_SLICE_NUMEL, start + numel - s))])
-            continue
-        if current and size + numel > _CPU_SLICE_NUMEL:
-            chunks.append(current)
-            current, size = [], 0
-        current.append((i, start, numel))
-        size += numel
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _step_fragments_cpu(
-    layout: PartitionLayout,
-    grad: Tensor,
-    buf: Tensor | None,
-    ratios: list[float],
-    group: dict[str, Any],
-) -> None:
-    """CPU: a chunk of small fragments takes a handful of multi-tensor calls instead of several
-    calls per fragment (a ResNet-20 partition is 18-22 small fragments, where per-call overhead
-    dominates); a slice of a large fragment is updated as the stage-0 path updates a slice of a
-    large tensor (``lars_update.lars_slice_cpu``, the fewest memory passes)."""
-    wd = group["weight_decay"]
-    flat = layout.flat
-    if layout.chunks is None:
-        layout.chunks = cpu_chunks(layout.bounds)
-    scratch = None
-    for chunk in layout.chunks:
-        if len(chunk) == 1:
-            i, s, n = chunk[0]
-            if scratch is None:
-                scratch = torch.empty(min(_CPU_SLICE_NUMEL, flat.numel()), dtype=flat.dtype)
-            b = buf.narrow(0, s, n) if buf is not None else None
-            lars_slice_cpu(flat.narrow(0, s, n), grad.narrow(0, s, n), b, ratios[i], scratch, group)
-            continue
-        params = [flat.narrow(0, s, n) for _, s, n in chunk]
-        grads = [grad.narrow(0, s, n) for _, s, n in chunk]
-        scales = [ratios[i] for i, _, _ in chunk]
-        steps = torch._foreach_mul(grads, scales)
-        if wd != 0:
-            torch._foreach_add_(steps, torch._foreach_mul(params, [wd * r for r in scales]))
-        bufs = [buf.narrow(0, s, n) for _, s, n in chunk] if buf is not None else []
-        momentum_sgd(params, steps, bufs, group, 0.0, fused=True)

@@ -10,9 +10,10 @@ with fp32 gradient accumulation (ZeRO-1 then uses DeepSpeed's ``BF16_Optimizer``
 ``--checkpoint``, ``resumed_fp32_s2``: stage 2 saved after half the steps, loaded into a fresh
 engine and continued.
 
-The model (also on one rank, with the same global batches): weights of 8x32, 32x32 and 32x4 (1408 elements in the adapted group), so on 2 ranks
-the partition boundary (704) falls inside the middle weight, and the first and last weight lie
-wholly on one rank each; the biases and a LayerNorm form the excluded group.
+The model (also on one rank, with the same global batches): weights of 8x32, 32x32 and 32x4,
+their biases and a LayerNorm between the last two (1540 elements, one group under ZeRO with the
+biases and the LayerNorm marked excluded), so on 2 ranks the partition boundary (770) falls
+inside the middle weight, and the first and last weight lie wholly on one rank each.
 """
 
 import argparse
@@ -135,10 +136,12 @@ def run(name: str, cfg: dict, out: Path, data: list, naive: bool = False) -> Non
         record["group_sizes"] = [len(basic._lp_groups[i]) for i in range(len(basic._lp_groups))]
         if naive:  # treat each flat partition as one tensor: the per-partition (wrong) ratio
             basic._lp_ids.update(id(p) for g in groups for p in g["params"])
+            for g in groups:
+                g.pop("excluded", None)
     record["grad_norms"] = train(engine, data, 0, STEPS)
     if name.startswith("lars") and engine.zero_optimization_stage():
         record["fragments"] = [
-            {"count": lay.count, "index": lay.index, "bounds": lay.bounds}
+            {"count": lay.count, "index": lay.index, "bounds": lay.bounds, "shared": lay.shared}
             for lay in basic._layouts.values()
         ]
     params = full_fp32(engine)
