@@ -1,4 +1,5 @@
-// Fused LARS / LARC step for a list of CPU tensors: one call per parameter group.
+// Fused LARS / LARC step for a list of CPU tensors: one call per parameter group (and, for
+// ZeRO-1/2, for fragments of one flat partition: lars_step_fragments, fragment_sum_squares).
 //
 // Built at first use by ds_twophase/optim/lars.py (torch.utils.cpp_extension.load); the update
 // and its edge cases are documented there. For each tensor, in one pass each: the squared norms
@@ -30,6 +31,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #ifndef DS_LARS_AVX2  // -DDS_LARS_AVX2=0 builds the baseline copy only (to compare the two)
@@ -264,28 +266,37 @@ struct Options {
   bool adapt;
 };
 
+// The trust ratio from the two norms (lars.py's formula and edge cases).
+double trust_ratio(double w_norm, double g_norm, const Options& o) {
+  double ratio = 1.0;
+  // 1 where either norm is 0 (or NaN, as torch.where(w > 0 & g > 0, ...) gives)
+  if (w_norm > 0.0 && g_norm > 0.0) {
+    ratio = o.trust_coefficient * w_norm / (g_norm + w_norm * o.weight_decay + o.eps);
+  }
+  if (o.clip) {
+    // min(ratio / lr, 1) tends to 1 as lr -> 0, where 0 / 0 would give nan
+    ratio = o.lr > 0.0 ? std::min(ratio / o.lr, 1.0) : 1.0;
+  }
+  return ratio;
+}
+
+// One tensor (or fragment) of n elements. With adapt, the trust ratio comes from the squared
+// norms `sums` ([weight, gradient], summed elsewhere: over the ranks that share a parameter)
+// or, when null, from the tensor's own.
 template <typename T>
-void step_tensor(const at::Tensor& param, const at::Tensor& grad, const at::Tensor* buf,
-                 const Options& o) {
-  T* p = param.data_ptr<T>();
-  const T* g = grad.const_data_ptr<T>();
-  T* b = buf != nullptr ? buf->data_ptr<T>() : nullptr;
-  const int64_t n = param.numel();
+void step_span(T* p, const T* g, T* b, int64_t n, const Options& o,
+               const double* sums = nullptr) {
   double ratio = 1.0;
   if (o.adapt) {
     double sp = 0.0;
     double sg = 0.0;
-    sum_squares(p, g, n, &sp, &sg);
-    const double w_norm = std::sqrt(sp);
-    const double g_norm = std::sqrt(sg);
-    // 1 where either norm is 0 (or NaN, as torch.where(w > 0 & g > 0, ...) gives)
-    if (w_norm > 0.0 && g_norm > 0.0) {
-      ratio = o.trust_coefficient * w_norm / (g_norm + w_norm * o.weight_decay + o.eps);
+    if (sums != nullptr) {
+      sp = sums[0];
+      sg = sums[1];
+    } else {
+      sum_squares(p, g, n, &sp, &sg);
     }
-    if (o.clip) {
-      // min(ratio / lr, 1) tends to 1 as lr -> 0, where 0 / 0 would give nan
-      ratio = o.lr > 0.0 ? std::min(ratio / o.lr, 1.0) : 1.0;
-    }
+    ratio = trust_ratio(std::sqrt(sp), std::sqrt(sg), o);
   }
   const T r = static_cast<T>(ratio);
   const T wd = static_cast<T>(o.weight_decay);
@@ -311,6 +322,13 @@ void step_tensor(const at::Tensor& param, const at::Tensor& grad, const at::Tens
       update<T, false, true, false>(p, g, b, n, r, wd, m, lr);
     }
   }
+}
+
+template <typename T>
+void step_tensor(const at::Tensor& param, const at::Tensor& grad, const at::Tensor* buf,
+                 const Options& o) {
+  step_span<T>(param.data_ptr<T>(), grad.const_data_ptr<T>(),
+               buf != nullptr ? buf->data_ptr<T>() : nullptr, param.numel(), o);
 }
 
 // True when `t` is a plain CPU tensor of `like`'s dtype, sizes and strides.
@@ -375,6 +393,78 @@ std::vector<int64_t> lars_step(const std::vector<at::Tensor>& params,
   return skipped;
 }
 
+// Whether a ZeRO partition, its gradient and buffer (undefined when momentum is 0) can be
+// stepped here, and its fragments (start, numel) lie inside it.
+void check_partition(const at::Tensor& flat, const at::Tensor& grad, const at::Tensor& buf,
+                     const std::vector<int64_t>& starts, const std::vector<int64_t>& numels) {
+  TORCH_CHECK(flat.dim() == 1 && flat.is_contiguous() && supported(flat, grad, nullptr) &&
+                  (!buf.defined() || matches(buf, flat)),
+              "lars kernel: a partition must be a contiguous 1-D float32/float64 CPU tensor, "
+              "with a gradient and buffer like it");
+  TORCH_CHECK(starts.size() == numels.size(), "lars kernel: one start per fragment length");
+  for (size_t k = 0; k < starts.size(); ++k) {
+    TORCH_CHECK(starts[k] >= 0 && numels[k] >= 0 && starts[k] + numels[k] <= flat.numel(),
+                "lars kernel: fragment outside the partition");
+  }
+}
+
+// Squared norms of the fragments (start, numel) of a ZeRO partition and of its gradient:
+// [w_0, g_0, w_1, g_1, ...], summed as the whole-tensor step sums them.
+std::vector<double> fragment_sum_squares(const at::Tensor& flat, const at::Tensor& grad,
+                                         const std::vector<int64_t>& starts,
+                                         const std::vector<int64_t>& numels) {
+  check_partition(flat, grad, at::Tensor(), starts, numels);
+  std::vector<double> out(2 * starts.size());
+  for (size_t k = 0; k < starts.size(); ++k) {
+    if (flat.scalar_type() == at::kFloat) {
+      sum_squares(flat.const_data_ptr<float>() + starts[k],
+                  grad.const_data_ptr<float>() + starts[k], numels[k], &out[2 * k],
+                  &out[2 * k + 1]);
+    } else {
+      sum_squares(flat.const_data_ptr<double>() + starts[k],
+                  grad.const_data_ptr<double>() + starts[k], numels[k], &out[2 * k],
+                  &out[2 * k + 1]);
+    }
+  }
+  return out;
+}
+
+// One LARS step of the fragments (start, numel) of a ZeRO partition, each as the whole-tensor
+// step takes a tensor; `sums`, when not empty, holds each fragment's parameter's squared
+// weight and gradient norms ([w_0, g_0, w_1, g_1, ...], summed over the ranks that share it),
+// from which its trust ratio is computed. `buf` is None when momentum is 0.
+void lars_step_fragments(const at::Tensor& flat, const at::Tensor& grad,
+                         const std::optional<at::Tensor>& buf_opt,
+                         const std::vector<int64_t>& starts, const std::vector<int64_t>& numels,
+                         const std::vector<double>& sums, double lr, double momentum,
+                         double weight_decay, double trust_coefficient, double eps,
+                         bool nesterov, bool clip, bool adapt) {
+  const at::Tensor buf = buf_opt.has_value() ? *buf_opt : at::Tensor();
+  check_partition(flat, grad, buf, starts, numels);
+  TORCH_CHECK(buf.defined() == (momentum != 0.0),
+              "lars_step_fragments: a momentum buffer is needed exactly when momentum != 0");
+  TORCH_CHECK(sums.empty() || sums.size() == 2 * starts.size(),
+              "lars_step_fragments: two squared norms per fragment, or none");
+  const Options o{lr, momentum, weight_decay, trust_coefficient, eps, nesterov, clip, adapt};
+  for (size_t k = 0; k < starts.size(); ++k) {
+    const double* given = sums.empty() ? nullptr : &sums[2 * k];
+    const int64_t s = starts[k];
+    if (flat.scalar_type() == at::kFloat) {
+      step_span<float>(flat.data_ptr<float>() + s, grad.const_data_ptr<float>() + s,
+                       buf.defined() ? buf.data_ptr<float>() + s : nullptr, numels[k], o,
+                       given);
+    } else {
+      step_span<double>(flat.data_ptr<double>() + s, grad.const_data_ptr<double>() + s,
+                        buf.defined() ? buf.data_ptr<double>() + s : nullptr, numels[k], o,
+                        given);
+    }
+  }
+  flat.unsafeGetTensorImpl()->bump_version();
+  if (buf.defined()) {
+    buf.unsafeGetTensorImpl()->bump_version();
+  }
+}
+
 // For the tests: run the AVX2 copy of the loops (where the CPU has it) or the baseline copy.
 // Returns whether the AVX2 copy runs from now on.
 bool set_avx2(bool enabled) {
@@ -389,6 +479,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("lars_step", &lars_step, "One LARS step for a list of tensors; returns skipped indices",
              pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("bufs"),
              pybind11::arg("lr"), pybind11::arg("momentum"), pybind11::arg("weight_decay"),
+             pybind11::arg("trust_coefficient"), pybind11::arg("eps"), pybind11::arg("nesterov"),
+             pybind11::arg("clip"), pybind11::arg("adapt"),
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("fragment_sum_squares", &fragment_sum_squares,
+             "Squared norms of fragments of a ZeRO partition and its gradient",
+             pybind11::arg("flat"), pybind11::arg("grad"), pybind11::arg("starts"),
+             pybind11::arg("numels"), pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("lars_step_fragments", &lars_step_fragments,
+             "One LARS step of fragments of a ZeRO partition", pybind11::arg("flat"),
+             pybind11::arg("grad"), pybind11::arg("buf"), pybind11::arg("starts"),
+             pybind11::arg("numels"), pybind11::arg("sums"), pybind11::arg("lr"),
+             pybind11::arg("momentum"), pybind11::arg("weight_decay"),
              pybind11::arg("trust_coefficient"), pybind11::arg("eps"), pybind11::arg("nesterov"),
              pybind11::arg("clip"), pybind11::arg("adapt"),
              pybind11::call_guard<pybind11::gil_scoped_release>());

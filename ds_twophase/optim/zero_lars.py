@@ -25,10 +25,10 @@ norms: their update is elementwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ from torch import Tensor
 from .. import dist
 from .lars_kernel import _KERNEL_DTYPES
 from .lars_update import (
+    _CPU_LARGE_NUMEL,
     _CPU_SLICE_NUMEL,
     _FUSED_DEVICES,
     lars_slice_cpu,
@@ -44,6 +45,7 @@ from .lars_update import (
 )
 
 __all__ = [
+    "Fragments",
     "PartitionLayout",
     "check_layout",
     "find_layout",
@@ -51,6 +53,18 @@ __all__ = [
     "step_partition",
     "trust_ratios_from_norms",
 ]
+
+
+@dataclass
+class Fragments:
+    """Some of a layout's fragments: their positions in the layout, and where they lie."""
+
+    #: positions in ``PartitionLayout.index``
+    positions: list[int]
+    #: start of each in the flat partition
+    starts: list[int]
+    #: number of elements of each
+    numels: list[int]
 
 
 @dataclass
@@ -73,25 +87,37 @@ class PartitionLayout:
     excluded: list[bool] = field(default_factory=list)
     #: adapted parameters held by more than one rank, in index order (set by ``check_layout``)
     shared: list[int] | None = None
-    #: ``(local adapted, excluded, shared adapted)`` fragment positions (built on first use)
-    parts: tuple[list[int], list[int], list[int]] | None = None
+    #: ``(local adapted, excluded, shared adapted)`` fragments (built on first use)
+    parts: tuple[Fragments, Fragments, Fragments] | None = None
+    #: for each shared adapted fragment, its parameter's position in ``shared`` (built with
+    #: parts), as a list and as a tensor on ``flat``'s device
+    slot_list: list[int] = field(default_factory=list)
+    slots: Tensor | None = None
 
-    def split(self) -> tuple[list[int], list[int], list[int]]:
-        """Positions in ``index`` of the fragments of adapted parameters wholly on this rank,
-        of excluded parameters, and of adapted parameters that other ranks share."""
+    def split(self) -> tuple[Fragments, Fragments, Fragments]:
+        """The fragments of adapted parameters wholly on this rank, of excluded parameters,
+        and of adapted parameters that other ranks share."""
         if self.parts is None:
             if self.shared is None:
                 raise RuntimeError("LARS: check_layout must run before the partition is stepped")
-            shared = set(self.shared)
-            local, excluded, cut = [], [], []
+            shared = {i: slot for slot, i in enumerate(self.shared)}
+            lists: tuple[list[int], list[int], list[int]] = ([], [], [])
             for k, i in enumerate(self.index):
                 if self.excluded and self.excluded[i]:
-                    excluded.append(k)
+                    lists[1].append(k)
                 elif i in shared:
-                    cut.append(k)
+                    lists[2].append(k)
                 else:
-                    local.append(k)
-            self.parts = (local, excluded, cut)
+                    lists[0].append(k)
+            self.parts = cast(
+                tuple[Fragments, Fragments, Fragments],
+                tuple(
+                    Fragments(ks, [self.bounds[k][0] for k in ks], [self.bounds[k][1] for k in ks])
+                    for ks in lists
+                ),
+            )
+            self.slot_list = [shared[self.index[k]] for k in lists[2]]
+            self.slots = torch.tensor(self.slot_list, dtype=torch.long, device=self.flat.device)
         return self.parts
 
 
@@ -201,106 +227,115 @@ def step_partition(
     (DeepSpeed's alignment padding) are left alone. A collective when parameters are shared.
     """
     local, excluded, cut = layout.split()
-    finish = _start_shared_norms(layout, grad, cut, group) if layout.shared else None
+    flat = layout.flat
+    if kernel is not None and (flat.device.type != "cpu" or flat.dtype not in _KERNEL_DTYPES):
+        kernel = None
+    if kernel is None:
+        _step_partition_pytorch(layout, grad, buf, group)
+        return
+    lr, m = float(group["lr"]), group["momentum"]
+    args = (group["trust_coefficient"], group["eps"], group["nesterov"], group["clip"])
+    wait = None
+    if layout.shared:
+        # squared norms of the shared parameters' fragments here, summed over the ranks while
+        # the other fragments are updated
+        sums = [0.0] * (2 * len(layout.shared))
+        mine = kernel.fragment_sum_squares(flat, grad, cut.starts, cut.numels)
+        for k, slot in enumerate(layout.slot_list):
+            sums[2 * slot] += mine[2 * k]
+            sums[2 * slot + 1] += mine[2 * k + 1]
+        wait = dist.all_reduce_sum_start(torch.tensor(sums, dtype=torch.float64), layout.group)
+    for part, adapt in ((local, True), (excluded, False)):
+        if part.positions:
+            wd = group["weight_decay"] if adapt else 0.0
+            kernel.lars_step_fragments(
+                flat, grad, buf, part.starts, part.numels, [], lr, m, wd, *args, adapt
+            )
+    if wait is not None:
+        total = wait().tolist()
+        if cut.positions:
+            mine = [x for slot in layout.slot_list for x in total[2 * slot : 2 * slot + 2]]
+            wd = group["weight_decay"]
+            kernel.lars_step_fragments(
+                flat, grad, buf, cut.starts, cut.numels, mine, lr, m, wd, *args, True
+            )
+
+
+def _step_partition_pytorch(
+    layout: PartitionLayout, grad: Tensor, buf: Tensor | None, group: dict[str, Any]
+) -> None:
+    """``step_partition`` without the fused kernel: multi-tensor ops (accelerators, or a CPU
+    where the kernel cannot be built)."""
+    local, excluded, cut = layout.split()
     flat = layout.flat
     views = _Views(layout, grad, buf)
-    if kernel is not None and flat.device.type == "cpu" and flat.dtype in _KERNEL_DTYPES:
-        for positions, adapt in ((local, True), (excluded, False)):
-            if positions:
-                options = group if adapt else {**group, "weight_decay": 0.0}
-                skipped = kernel.lars_step(
-                    views.params(positions),
-                    views.grads(positions),
-                    views.bufs(positions),
-                    float(group["lr"]),
-                    group["momentum"],
-                    options["weight_decay"],
-                    group["trust_coefficient"],
-                    group["eps"],
-                    group["nesterov"],
-                    group["clip"],
-                    adapt,
-                )
-                if skipped:  # never: views of one contiguous partition
-                    raise RuntimeError("LARS: the fused kernel refused a ZeRO partition")
-    else:
-        if local:
-            params, grads = views.params(local), views.grads(local)
-            norms = torch.stack(torch._foreach_norm(params + grads)).to(torch.float64)
-            ratios = trust_ratios_from_norms(norms[: len(local)], norms[len(local) :], group)
-            _update(views, local, ratios, group, group["weight_decay"])
-        if excluded:
-            params, grads = views.params(excluded), views.grads(excluded)
-            fused = flat.device.type in _FUSED_DEVICES
-            momentum_sgd(params, grads, views.bufs(excluded), group, 0.0, fused)
-    if finish is not None:
-        ratios = finish()
-        if cut:
-            _update(views, cut, ratios, group, group["weight_decay"])
-
-
-def _start_shared_norms(
-    layout: PartitionLayout, grad: Tensor, cut: list[int], group: dict[str, Any]
-) -> Callable[[], Tensor]:
-    """Start the all-reduce of the squared norms of the shared parameters' fragments; the
-    returned function waits for it and gives the trust ratio of each fragment in ``cut``."""
-    assert layout.shared is not None  # split() checked it
-    flat = layout.flat
-    sums = torch.zeros(2, len(layout.shared), dtype=torch.float64, device=flat.device)
-    slot = {i: s for s, i in enumerate(layout.shared)}
-    slots = torch.tensor([slot[layout.index[k]] for k in cut], device=flat.device)
-    if cut:
-        views = [flat.narrow(0, *layout.bounds[k]) for k in cut]
-        views += [grad.narrow(0, *layout.bounds[k]) for k in cut]
-        norms = torch.stack(torch._foreach_norm(views)).to(torch.float64).square_()
-        sums[0].index_add_(0, slots, norms[: len(cut)])
-        sums[1].index_add_(0, slots, norms[len(cut) :])
-    wait = dist.all_reduce_sum_start(sums, layout.group)
-
-    def finish() -> Tensor:
+    wait = None
+    if layout.shared:
+        assert layout.slots is not None  # split() built it
+        sums = torch.zeros(2, len(layout.shared), dtype=torch.float64, device=flat.device)
+        if cut.positions:
+            norms = torch._foreach_norm(views.params(cut) + views.grads(cut))
+            squares = torch.stack(norms).to(torch.float64).square_()
+            sums.index_add_(1, layout.slots, squares.view(2, -1))
+        wait = dist.all_reduce_sum_start(sums, layout.group)
+    if local.positions:
+        norms = torch.stack(torch._foreach_norm(views.params(local) + views.grads(local)))
+        n = len(local.positions)
+        w_norm, g_norm = norms[:n].to(torch.float64), norms[n:].to(torch.float64)
+        _update(views, local, trust_ratios_from_norms(w_norm, g_norm, group), group)
+    if excluded.positions:
+        fused = flat.device.type in _FUSED_DEVICES
+        params, grads = views.params(excluded), views.grads(excluded)
+        momentum_sgd(params, grads, views.bufs(excluded), group, 0.0, fused)
+    if wait is not None:
         total = wait().sqrt_()
-        return trust_ratios_from_norms(total[0], total[1], group)[slots]
-
-    return finish
+        if cut.positions:
+            ratios = trust_ratios_from_norms(total[0], total[1], group)[layout.slots]
+            _update(views, cut, ratios, group)
 
 
 class _Views:
-    """Fragment views of the partition, its gradient and its momentum buffer."""
+    """Fragment views of the partition, its gradient and its momentum buffer (the PyTorch
+    implementation's inputs)."""
 
     def __init__(self, layout: PartitionLayout, grad: Tensor, buf: Tensor | None):
-        self.layout, self.grad, self.buf = layout, grad, buf
+        self.flat, self.grad, self.buf = layout.flat, grad, buf
 
-    def params(self, positions: list[int]) -> list[Tensor]:
-        return [self.layout.flat.narrow(0, *self.layout.bounds[k]) for k in positions]
+    @staticmethod
+    def _of(t: Tensor, part: Fragments) -> list[Tensor]:
+        return [t.narrow(0, s, n) for s, n in zip(part.starts, part.numels, strict=True)]
 
-    def grads(self, positions: list[int]) -> list[Tensor]:
-        return [self.grad.narrow(0, *self.layout.bounds[k]) for k in positions]
+    def params(self, part: Fragments) -> list[Tensor]:
+        return self._of(self.flat, part)
 
-    def bufs(self, positions: list[int]) -> list[Tensor]:
-        if self.buf is None:
-            return []
-        return [self.buf.narrow(0, *self.layout.bounds[k]) for k in positions]
+    def grads(self, part: Fragments) -> list[Tensor]:
+        return self._of(self.grad, part)
+
+    def bufs(self, part: Fragments) -> list[Tensor]:
+        return self._of(self.buf, part) if self.buf is not None else []
 
 
-def _update(
-    views: _Views, positions: list[int], ratios: Tensor, group: dict[str, Any], wd: float
-) -> None:
-    """``d = ratio * (g + wd * p)`` and momentum SGD for the fragments at ``positions``, one
-    ratio each. On CPU slice by slice (``lars_update.lars_slice_cpu``: ``d`` stays in cache);
-    elsewhere multi-tensor ops with the ratios kept on the device."""
-    flat = views.layout.flat
-    params, grads, bufs = views.params(positions), views.grads(positions), views.bufs(positions)
+def _update(views: _Views, part: Fragments, ratios: Tensor, group: dict[str, Any]) -> None:
+    """``d = ratio * (g + wd * p)`` and momentum SGD for the fragments of ``part``, one ratio
+    each: multi-tensor ops with the ratios kept on the device, except that on CPU a large
+    fragment goes slice by slice (``lars_update.lars_slice_cpu``: ``d`` stays in cache)."""
+    flat, wd = views.flat, group["weight_decay"]
+    params, grads, bufs = views.params(part), views.grads(part), views.bufs(part)
     ratios = ratios.to(flat.dtype)
+    small = list(range(len(params)))
     if flat.device.type == "cpu":
+        small = [k for k in small if params[k].numel() < _CPU_LARGE_NUMEL]
         scratch = torch.empty(min(_CPU_SLICE_NUMEL, flat.numel()), dtype=flat.dtype)
-        options = {**group, "weight_decay": wd}
-        for k, ratio in enumerate(ratios.tolist()):
-            p, g = params[k], grads[k]
+        for k in sorted(set(range(len(params))) - set(small)):
+            p, g, ratio = params[k], grads[k], float(ratios[k])
             for s in range(0, p.numel(), _CPU_SLICE_NUMEL):
                 n = min(_CPU_SLICE_NUMEL, p.numel() - s)
                 b = bufs[k].narrow(0, s, n) if bufs else None
-                lars_slice_cpu(p.narrow(0, s, n), g.narrow(0, s, n), b, ratio, scratch, options)
+                lars_slice_cpu(p.narrow(0, s, n), g.narrow(0, s, n), b, ratio, scratch, group)
+    if not small:
         return
+    params, grads = [params[k] for k in small], [grads[k] for k in small]
+    bufs = [bufs[k] for k in small] if bufs else []
     steps = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else [g.clone() for g in grads]
-    torch._foreach_mul_(steps, list(ratios.unbind()))
+    torch._foreach_mul_(steps, list(ratios[small].unbind()))
     momentum_sgd(params, steps, bufs, group, 0.0, fused=flat.device.type in _FUSED_DEVICES)
