@@ -72,6 +72,11 @@ def _check(out, precisions, stages) -> dict:
             bound = FACTOR * max(sgd, FLOOR)
             seen[f"{precision}_s{stage}"] = (lars, sgd)
             assert lars <= bound, f"{precision} stage {stage}: LARS {lars:.3g}, SGD {sgd:.3g}"
+        eager = out / f"larseager_{precision}_s1.pt"
+        if eager.exists():  # without the fused kernel (the path accelerators take)
+            lars = _rel_diff(torch.load(eager), lars0, out, precision)
+            seen[f"{precision}_s1_eager"] = (lars, seen[f"{precision}_s1"][1])
+            assert lars <= FACTOR * max(seen[f"{precision}_s1"][1], FLOOR), lars
         # the per-partition ratio: what the criterion must catch
         naive = _rel_diff(_params(out, f"naive_{precision}_s1"), lars0, out, precision)
         seen[f"naive_{precision}"] = naive
@@ -106,6 +111,7 @@ def test_zero1_lars_matches_stage0_fp32_and_bf16(tmp_path):
         "lars_fp32_s0",
         "sgd_fp32_s0",
         "lars_fp32_s1",
+        "larseager_fp32_s1",
         "sgd_fp32_s1",
         "naive_fp32_s1",
         "lars_bf16_s0",

@@ -38,7 +38,8 @@ The kernel's loader is ``lars_kernel.py``; the PyTorch implementation is
 ``lars_update.py``.
 
 Under DeepSpeed ZeRO-1/2 a group arrives as one flat partition of this rank; the trust ratios
-are then computed from whole-parameter norms summed over the ranks (``zero_lars.py``).
+are then those of whole parameters, with the norms of parameters cut by a partition boundary
+summed over the ranks (``zero_lars.py``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ class LARS(Optimizer):
 
     Every option can be overridden per parameter group. Groups also accept ``adapt`` (default
     True): with ``adapt=False`` the group gets no trust ratio, i.e. plain momentum SGD with the
-    group's ``weight_decay`` (usually 0, for biases and normalisation parameters).
+    group's ``weight_decay`` (usually 0, for biases and normalisation parameters); and
+    ``excluded``, one bool per parameter: the marked parameters get neither trust ratio nor
+    weight decay (``split_param_groups(mark_only=True)``; what the JSON path builds under
+    ZeRO-1/2, where every extra group costs DeepSpeed collectives).
 
     Momentum buffers live in ``state[p]["momentum_buffer"]``, so ``state_dict`` and
     ``load_state_dict`` are the standard ``torch.optim.Optimizer`` ones. Parameters whose

@@ -5,7 +5,8 @@ accumulation 2, gradient clipping active) on the same data, in one launch; rank 
 full fp32 (master) parameters of each run to ``<out>/<name>.pt`` (the initial ones to
 ``init.pt``) and a record of the run to
 ``<out>/<name>.json`` for the test to compare. Names: ``<opt>_<precision>_s<stage>``, plus
-``naive_<precision>_s1``: LARS with the per-partition (wrong) trust ratio, ``bf16acc``: bf16
+``naive_<precision>_s1``: LARS with the per-partition (wrong) trust ratio, ``larseager_*``: LARS
+without its fused CPU kernel (the PyTorch implementation, which accelerators run), ``bf16acc``: bf16
 with fp32 gradient accumulation (ZeRO-1 then uses DeepSpeed's ``BF16_Optimizer``), and, with
 ``--checkpoint``, ``resumed_fp32_s2``: stage 2 saved after half the steps, loaded into a fresh
 engine and continued.
@@ -122,6 +123,8 @@ def run(name: str, cfg: dict, out: Path, data: list, naive: bool = False) -> Non
     init = {n: p.detach().clone() for n, p in make_model().named_parameters()}
     engine = build(cfg)
     basic = engine.basic_optimizer
+    if name.startswith("larseager"):  # the PyTorch implementation (accelerators' path)
+        basic.disable_kernel()
     record = {
         "optimizer": type(engine.optimizer).__name__,
         "basic": type(basic).__name__,
@@ -201,14 +204,14 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         for stage in (0, 1, 2):
             names += [f"lars_{precision}_s{stage}", f"sgd_{precision}_s{stage}"]
-        names.append(f"naive_{precision}_s1")
+        names += [f"naive_{precision}_s1", f"larseager_{precision}_s1"]
     names += ["lars_bf16acc_s1", "sgd_bf16acc_s1"]
     if args.runs != "all":
         names = args.runs.split(",")
     for name in names:
         opt, precision, stage = name.split("_")
         stage = int(stage[1:])
-        cfg = config(opt, precision, stage, world)
+        cfg = config("lars" if opt == "larseager" else opt, precision, stage, world)
         run(name, cfg, out, data, naive=opt == "naive")
     if args.checkpoint:
         resumed(config("lars", "fp32", 2, world), out, data)
