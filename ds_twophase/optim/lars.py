@@ -328,7 +328,7 @@ class LARS(Optimizer):
         momentum = group["momentum"]
         for bucket in cached[1]:
             params = active if len(cached[1]) == 1 else [active[i] for i in bucket.indices]
-            grads = [p.grad for p in params]
+            grads = [p.grad for p in params if p.grad is not None]  # all of them: active
             bufs = self._momentum_buffers(params) if momentum != 0 else []
             if bucket.kernel:
                 kernel = _kernel_module()

@@ -274,8 +274,8 @@ def _step_partition_pytorch(
         assert layout.slots is not None  # split() built it
         sums = torch.zeros(2, len(layout.shared), dtype=torch.float64, device=flat.device)
         if cut.positions:
-            norms = torch._foreach_norm(views.params(cut) + views.grads(cut))
-            squares = torch.stack(norms).to(torch.float64).square_()
+            cut_norms = torch._foreach_norm(views.params(cut) + views.grads(cut))
+            squares = torch.stack(cut_norms).to(torch.float64).square_()
             sums.index_add_(1, layout.slots, squares.view(2, -1))
         wait = dist.all_reduce_sum_start(sums, layout.group)
     if local.positions:
