@@ -106,7 +106,7 @@ def _check(out, precisions, stages) -> dict:
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(900)
-def test_zero1_lars_matches_stage0_fp32_and_bf16(tmp_path):
+def test_zero1_and_2_lars_match_stage0_and_stage2_resumes_exactly(tmp_path):
     runs = [
         "lars_fp32_s0",
         "sgd_fp32_s0",
@@ -121,10 +121,22 @@ def test_zero1_lars_matches_stage0_fp32_and_bf16(tmp_path):
         "naive_bf16_s1",
         "lars_bf16acc_s1",
         "sgd_bf16acc_s1",
+        "lars_fp32_s2",
+        "sgd_fp32_s2",
     ]
-    proc = run_deepspeed([SCRIPT, "--out", tmp_path, "--runs", ",".join(runs)], timeout=840)
+    args = [SCRIPT, "--out", tmp_path, "--runs", ",".join(runs), "--checkpoint"]
+    proc = run_deepspeed(args, timeout=840)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check(tmp_path, ("fp32", "bf16"), (1,))
+    lars0, sgd0 = _params(tmp_path, "lars_fp32_s0"), _params(tmp_path, "sgd_fp32_s0")
+    straight = _params(tmp_path, "lars_fp32_s2")
+    lars = _rel_diff(straight, lars0, tmp_path)
+    sgd = _rel_diff(_params(tmp_path, "sgd_fp32_s2"), sgd0, tmp_path)
+    assert lars <= FACTOR * max(sgd, FLOOR), f"fp32 stage 2: LARS {lars:.3g}, SGD {sgd:.3g}"
+    # stage 2 saved after 6 steps and resumed in a fresh engine: the uninterrupted run's
+    # parameters, bit for bit
+    resumed = _params(tmp_path, "resumed_fp32_s2")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
 @pytest.mark.multiproc
