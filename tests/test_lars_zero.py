@@ -231,8 +231,10 @@ def test_group_of_one_whole_parameter_copy_takes_the_ordinary_path():
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "pytorch"])
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_partition_update_matches_per_parameter_lars(nesterov, kernel):
+@pytest.mark.parametrize(
+    "momentum,nesterov,clip", [(0.9, False, False), (0.9, True, False), (0.0, False, True)]
+)
+def test_partition_update_matches_per_parameter_lars(momentum, nesterov, clip, kernel):
     """One rank's flat partition (fragments of adapted and excluded parameters, a large one
     sliced, a "shared" one whose norms go through the all-reduce path, padding between them)
     updated exactly as LARS updates the parameters one by one, through the fused kernel and
@@ -261,25 +263,28 @@ def test_partition_update_matches_per_parameter_lars(nesterov, kernel):
     assert [part.positions for part in layout.split()] == [[0, 3], [1, 5], [2, 4]]
     group = {
         "lr": 0.5,
-        "momentum": 0.9,
+        "momentum": momentum,
         "weight_decay": 1e-3,
         "trust_coefficient": 0.01,
         "eps": 1e-8,
-        "clip": False,
+        "clip": clip,
         "nesterov": nesterov,
     }
     module = _kernel_module() if kernel else None
     assert (module is not None) == kernel or not kernel_available()
-    zero_lars.step_partition(layout, grad, buf, group, module)
+    zero_lars.step_partition(layout, grad, buf if momentum else None, group, module)
     for (s, n), p, g, b, pad, out in zip(bounds, params, grads, bufs, pads, excluded, strict=True):
         p64, g64, b64 = p.double(), g.double(), b.double()
         if out:
             d = g64
         else:
             r = 0.01 * p64.norm() / (g64.norm() + 1e-3 * p64.norm() + 1e-8)
+            r = min(r / 0.5, 1.0) if clip else r
             d = r * (g64 + 1e-3 * p64)
-        b64 = 0.9 * b64 + d
-        p64 -= 0.5 * (d + 0.9 * b64 if nesterov else b64)
+        if momentum:
+            b64 = momentum * b64 + d
+            d = d + momentum * b64 if nesterov else b64
+        p64 -= 0.5 * d
         torch.testing.assert_close(flat[s : s + n].double(), p64, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(buf[s : s + n].double(), b64, rtol=1e-5, atol=1e-6)
         assert torch.equal(flat[s + n : s + n + gap], pad)
