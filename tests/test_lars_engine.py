@@ -56,3 +56,41 @@ def test_lars_under_zero1_and_2_is_accepted(stage):
     assert run.optimizer.type == "LARS"
     # DeepSpeed asserts on client optimizers under ZeRO without this
     assert run.deepspeed["zero_allow_untested_optimizer"] is True
+
+
+def test_lars_with_optimizer_offload_gets_deepspeeds_switch():
+    """DeepSpeed refuses a client optimizer under ZeRO-Offload unless told not to; LARS's fused
+    CPU kernel is what steps the offloaded partition, so validation sets the switch."""
+    cfg = {
+        "train_batch_size": 32,
+        "optimizer": {"type": "LARS", "params": {"lr": 1.0}},
+        "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+    }
+    run = validate_config(cfg, world_size=2)
+    assert run.deepspeed["zero_force_ds_cpu_optimizer"] is False
+    assert (
+        "zero_force_ds_cpu_optimizer"
+        not in validate_config({**cfg, "zero_optimization": {"stage": 2}}, world_size=2).deepspeed
+    )
+
+
+@pytest.mark.parametrize(
+    "key,value,where",
+    [
+        ("zero_allow_untested_optimizer", False, "zero_optimization.stage 1"),
+        ("zero_force_ds_cpu_optimizer", True, "optimizer offload"),
+    ],
+)
+def test_lars_with_deepspeeds_refusing_switch_is_one_line(key, value, where):
+    cfg = {
+        "train_batch_size": 32,
+        "optimizer": {"type": "LARS", "params": {"lr": 1.0}},
+        "zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}},
+        key: value,
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, world_size=2)
+    assert str(info.value) == (
+        f"{key}: {str(value).lower()} makes DeepSpeed refuse LARS under {where}; "
+        f"remove it or set it to {str(not value).lower()}"
+    )

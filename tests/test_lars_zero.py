@@ -77,6 +77,11 @@ def _check(out, precisions, stages) -> dict:
             lars = _rel_diff(torch.load(eager), lars0, out, precision)
             seen[f"{precision}_s1_eager"] = (lars, seen[f"{precision}_s1"][1])
             assert lars <= FACTOR * max(seen[f"{precision}_s1"][1], FLOOR), lars
+        offload = out / f"larsoffload_{precision}_s2.pt"
+        if 2 in stages and offload.exists():  # ZeRO-Offload at stage 2
+            lars = _rel_diff(torch.load(offload), lars0, out, precision)
+            seen[f"{precision}_s2_offload"] = (lars, seen[f"{precision}_s2"][1])
+            assert lars <= FACTOR * max(seen[f"{precision}_s2"][1], FLOOR), lars
         # the per-partition ratio: what the criterion must catch
         naive = _rel_diff(_params(out, f"naive_{precision}_s1"), lars0, out, precision)
         seen[f"naive_{precision}"] = naive
@@ -123,6 +128,7 @@ def test_zero1_and_2_lars_match_stage0_and_stage2_resumes_exactly(tmp_path):
         "sgd_bf16acc_s1",
         "lars_fp32_s2",
         "sgd_fp32_s2",
+        "larsoffload_fp32_s2",
     ]
     args = [SCRIPT, "--out", tmp_path, "--runs", ",".join(runs), "--checkpoint"]
     proc = run_deepspeed(args, timeout=840)
@@ -133,6 +139,9 @@ def test_zero1_and_2_lars_match_stage0_and_stage2_resumes_exactly(tmp_path):
     lars = _rel_diff(straight, lars0, tmp_path)
     sgd = _rel_diff(_params(tmp_path, "sgd_fp32_s2"), sgd0, tmp_path)
     assert lars <= FACTOR * max(sgd, FLOOR), f"fp32 stage 2: LARS {lars:.3g}, SGD {sgd:.3g}"
+    # ZeRO-Offload (the optimizer steps a CPU copy of the partition): the same criterion
+    offload = _rel_diff(_params(tmp_path, "larsoffload_fp32_s2"), lars0, tmp_path)
+    assert offload <= FACTOR * max(sgd, FLOOR), f"stage 2 offload: {offload:.3g}, SGD {sgd:.3g}"
     # stage 2 saved after 6 steps and resumed in a fresh engine: the uninterrupted run's
     # parameters, bit for bit
     resumed = _params(tmp_path, "resumed_fp32_s2")

@@ -63,6 +63,35 @@ def optimizer_section(
     )
 
 
+def zero_switches(ds: dict[str, Any], zero_stage: int, type_name: str) -> list[Problem]:
+    """Set, in the DeepSpeed config ``ds``, the switches without which DeepSpeed refuses a client
+    optimizer under ZeRO-1/2, for one of ours (made for those stages): ZeRO's list of tested
+    optimizers, and, with ``offload_optimizer`` on the CPU, its demand for DeepSpeed's own CPU
+    Adam (LARS's fused CPU kernel steps the offloaded partition). A switch the user set the
+    other way is one problem naming it, instead of DeepSpeed's exception."""
+    if zero_stage not in (1, 2):
+        return []
+    zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
+    offload = (
+        zero.get("offload_optimizer") if isinstance(zero.get("offload_optimizer"), dict) else {}
+    )
+    switches = [("zero_allow_untested_optimizer", True, f"zero_optimization.stage {zero_stage}")]
+    if offload.get("device") in ("cpu", "nvme") or zero.get("cpu_offload") is True:
+        switches.append(("zero_force_ds_cpu_optimizer", False, "optimizer offload"))
+    problems = []
+    for key, needed, where in switches:
+        value = ds.setdefault(key, needed)
+        if value is not needed:
+            problems.append(
+                Problem(
+                    key,
+                    f"{json.dumps(value)} makes DeepSpeed refuse {type_name} under {where}; "
+                    f"remove it or set it to {json.dumps(needed)}",
+                )
+            )
+    return problems
+
+
 def _check_deepspeed_optimizer_params(params: dict[str, Any]) -> list[Problem]:
     """What can be checked of a DeepSpeed-built optimizer's params without importing it."""
     errors = []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import config_tools
 from ..errors import ConfigError, Problem
 from .batch import Batch, check_batch, no_step_problem, resolve_batch
-from .optimizer import optimizer_section
+from .optimizer import optimizer_section, zero_switches
 from .schedule import scheduler_section, trainer_section
 from .sections import ComponentSpec, check_precision, check_top_level, zero_stage
 
@@ -140,8 +140,7 @@ def validate_config(cfg: dict[str, Any], *, world_size: int | None = None) -> Ru
     errors += opt_errors
     if optimizer is not None:
         ds.pop("optimizer", None)
-        if stage in (1, 2):  # ours are made for ZeRO-1/2; DeepSpeed asserts without this
-            ds.setdefault("zero_allow_untested_optimizer", True)
+        errors += zero_switches(ds, stage, optimizer.type)
     scheduler, probe, sched_errors = scheduler_section(cfg, stage)
     errors += sched_errors
     if scheduler is not None:

@@ -53,6 +53,7 @@ KNOWN_TOP_LEVEL = (
     "gradient_predivide_factor",
     "sparse_gradients",
     "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer",
     "activation_checkpointing",
     "tensorboard",
     "csv_monitor",

@@ -6,7 +6,8 @@ full fp32 (master) parameters of each run to ``<out>/<name>.pt`` (the initial on
 ``init.pt``) and a record of the run to
 ``<out>/<name>.json`` for the test to compare. Names: ``<opt>_<precision>_s<stage>``, plus
 ``naive_<precision>_s1``: LARS with the per-partition (wrong) trust ratio, ``larseager_*``: LARS
-without its fused CPU kernel (the PyTorch implementation, which accelerators run), ``bf16acc``: bf16
+without its fused CPU kernel (the PyTorch implementation, which accelerators run),
+``larsoffload_*``: with ``offload_optimizer`` on the CPU, ``bf16acc``: bf16
 with fp32 gradient accumulation (ZeRO-1 then uses DeepSpeed's ``BF16_Optimizer``), and, with
 ``--checkpoint``, ``resumed_fp32_s2``: stage 2 saved after half the steps, loaded into a fresh
 engine and continued.
@@ -205,13 +206,16 @@ def main() -> None:
         for stage in (0, 1, 2):
             names += [f"lars_{precision}_s{stage}", f"sgd_{precision}_s{stage}"]
         names += [f"naive_{precision}_s1", f"larseager_{precision}_s1"]
+        names += [f"larsoffload_{precision}_s2"]
     names += ["lars_bf16acc_s1", "sgd_bf16acc_s1"]
     if args.runs != "all":
         names = args.runs.split(",")
     for name in names:
         opt, precision, stage = name.split("_")
         stage = int(stage[1:])
-        cfg = config("lars" if opt == "larseager" else opt, precision, stage, world)
+        cfg = config("lars" if opt.startswith("lars") else opt, precision, stage, world)
+        if opt == "larsoffload":  # ZeRO-Offload: the optimizer steps a CPU copy of the partition
+            cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
         run(name, cfg, out, data, naive=opt == "naive")
     if args.checkpoint:
         resumed(config("lars", "fp32", 2, world), out, data)
