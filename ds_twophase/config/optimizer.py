@@ -71,10 +71,10 @@ def zero_switches(ds: dict[str, Any], zero_stage: int, type_name: str) -> list[P
     other way is one problem naming it, instead of DeepSpeed's exception."""
     if zero_stage not in (1, 2):
         return []
-    zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
-    offload = (
-        zero.get("offload_optimizer") if isinstance(zero.get("offload_optimizer"), dict) else {}
-    )
+    zero = ds.get("zero_optimization")
+    zero = zero if isinstance(zero, dict) else {}
+    offload = zero.get("offload_optimizer")
+    offload = offload if isinstance(offload, dict) else {}
     switches = [("zero_allow_untested_optimizer", True, f"zero_optimization.stage {zero_stage}")]
     if offload.get("device") in ("cpu", "nvme") or zero.get("cpu_offload") is True:
         switches.append(("zero_force_ds_cpu_optimizer", False, "optimizer offload"))
