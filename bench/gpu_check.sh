@@ -41,7 +41,7 @@ step() {  # step NAME SECONDS COMMAND...
   [ "$verdict" = ok ] || failed=1
   echo "$name: $verdict, $((SECONDS - start)) s" | tee -a "$summary"
 }
-step tests 210 python -m pytest tests/test_gpu.py -m gpu -v -rs -p no:cacheprovider
+step tests 210 python -m pytest tests -m gpu -v -rs -p no:cacheprovider
 step probe 60 python bench/probe.py --quick
 step lars 90 python bench/lars.py --quick --no-compile --no-write
 step trainer_overhead 90 python bench/trainer_overhead.py --quick --skip-run --no-write-docs

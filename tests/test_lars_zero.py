@@ -239,16 +239,23 @@ def test_group_of_one_whole_parameter_copy_takes_the_ordinary_path():
     assert torch.equal(master, reference)
 
 
-@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "pytorch"])
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["kernel", "pytorch", pytest.param("cuda", marks=[pytest.mark.gpu, _CUDA])],
+)
 @pytest.mark.parametrize(
     "momentum,nesterov,clip", [(0.9, False, False), (0.9, True, False), (0.0, False, True)]
 )
-def test_partition_update_matches_per_parameter_lars(momentum, nesterov, clip, kernel):
+def test_partition_update_matches_per_parameter_lars(momentum, nesterov, clip, path):
     """One rank's flat partition (fragments of adapted and excluded parameters, a large one
     sliced, a "shared" one whose norms go through the all-reduce path, padding between them)
-    updated exactly as LARS updates the parameters one by one, through the fused kernel and
-    through the PyTorch implementation."""
+    updated exactly as LARS updates the parameters one by one, through the fused kernel, the
+    PyTorch implementation on CPU, and on CUDA (the accelerators' path)."""
     torch.manual_seed(0)
+    kernel = path == "kernel"
     sizes = [7, 300, (1 << 19) + 1000, 5, 4096, 64]  # the third spans two slices
     excluded = [False, True, False, False, False, True]
     gap = 3  # DeepSpeed's alignment padding: must stay untouched
@@ -281,7 +288,11 @@ def test_partition_update_matches_per_parameter_lars(momentum, nesterov, clip, k
     }
     module = _kernel_module() if kernel else None
     assert (module is not None) == kernel or not kernel_available()
+    if path == "cuda":  # the layout's tensors on the GPU; results compared on the CPU
+        layout.flat, layout.parts = flat.cuda(), None
+        grad, buf = grad.cuda(), buf.cuda()
     zero_lars.step_partition(layout, grad, buf if momentum else None, group, module)
+    flat, buf = layout.flat.cpu(), buf.cpu()
     for (s, n), p, g, b, pad, out in zip(bounds, params, grads, bufs, pads, excluded, strict=True):
         p64, g64, b64 = p.double(), g.double(), b.double()
         if out:

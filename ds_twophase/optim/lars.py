@@ -384,7 +384,10 @@ class LARS(Optimizer):
         if grad is None:  # never: _step_group passes only a partition that has a gradient
             return
         buf = self._momentum_buffers([flat])[0] if group["momentum"] != 0 else None
-        kernel = _kernel_module() if self._kernel else None
+        # the fused kernel only for a CPU partition (CPU training, or ZeRO-Offload's CPU copy
+        # on a GPU machine): loading it for a GPU partition would compile it for nothing
+        on_cpu = flat.device.type == "cpu"
+        kernel = _kernel_module() if self._kernel and on_cpu else None
         zero_lars.step_partition(layout, grad, buf, group, kernel)
 
     def _step_eager(
