@@ -230,21 +230,13 @@ def all_reduce_sum_(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     Collectives on gloo need CPU tensors and on nccl device tensors; the tensor is moved to the
     backend's device for the reduction and the result copied back.
     """
-    if not is_distributed():
-        return tensor
-    device = _backend_device(group)
-    if tensor.device == device:
-        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM, group=group)
-        return tensor
-    moved = tensor.to(device)
-    tdist.all_reduce(moved, op=tdist.ReduceOp.SUM, group=group)
-    tensor.copy_(moved)
-    return tensor
+    return all_reduce_sum_start(tensor, group)()
 
 
 def all_reduce_sum_start(tensor: torch.Tensor, group: Any = None) -> Callable[[], torch.Tensor]:
-    """Start summing ``tensor`` over ranks in place; the returned function waits for the sum
-    and returns ``tensor``. Work that does not need the sum can run in between, hiding the
+    """Start summing ``tensor`` over ranks in place (moved to the backend's device and back, as
+    :func:`all_reduce_sum_` does); the returned function waits for the sum and returns
+    ``tensor``. Work that does not need the sum can run in between, hiding the
     collective's latency (on gloo a small all-reduce takes 0.4-2 ms on a loaded CPU)."""
     if not is_distributed():
         return lambda: tensor

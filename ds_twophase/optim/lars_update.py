@@ -30,19 +30,26 @@ _FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
 def _lars_large_cpu(
-    params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    group: dict[str, Any],
+    ratios: Tensor | None = None,
 ) -> None:
     """Large contiguous CPU tensors: d = ratio * g per slice, then fused SGD on that slice.
+    ``ratios``: one trust ratio per tensor computed elsewhere (ZeRO fragments, whose ratios are
+    their whole parameters'); by default each tensor's own.
 
     The kernel adds ``weight_decay * p`` with a float weight decay, so ``ratio * wd`` is
     passed as that float: d = ratio * g + ratio * wd * p in the same memory pass as the
     momentum and parameter updates. The ratios are read on the host for that; for CPU
     tensors this is a memory read with no device to wait for (accelerators never get here).
     """
-    ratios = _trust_ratios(params, grads, group).tolist()
+    if ratios is None:
+        ratios = _trust_ratios(params, grads, group)
     m, n = group["momentum"], _CPU_SLICE_NUMEL
     scratch = torch.empty(min(n, max(p.numel() for p in params)), dtype=params[0].dtype)
-    for i, (p, g, ratio) in enumerate(zip(params, grads, ratios, strict=True)):
+    for i, (p, g, ratio) in enumerate(zip(params, grads, ratios.tolist(), strict=True)):
         flat_p, flat_g = p.view(-1), g.view(-1)
         flat_b = bufs[i].view(-1) if m != 0 else None
         for start in range(0, flat_p.numel(), n):
@@ -229,9 +236,13 @@ def _lars_foreach(
     bufs: list[Tensor],
     group: dict[str, Any],
     fused: bool,
+    ratios: Tensor | None = None,
 ) -> None:
-    """Multi-tensor path: d = ratio * (g + wd * p) for the whole list, then one SGD update."""
-    ratio = _trust_ratios(params, grads, group).unbind()
+    """Multi-tensor path: d = ratio * (g + wd * p) for the whole list, then one SGD update.
+    ``ratios``: one trust ratio per tensor computed elsewhere; by default each tensor's own."""
+    if ratios is None:
+        ratios = _trust_ratios(params, grads, group)
+    ratio = ratios.unbind()
     wd = group["weight_decay"]
     if wd != 0:
         d = torch._foreach_add(grads, params, alpha=wd)

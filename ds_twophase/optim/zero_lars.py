@@ -37,9 +37,9 @@ from .. import dist
 from .lars_kernel import _KERNEL_DTYPES
 from .lars_update import (
     _CPU_LARGE_NUMEL,
-    _CPU_SLICE_NUMEL,
     _FUSED_DEVICES,
-    lars_slice_cpu,
+    _lars_foreach,
+    _lars_large_cpu,
     momentum_sgd,
     trust_ratios_from_norms,
 )
@@ -317,25 +317,25 @@ class _Views:
 
 def _update(views: _Views, part: Fragments, ratios: Tensor, group: dict[str, Any]) -> None:
     """``d = ratio * (g + wd * p)`` and momentum SGD for the fragments of ``part``, one ratio
-    each: multi-tensor ops with the ratios kept on the device, except that on CPU a large
-    fragment goes slice by slice (``lars_update.lars_slice_cpu``: ``d`` stays in cache)."""
-    flat, wd = views.flat, group["weight_decay"]
+    each, by the stage-0 PyTorch implementation's two routes (``lars_update``): on CPU a large
+    fragment goes slice by slice (``d`` stays in cache), the rest is multi-tensor ops with the
+    ratios kept on the device."""
+    flat = views.flat
     params, grads, bufs = views.params(part), views.grads(part), views.bufs(part)
     ratios = ratios.to(flat.dtype)
+
+    def take(ks: list[int]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        return (
+            [params[k] for k in ks],
+            [grads[k] for k in ks],
+            [bufs[k] for k in ks] if bufs else [],
+        )
+
     small = list(range(len(params)))
     if flat.device.type == "cpu":
         small = [k for k in small if params[k].numel() < _CPU_LARGE_NUMEL]
-        scratch = torch.empty(min(_CPU_SLICE_NUMEL, flat.numel()), dtype=flat.dtype)
-        for k in sorted(set(range(len(params))) - set(small)):
-            p, g, ratio = params[k], grads[k], float(ratios[k])
-            for s in range(0, p.numel(), _CPU_SLICE_NUMEL):
-                n = min(_CPU_SLICE_NUMEL, p.numel() - s)
-                b = bufs[k].narrow(0, s, n) if bufs else None
-                lars_slice_cpu(p.narrow(0, s, n), g.narrow(0, s, n), b, ratio, scratch, group)
-    if not small:
-        return
-    params, grads = [params[k] for k in small], [grads[k] for k in small]
-    bufs = [bufs[k] for k in small] if bufs else []
-    steps = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else [g.clone() for g in grads]
-    torch._foreach_mul_(steps, list(ratios[small].unbind()))
-    momentum_sgd(params, steps, bufs, group, 0.0, fused=flat.device.type in _FUSED_DEVICES)
+        large = [k for k in range(len(params)) if k not in small]
+        if large:
+            _lars_large_cpu(*take(large), group, ratios[large])
+    if small:
+        _lars_foreach(*take(small), group, flat.device.type in _FUSED_DEVICES, ratios[small])
