@@ -361,18 +361,9 @@ class LARS(Optimizer):
         cached = self._layouts.get(id(flat))
         if cached is not None and cached.flat is flat:
             return cached
-        layout = zero_lars.find_layout(flat, self._lp_groups, self._lp_excluded)
+        layout = zero_lars.checked_layout(flat, self._lp_groups, self._lp_excluded)
         if layout is None:
-            lp = [p for g in self._lp_groups for p in g]
-            if any(getattr(p, "_hp_mapping", None) is not None or hasattr(p, "ds_id") for p in lp):
-                raise RuntimeError(
-                    "LARS: DeepSpeed partitioned the parameters, but this rank's partition of a "
-                    "parameter group maps to none of them (ZeRO stage 3, or a group smaller "
-                    "than the number of ranks); per-layer trust ratios cannot be computed. "
-                    "LARS works with zero_optimization.stage 0, 1 and 2"
-                )
             return None
-        zero_lars.check_layout(layout)
         self._layouts[id(flat)] = layout
         return layout
 

@@ -48,6 +48,7 @@ __all__ = [
     "Fragments",
     "PartitionLayout",
     "check_layout",
+    "checked_layout",
     "find_layout",
     "on_every_rank",
     "step_partition",
@@ -202,6 +203,29 @@ def check_layout(layout: PartitionLayout) -> None:
         i for i, holders in enumerate(counts[1].tolist()) if holders > 1 and not excluded[i]
     ]
     layout.parts = None
+
+
+def checked_layout(
+    flat: Tensor,
+    lp_groups: Sequence[Sequence[Tensor]],
+    excluded: Sequence[Sequence[bool]] | None = None,
+) -> PartitionLayout | None:
+    """``find_layout``, then ``check_layout`` (a collective); None when ``flat`` is no ZeRO-1/2
+    partition (e.g. a whole-parameter fp32 copy). Raises ``RuntimeError`` when DeepSpeed
+    partitioned the parameters in a way with no per-parameter mapping (ZeRO-3)."""
+    layout = find_layout(flat, lp_groups, excluded)
+    if layout is None:
+        lp = [p for g in lp_groups for p in g]
+        if any(getattr(p, "_hp_mapping", None) is not None or hasattr(p, "ds_id") for p in lp):
+            raise RuntimeError(
+                "LARS: DeepSpeed partitioned the parameters, but this rank's partition of a "
+                "parameter group maps to none of them (ZeRO stage 3, or a group smaller "
+                "than the number of ranks); per-layer trust ratios cannot be computed. "
+                "LARS works with zero_optimization.stage 0, 1 and 2"
+            )
+        return None
+    check_layout(layout)
+    return layout
 
 
 def on_every_rank(flag: bool, layout: PartitionLayout) -> bool:
