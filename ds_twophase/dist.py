@@ -237,7 +237,8 @@ def all_reduce_sum_start(tensor: torch.Tensor, group: Any = None) -> Callable[[]
     """Start summing ``tensor`` over ranks in place (moved to the backend's device and back, as
     :func:`all_reduce_sum_` does); the returned function waits for the sum and returns
     ``tensor``. Work that does not need the sum can run in between, hiding the
-    collective's latency (on gloo a small all-reduce takes 0.4-2 ms on a loaded CPU)."""
+    collective's latency (on gloo a small all-reduce costs far more than the arithmetic
+    around it)."""
     if not is_distributed():
         return lambda: tensor
     device = _backend_device(group)
