@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from .args import ArgumentParser, add_override_flag, report
 from .errors import ConfigError, did_you_mean
 
-__all__ = ["ArgumentParser", "COMMANDS", "add_override_flag", "check_config", "main", "report"]
+__all__ = [
+    "ArgumentParser",
+    "COMMANDS",
+    "add_override_flag",
+    "check_config",
+    "console",
+    "main",
+    "report",
+]
 
 
 def check_config(argv: Sequence[str]) -> int:
@@ -88,3 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def console() -> None:
+    """The ``ds-twophase`` console script: :func:`main`, then the process ends with its status
+    through :func:`ds_twophase.dist.exit_process` (never an abort at interpreter exit)."""
+    from . import dist
+
+    dist.exit_process(main())

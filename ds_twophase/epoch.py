@@ -149,6 +149,8 @@ def train_epoch(
         engine.step()
         if faults.signal_at(epoch, i, rank):
             os.kill(os.getpid(), signal.SIGTERM)  # test hook: pre-empted right here
+        if faults.freeze_at(epoch, i, rank):
+            os.kill(os.getpid(), signal.SIGSTOP)  # test hook: stops answering right here
         if bar is not None:
             bar.update(1)
         done = i + 1

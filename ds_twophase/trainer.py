@@ -196,7 +196,10 @@ class Trainer:
         # Only once the checks passed: a refused run must not overwrite the existing run's file.
         if dist.is_rank_zero():
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
+            with checkpoint.stop_on_write_error(str(self.out / "config.json"), self.ckpt_dir):
+                checkpoint.write_text_atomic(
+                    self.out / "config.json", json.dumps(self.run.resolved, indent=2) + "\n"
+                )
         last = self.tc.epochs
         end_at = last if stop_after is None else min(stop_after, last)
         val_acc = None
@@ -245,13 +248,16 @@ class Trainer:
             commit_dirty=dirty,
             val_indices=self.splits.val_indices,
         )
-        checkpoint.write_json_atomic(self.out / summary.SUMMARY_NAME, data)
+        path = self.out / summary.SUMMARY_NAME
+        with checkpoint.stop_on_write_error(str(path), self.ckpt_dir):
+            checkpoint.write_json_atomic(path, data)
         return data
 
     def _epoch(self, epoch: int, last: int) -> dict[str, Any]:
         """Train, decide, evaluate and log one epoch; its metrics row."""
         t0 = time.perf_counter()
-        train_loss, skipped = self.train_epoch(epoch)
+        with dist.collective_place(lambda: self._step_place(epoch)):
+            train_loss, skipped = self.train_epoch(epoch)
         stop_if_nonfinite(epoch, train_loss, self.ckpt_dir)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         if self.tc.on_nonfinite_loss == "skip":
@@ -260,25 +266,29 @@ class Trainer:
                 dist.warn_rank_zero(
                     f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
                 )
-        decision, probe_seconds = self._decide(train_loss)
-        row.update(decision)
-        probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
-        row["lr"] = self.engine.get_lr()[0]
-        row["val_loss"] = row["val_accuracy"] = None
-        if epoch % self.tc.eval_every == 0 or epoch == last:
-            row["val_loss"], row["val_accuracy"] = evaluate(
-                self.engine, self.splits.val, 4 * self.micro
-            )
-        if epoch == last and self.splits.test is not None:
-            # The test split is touched once, after the last epoch (val_size > 0).
-            row["test_loss"], row["test_accuracy"] = evaluate(
-                self.engine, self.splits.test, 4 * self.micro
-            )
+        with dist.collective_place(f"the end of epoch {epoch} (probe, decision, evaluation)"):
+            decision, probe_seconds = self._decide(train_loss)
+            row.update(decision)
+            probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
+            row["lr"] = self.engine.get_lr()[0]
+            row["val_loss"] = row["val_accuracy"] = None
+            if epoch % self.tc.eval_every == 0 or epoch == last:
+                row["val_loss"], row["val_accuracy"] = evaluate(
+                    self.engine, self.splits.val, 4 * self.micro
+                )
+            if epoch == last and self.splits.test is not None:
+                # The test split is touched once, after the last epoch (val_size > 0).
+                row["test_loss"], row["test_accuracy"] = evaluate(
+                    self.engine, self.splits.test, 4 * self.micro
+                )
         row["probe_seconds"] = probe_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         if dist.is_rank_zero():
-            self.metrics.append(row)
-            self.monitor.write(row)
+            with checkpoint.stop_on_write_error(
+                f"{self.metrics.path} (epoch {epoch})", self.ckpt_dir
+            ):
+                self.metrics.append(row)
+                self.monitor.write(row)
         dist.print_rank_zero(_epoch_line(row, last))
         return row
 
@@ -322,7 +332,17 @@ class Trainer:
             f"(exit status {preempt.EXIT_RESUMABLE})"
         )
 
+    def _step_place(self, epoch: int) -> str:
+        """Where a collective failed inside epoch ``epoch``: the optimizer step it was in."""
+        done = self.engine.global_steps - (epoch - 1) * self.steps_per_epoch
+        step = min(max(done + 1, 1), self.steps_per_epoch)
+        return f"epoch {epoch}, optimizer step {step} of {self.steps_per_epoch}"
+
     def _save(self, epoch: int, progress: EpochProgress | None = None) -> Path:
+        with dist.collective_place(f"saving the checkpoint of epoch {epoch}"):
+            return self._save_checkpoint(epoch, progress)
+
+    def _save_checkpoint(self, epoch: int, progress: EpochProgress | None) -> Path:
         probe = None if self.probe is None else self.probe.state_dict()
         vector = None if probe is None else probe.pop("vector")
         epoch_scheduler = isinstance(self.scheduler, EpochScheduler)
