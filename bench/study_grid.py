@@ -4,8 +4,9 @@ accuracy, and the grid's extension when the best point sits on its edge.
 The choice is the point with the highest mean final-epoch validation accuracy over the tuning
 seeds; equal means go to the first point in grid order. When that point sits on the first or
 last value of an axis the spec extends (``extend``, by default the learning rate), the axis
-gets one more value beyond that end, a geometric step when the two end values are positive
-(0.4, 0.8 -> 1.6) and an arithmetic step otherwise, and the new points are trained with the
+gets one more value beyond that end: a geometric step when the axis is positive with one
+ratio (0.4, 0.8, 1.6 -> 3.2; two positive values count as geometric), else the arithmetic step
+of its two end values (1, 2, 3 -> 4), and the new points are trained with the
 same tuning seeds before any final run. After ``max_extensions`` steps beyond one end the row's
 final runs are refused with a message naming the values to add to the spec. An axis with one
 value is never extended (it has no step). Everything here is a function of the spec and the
@@ -14,6 +15,7 @@ run directories, so the report and the runner resolve the same grid.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,9 +85,13 @@ def _score(point: Point) -> float:
 
 
 def next_value(values: list[Value], end: int) -> Value:
-    """One step beyond ``values[end]`` (``end`` 0 or -1), continuing the step of the end pair."""
-    a, b = float(values[end]), float(values[1 if end == 0 else -2])  # type: ignore[arg-type]
-    new = a * a / b if a > 0 and b > 0 else a + (a - b)
+    """One step beyond ``values[end]`` (``end`` 0 or -1): geometric for a positive axis with one
+    ratio, else the difference of the end pair."""
+    x = [float(v) for v in values]  # type: ignore[arg-type]
+    a, b = x[end], x[1 if end == 0 else -2]
+    ratios = [q / p for p, q in itertools.pairwise(x)] if min(x) > 0 else []
+    geometric = bool(ratios) and max(ratios) - min(ratios) <= 1e-9 * max(ratios)
+    new = a * a / b if geometric else a + (a - b)
     new = float(f"{new:.12g}")  # 0.1 * 3 -> 0.3, not 0.30000000000000004
     ints = all(isinstance(v, int) for v in values)
     return int(new) if ints and new.is_integer() else new
