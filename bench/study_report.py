@@ -163,30 +163,32 @@ def render(spec: StudySpec, work: Path, command: str) -> str:
 
 
 def paired(spec: StudySpec, finals: dict[str, list[dict]]) -> list[str]:
-    """Each row minus the reference row on the seeds both finished."""
+    """Each row minus the reference row, then the spec's extra pairs, on the seeds both
+    finished."""
     out = [
         "",
-        f"### Paired differences against `{spec.reference}`, same seeds",
+        f"### Paired differences against `{spec.reference}` (and the spec's pairs), same seeds",
         "",
-        "Test accuracy of the row minus the reference's on each seed both finished (points); "
+        "Test accuracy of the row minus the other row's on each seed both finished (points); "
         "mean and 95 % bootstrap interval of the mean difference.",
         "",
-        "| row | seeds | differences | mean [95 % interval] |",
-        "|---|---|---|---|",
+        "| row | against | seeds | differences | mean [95 % interval] |",
+        "|---|---|---|---|---|",
     ]
-    ref = {r["config"]["trainer"]["seed"]: r["test_accuracy"] for r in finals[spec.reference]}
-    for row in spec.rows:
-        if row.name == spec.reference:
-            continue
-        own = {r["config"]["trainer"]["seed"]: r["test_accuracy"] for r in finals[row.name]}
-        seeds = sorted(set(own) & set(ref))
+    acc = {
+        name: {r["config"]["trainer"]["seed"]: r["test_accuracy"] for r in runs}
+        for name, runs in finals.items()
+    }
+    pairs = [(r.name, spec.reference) for r in spec.rows if r.name != spec.reference]
+    for a, b in pairs + [p for p in spec.pairs if p not in pairs]:
+        seeds = sorted(set(acc[a]) & set(acc[b]))
         if len(seeds) < 2:
-            out.append(f"| `{row.name}` | {seeds} | not enough paired seeds | |")
+            out.append(f"| `{a}` | `{b}` | {seeds} | not enough paired seeds | |")
             continue
-        d = paired_difference([own[s] for s in seeds], [ref[s] for s in seeds])
-        per = ", ".join(f"{100 * (own[s] - ref[s]):+.2f}" for s in seeds)
+        d = paired_difference([acc[a][s] for s in seeds], [acc[b][s] for s in seeds])
+        per = ", ".join(f"{100 * (acc[a][s] - acc[b][s]):+.2f}" for s in seeds)
         out.append(
-            f"| `{row.name}` | {seeds} | {per} | {100 * d['mean']:+.2f} "
+            f"| `{a}` | `{b}` | {seeds} | {per} | {100 * d['mean']:+.2f} "
             f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] |"
         )
     return out
@@ -272,7 +274,7 @@ def study_tables(spec: StudySpec, work: Path) -> list[str]:
         for value in study.values:
             runs = _runs(work, [study_run(study.name, value, s) for s in spec.final_seeds])
             acc = mean_std_ci([r["test_accuracy"] for r in runs])
-            when = "; ".join(",".join(map(str, r["decay_epochs"])) for r in runs) or "-"
+            when = "; ".join(",".join(map(str, r["decay_epochs"])) or "-" for r in runs) or "-"
             out.append(
                 f"| {study.name} | `{study.row}` | {value} | {acc} | {_each(runs, 'switch_epoch')} | "
                 f"{_decays(runs)} | {when} | {_each(runs, 'final_lr')} | {_share(runs)} |"

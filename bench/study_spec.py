@@ -103,6 +103,9 @@ class StudySpec:
     """Rows in the order the paper claims (best first); the report says whether the means hold it."""
     studies: list[Study] = field(default_factory=list)
     """Extra axes at a row's chosen point."""
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    """Further ``(row, against)`` paired differences beyond each row against ``reference``
+    (e.g. a new decay rule against the paper's on the same seeds)."""
     extend: tuple[str, ...] = EXTEND
     """Axes extended one step (geometric if positive) when the best point sits on their edge."""
     max_extensions: int = MAX_EXTENSIONS
@@ -128,6 +131,7 @@ KEYS = {
     "reference",
     "ordering",
     "studies",
+    "pairs",
     "extend",
     "max_extensions",
     "seed_waiver",
@@ -284,6 +288,14 @@ def load_spec(path: str | Path) -> StudySpec:
                     key=f"rows.{row.name}.grid.{key}",
                     problem="an extended axis must be numbers in increasing or decreasing order",
                 )
+    pairs = data.get("pairs", [])
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise ConfigError(
+            key="pairs", problem=f"must be a list of [row, against] pairs, got {pairs!r}"
+        )
+    for i, (a, b) in enumerate(pairs):
+        _row_name({f"pairs[{i}]": a}, f"pairs[{i}]", names)
+        _row_name({f"pairs[{i}]": b}, f"pairs[{i}]", names)
     max_ext = data.get("max_extensions", MAX_EXTENSIONS)
     check_number("max_extensions", max_ext, low=0, integer=True)
     return StudySpec(
@@ -298,6 +310,7 @@ def load_spec(path: str | Path) -> StudySpec:
         reference=_row_name(data, "reference", names),
         ordering=[str(o) for o in ordering],
         studies=studies,
+        pairs=[(str(a), str(b)) for a, b in pairs],
         extend=tuple(extend),
         max_extensions=int(max_ext),
         seed_waiver=waiver,

@@ -101,6 +101,7 @@ def write_spec(tmp_path, **changes) -> Path:
         "small": "small",
         "large": "large",
         "reference": "lars",
+        "pairs": [["large", "small"]],
         "rows": [
             {"name": "small", "config": TINY.name, "grid": {"optimizer.params.lr": [0.1, 0.2]}},
             {"name": "large", "config": TINY.name, "grid": {"optimizer.params.lr": [0.4, 0.8]}},
@@ -147,6 +148,7 @@ def test_the_60_epoch_spec_reruns_the_recorded_study():
         ({"final_seeds": list(range(1, 9))}, "final_seeds: must be fresh: [1] also tune"),
         ({"configs": "configs/nowhere"}, "configs: "),
         ({"seeds": [1]}, "seeds: unknown key"),
+        ({"pairs": [["large", "smal"]]}, "pairs[0]: unknown row 'smal' (did you mean 'small'?)"),
         (
             {"rows": [{"name": "small", "config": TINY.name, "grid": {"optimizer.params.lr": []}}]},
             "rows.small.grid.optimizer.params.lr: no points",
@@ -354,9 +356,14 @@ def test_the_report_is_generated_from_run_directories_alone(tmp_path):
     assert "| 98.13 ± 0.02 [98.12, 98.15] (n=8) | 50 % [49, 51] | 3, 3, 3, 3, 3, 3, 3, 3 |" in text
     # paired against the reference: small - lars is +1.00 point on every seed
     assert (
-        "| `small` | [10, 11, 12, 13, 14, 15, 16, 17] | "
+        "| `small` | `lars` | [10, 11, 12, 13, 14, 15, 16, 17] | "
         + ", ".join(["+1.00"] * 8)
         + " | +1.00 [+1.00, +1.00] |"
+        in text
+    )
+    # a further pair the spec names: large - small is -2.00 points
+    assert (
+        "| `large` | `small` | [10, 11, 12, 13, 14, 15, 16, 17] | " + ", ".join(["-2.00"] * 8)
         in text
     )
     # seed by seed: plateau, switch, decay epochs, decay count, final LR, probe share
