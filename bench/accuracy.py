@@ -28,8 +28,8 @@ rev-parse HEAD``, and whether the tree was dirty). After every phase the spec's 
 ``docs/results.md`` (``## <title>``) is regenerated from the run directories alone; the rest of
 the file, and the reading written by hand below the section's tables, stay.
 
-Runs of the earlier, MNIST-1D-only command kept grid points in ``grid/<row>/<point>``; they are
-``grid/<row>/<point>/s0`` here.
+Runs of the earlier, MNIST-1D-only command kept grid points in ``grid/<row>/<point>``; moved to
+``grid/<row>/<point>/s0`` they are reused by ``bench/studies/mnist1d_60.json``.
 """
 
 from __future__ import annotations
