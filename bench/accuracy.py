@@ -38,11 +38,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import write_atomic, write_section
+from common import ROOT, write_atomic, write_section
 from study import RunSpec, StaleRun, link_duplicates, read_run, run_all, run_status
 from study_grid import GridState, grid_run, resolve
 from study_report import final_run, render, study_run
-from study_spec import ROOT, StudySpec, grid_points, load_spec, point_sets, set_item
+from study_spec import StudySpec, grid_points, load_spec, point_sets, set_item
 
 from ds_twophase.errors import ConfigError
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import ROOT
 from study import gap_closed_ci, read_run
 from study_grid import GridState, resolve
-from study_spec import ROOT, StudySpec, point_name
+from study_spec import StudySpec, point_name
 
 from ds_twophase.analysis import bootstrap_ci, mean_std, paired_difference
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from common import ROOT
 
+from ds_twophase.config import load_config
 from ds_twophase.errors import ConfigError, check_number, did_you_mean, is_int, is_number
 
 TUNING_SEEDS = 2
@@ -164,8 +165,10 @@ def _values(value: Any, where: str) -> list[Value]:
             key=where, problem=f"no points; give a list of at least one value, got {value!r}"
         )
     for v in value:
-        if not isinstance(v, (int, float, str, bool)):
-            raise ConfigError(key=where, problem=f"values must be numbers or strings, got {v!r}")
+        if not isinstance(v, (int, float, str, bool)) or "/" in str(v):
+            raise ConfigError(
+                key=where, problem=f"values must be numbers or strings without '/', got {v!r}"
+            )
     if len({json.dumps(v) for v in value}) < len(value):
         raise ConfigError(key=where, problem=f"repeats a value: {value}")
     return list(value)
@@ -199,6 +202,14 @@ def _row(data: Any, i: int, configs: Path) -> Row:
     if not isinstance(sets, list) or not all(isinstance(s, str) and "=" in s for s in sets):
         raise ConfigError(
             key=f"{where}sets", problem=f"must be a list of 'key=value' overrides, got {sets!r}"
+        )
+    resolved = load_config(config, list(sets))
+    if not (resolved.get("trainer", {}).get("dataset", {}).get("val_size") or 0):
+        # without a held-out split the trainer validates on the test split: tuning on test
+        raise ConfigError(
+            key=f"{where}config",
+            problem=f"{config.name} holds out no validation split; set trainer.dataset.val_size "
+            "in the config or the row's sets (the grid must not be judged on the test split)",
         )
     grid = data.get("grid")
     if not isinstance(grid, dict) or not grid:
@@ -301,7 +312,7 @@ def load_spec(path: str | Path) -> StudySpec:
     return StudySpec(
         path=path,
         title=_text(data, "title", ""),
-        about=data.get("about", ""),
+        about=_text(data, "about", "", default=" ").strip(),
         rows=rows,
         tuning_seeds=tuning,
         final_seeds=final,

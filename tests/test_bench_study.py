@@ -91,8 +91,13 @@ def test_regenerated_results_keep_the_reading_written_by_hand(tmp_path):
 SPEC_60 = REPO / "bench" / "studies" / "mnist1d_60.json"
 
 
+HELD_OUT = ["trainer.dataset.train_size=1200", "trainer.dataset.val_size=200"]
+ROW = {"name": "small", "config": TINY.name, "sets": HELD_OUT}
+
+
 def write_spec(tmp_path, **changes) -> Path:
-    """A valid two-row spec on the tiny config, with ``changes`` to its top-level keys."""
+    """A valid three-row spec on the tiny config (200 samples held out for validation), with
+    ``changes`` to its top-level keys."""
     spec = {
         "title": "Tiny testbed",
         "configs": "configs/tiny",
@@ -103,12 +108,22 @@ def write_spec(tmp_path, **changes) -> Path:
         "reference": "lars",
         "pairs": [["large", "small"]],
         "rows": [
-            {"name": "small", "config": TINY.name, "grid": {"optimizer.params.lr": [0.1, 0.2]}},
-            {"name": "large", "config": TINY.name, "grid": {"optimizer.params.lr": [0.4, 0.8]}},
+            {
+                "name": "small",
+                "config": TINY.name,
+                "sets": HELD_OUT,
+                "grid": {"optimizer.params.lr": [0.1, 0.2]},
+            },
+            {
+                "name": "large",
+                "config": TINY.name,
+                "sets": HELD_OUT,
+                "grid": {"optimizer.params.lr": [0.4, 0.8]},
+            },
             {
                 "name": "lars",
                 "config": TINY.name,
-                "sets": ["scheduler.params.decay_factor=0.3"],
+                "sets": [*HELD_OUT, "scheduler.params.decay_factor=0.3"],
                 "grid": {"optimizer.params.lr": [0.4, 0.8, 1.6], "scheduler.params.rise_z": [1, 2]},
             },
         ],
@@ -150,28 +165,28 @@ def test_the_60_epoch_spec_reruns_the_recorded_study():
         ({"seeds": [1]}, "seeds: unknown key"),
         ({"pairs": [["large", "smal"]]}, "pairs[0]: unknown row 'smal' (did you mean 'small'?)"),
         (
-            {"rows": [{"name": "small", "config": TINY.name, "grid": {"optimizer.params.lr": []}}]},
+            {"rows": [{**ROW, "grid": {"optimizer.params.lr": []}}]},
             "rows.small.grid.optimizer.params.lr: no points",
         ),
         (
-            {"rows": [{"name": "small", "config": TINY.name, "grid": {}}]},
+            {"rows": [{**ROW, "grid": {}}]},
             "rows.small.grid: no points",
         ),
         ({"rows": [{"name": "nothere", "grid": {"a.b": [1]}}]}, "nothere.json does not exist"),
+        (
+            {"rows": [{**ROW, "sets": [], "grid": {"optimizer.params.lr": [0.1]}}]},
+            "rows.small.config: mnist1d_2rank.json holds out no validation split",
+        ),
+        (
+            {"rows": [{**ROW, "grid": {"optimizer.params.lr": ["a/b"]}}]},
+            "rows.small.grid.optimizer.params.lr: values must be numbers or strings without '/'",
+        ),
         (
             {"studies": [{"name": "x", "row": "big", "key": "a.b", "values": [1]}]},
             "row: unknown row 'big'",
         ),
         (
-            {
-                "rows": [
-                    {
-                        "name": "small",
-                        "config": TINY.name,
-                        "grid": {"optimizer.params.lr": [0.2, 0.1, 0.4]},
-                    }
-                ]
-            },
+            {"rows": [{**ROW, "grid": {"optimizer.params.lr": [0.2, 0.1, 0.4]}}]},
             "rows.small.grid.optimizer.params.lr: an extended axis must be numbers in increasing",
         ),
     ],
@@ -195,6 +210,7 @@ def test_rows_sharing_a_config_differ_by_their_fixed_overrides(tmp_path):
     assert len(runs) == 3 * 2 * 2  # lr x rise_z x tuning seeds
     assert runs[0].name == "grid/lars/lr0.4_rise_z1/s0"
     assert runs[0].sets == [
+        *HELD_OUT,
         "scheduler.params.decay_factor=0.3",
         "optimizer.params.lr=0.4",
         "scheduler.params.rise_z=1",
