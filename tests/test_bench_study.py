@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from study import (  # noqa: E402
     StaleRun,
     gap_closed_ci,
     link_duplicates,
+    read_run,
     run_all,
     run_status,
 )
@@ -385,3 +387,48 @@ def test_the_report_is_generated_from_run_directories_alone(tmp_path):
     # seed by seed: plateau, switch, decay epochs, decay count, final LR, probe share
     assert "| `lars` | 10 | 98.10 | 3 | 4 | 6, 8 | 2 | 0.2 | 2.0 % |" in text
     assert "c" * 40 in text and "no finished runs" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_study_command_trains_extends_chooses_and_resumes(tmp_path, capsys):
+    """The whole command on one short row: the grid (extended while its best point is on an
+    edge), the final run at the chosen point, the report, and a rerun that trains nothing."""
+    import accuracy
+    from study_spec import load_spec
+
+    row = {
+        "name": "a",
+        "config": TINY.name,
+        "sets": [*HELD_OUT, "trainer.epochs=2", "trainer.checkpoint_every=0"],
+        "grid": {"optimizer.params.lr": [0.2, 0.4]},
+    }
+    path = write_spec(
+        tmp_path,
+        rows=[row],
+        small="a",
+        large="a",
+        reference="a",
+        pairs=[],
+        tuning_seeds=[0],
+        final_seeds=[1],
+        seed_waiver="a smoke test",
+        max_extensions=1,
+    )
+    work, results = tmp_path / "w", tmp_path / "results.md"
+    argv = ["--spec", str(path), "--work-dir", str(work), "--results", str(results)]
+    code = accuracy.main([*argv, "--phase", "all"])
+    assert code == 0
+    # validation accuracy after 2 epochs here: lr 0.2 33.5 %, 0.4 38.5 %, 0.8 32.5 %: the best
+    # point sat on the upper edge, 0.8 was added and trained, and 0.4 is chosen inside the grid
+    state = accuracy.states(load_spec(path), work, ["a"])["a"]
+    assert state.grid["optimizer.params.lr"] == [0.2, 0.4, 0.8] and state.extended == ["lr0.8"]
+    assert state.chosen == {"optimizer.params.lr": 0.4}
+    final = read_run(work / "final" / "a" / "s1")
+    assert final["config"]["optimizer"]["params"]["lr"] == 0.4
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    assert final["commit"] == head.stdout.strip()
+    assert "## Tiny testbed" in results.read_text() and "(n=1)" in results.read_text()
+    capsys.readouterr()
+    assert accuracy.main([*argv, "--phase", "all"]) == 0  # resumed: nothing left to train
+    assert "0 run(s) to train" in capsys.readouterr().out
