@@ -158,7 +158,9 @@ def dry_run(spec: StudySpec, work: Path, phase: str, rows: list[str]) -> None:
     print(f"the whole protocol: {protocol_size(spec, rows)} distinct runs (before extensions)")
 
 
-def train_phase(spec: StudySpec, work: Path, phase: str, rows: list[str], args) -> list[str]:
+def train_phase(
+    spec: StudySpec, work: Path, phase: str, rows: list[str], args: argparse.Namespace
+) -> list[str]:
     """Train ``phase``; the grid phase repeats until no extension is pending. Returns the runs
     that failed and the refusals."""
     while True:
