@@ -72,6 +72,9 @@ def main() -> None:
     if dist.is_rank_zero():
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "records.json").write_text(json.dumps(records))
+    # End the process group after the last collective: without it a gloo thread can abort the
+    # interpreter's exit (exit -6) after all the work was done.
+    ds_twophase.shutdown()
 
 
 if __name__ == "__main__":
