@@ -156,7 +156,9 @@ class EpochScheduler:
         """Completed epochs as counted by :meth:`end_epoch`."""
         raise NotImplementedError
 
-    def end_epoch(self, train_loss: float, hessian: Callable[[], float]) -> Any:
+    def end_epoch(
+        self, train_loss: float, hessian: Callable[[], Any], train_loss_se: float | None = None
+    ) -> Any:
         """Called once per epoch on every rank; see subclasses."""
         raise NotImplementedError
 

@@ -204,7 +204,7 @@ class TwoPhaseDecision:
             return EpochDecision(
                 "skipped", warning=f"epoch {self.epoch}: training loss is {loss}; no LR decision"
             )
-        se = float(loss_se) if _finite(loss_se) else None
+        se = float(loss_se) if loss_se is not None and _finite(loss_se) else None
         if self.phase == EXPLORATION:
             return self._explore(float(loss), se, hessian)
         return self._converge(float(loss), se, hessian)
@@ -314,7 +314,7 @@ class TwoPhaseDecision:
         """The probe's reading, or ``None`` and why it cannot be used."""
         reading, problem = _measure(hessian)
         if reading is not None and self.rise_loss == "probe_batch" and not _finite(reading.loss):
-            reading, problem = None, f"the probe gave no finite probe-batch loss ({reading.loss})"
+            return None, f"the probe gave no finite probe-batch loss ({reading.loss})"
         return reading, problem
 
     def _converge(

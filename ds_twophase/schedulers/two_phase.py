@@ -238,8 +238,8 @@ class TwoPhaseLR(EpochScheduler):
         if args["convergence"] == "late_step" and args["rise_loss"] != "epoch":
             raise ConfigError(
                 key="rise_loss",
-                problem='late_step compares no loss (its decays are fixed); remove rise_loss '
-                'or choose another convergence rule',
+                problem="late_step compares no loss (its decays are fixed); remove rise_loss "
+                "or choose another convergence rule",
             )
 
     @property
