@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from .readings import EpochDecision, Reading, finite, measure, optional_float
 
 EXPLORATION = "exploration"
 CONVERGENCE = "convergence"
@@ -62,42 +63,6 @@ def resolve_patience(plateau_patience: float, total_epochs: int) -> int:
     if plateau_patience < 1:
         return max(1, math.ceil(plateau_patience * total_epochs - 1e-9))
     return int(plateau_patience)
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One probe's outcome as the rule uses it; a ``hessian`` callable may return a plain float
-    (hmax alone) instead."""
-
-    hmax: float
-    """The signed eigenvalue of largest magnitude."""
-    hmax_se: float | None = None
-    """Its standard error (``None``: unknown)."""
-    loss: float | None = None
-    """The mean loss on the probe batch at the probe's weights (``None``: not measured)."""
-    loss_se: float | None = None
-    """Its standard error from the per-sample losses (``None``: unknown)."""
-
-
-@dataclass(frozen=True)
-class EpochDecision:
-    """What :meth:`TwoPhaseDecision.end_epoch` decided for one epoch."""
-
-    decision: str
-    """As :attr:`EpochRecord.decision`."""
-    hmax: float | None = None
-    """The eigenvalue measured this epoch, ``None`` when not measured or not usable."""
-    warning: str | None = None
-    """Why no decision was made, or why the switch was forced without hmax."""
-    plateau: bool = False
-    """True in the epoch that completed the first plateau."""
-    reading: Reading | None = None
-    """The probe's reading when the probe ran and succeeded this epoch."""
-    loss_rise_z: float | None = None
-    """The compared loss's rise over its previous value in units of their combined standard
-    error (``None``: not compared, or no standard error)."""
-    hmax_rise_z: float | None = None
-    """The same for hmax."""
 
 
 class TwoPhaseDecision:
@@ -200,11 +165,11 @@ class TwoPhaseDecision:
         """Advance one epoch; ``hessian`` is called only where the rule needs the probe, once.
         ``loss_se`` is the standard error of the epoch loss (``None``: unknown)."""
         self.epoch += 1
-        if not _finite(loss):
+        if not finite(loss):
             return EpochDecision(
                 "skipped", warning=f"epoch {self.epoch}: training loss is {loss}; no LR decision"
             )
-        se = float(loss_se) if loss_se is not None and _finite(loss_se) else None
+        se = float(loss_se) if loss_se is not None and finite(loss_se) else None
         if self.phase == EXPLORATION:
             return self._explore(float(loss), se, hessian)
         return self._converge(float(loss), se, hessian)
@@ -312,8 +277,8 @@ class TwoPhaseDecision:
 
     def _read(self, hessian: Callable[[], float | Reading]) -> tuple[Reading | None, str | None]:
         """The probe's reading, or ``None`` and why it cannot be used."""
-        reading, problem = _measure(hessian)
-        if reading is not None and self.rise_loss == "probe_batch" and not _finite(reading.loss):
+        reading, problem = measure(hessian)
+        if reading is not None and self.rise_loss == "probe_batch" and not finite(reading.loss):
             return None, f"the probe gave no finite probe-batch loss ({reading.loss})"
         return reading, problem
 
@@ -430,30 +395,7 @@ class TwoPhaseDecision:
         self.f_prev = None if state["f_prev"] is None else float(state["f_prev"])
         self.num_decays = int(state["num_decays"])
         self.probe_failures = int(state.get("probe_failures", 0))
-        self.h_prev_se = _optional_float(state.get("h_prev_se"))
-        self.f_prev_se = _optional_float(state.get("f_prev_se"))
+        self.h_prev_se = optional_float(state.get("h_prev_se"))
+        self.f_prev_se = optional_float(state.get("f_prev_se"))
         switched = state.get("switched_at")
         self.switched_at = None if switched is None else int(switched)
-
-
-def _measure(hessian: Callable[[], float | Reading]) -> tuple[Reading | None, str | None]:
-    """Call the probe once; a failure or a non-finite hmax becomes a reason, never state."""
-    try:
-        out = hessian()
-        reading = out if isinstance(out, Reading) else Reading(float(out))
-    except Exception as exc:  # a failed probe must not stop training or poison the state
-        return None, f"hmax probe failed ({type(exc).__name__}: {exc})"
-    if not math.isfinite(reading.hmax):
-        return None, f"hmax is {reading.hmax}"
-    return reading, None
-
-
-def _optional_float(x: Any) -> float | None:
-    return None if x is None else float(x)
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False

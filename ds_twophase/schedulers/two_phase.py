@@ -20,11 +20,10 @@ from .decision import (
     EXPLORATION,
     RISE_LOSSES,
     RISE_MODES,
-    EpochDecision,
-    Reading,
     TwoPhaseDecision,
     resolve_patience,
 )
+from .readings import EpochDecision, Reading
 
 __all__ = [
     "CONVERGENCE",
