@@ -316,3 +316,18 @@ def test_resume_mid_convergence_replays_identical_decisions(options):
     rest, _, _ = drive(losses, readings, loss_se, sched=fresh, start=31)
     assert [r.to_dict() for r in first + rest] == [r.to_dict() for r in full]
     assert "decay" in decisions(rest) or options.get("convergence") == "late_step"
+
+
+@pytest.mark.parametrize("module", ["decision.py", "readings.py"])
+def test_the_rule_stays_a_pure_state_machine(module):
+    # no torch, no processes: the rule's home imports only the standard library and its types
+    import ast
+
+    source = Path(__file__).parents[1] / "ds_twophase" / "schedulers" / module
+    imported = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or "").split(".")[0])
+    assert imported <= {"__future__", "math", "collections", "dataclasses", "typing", ".readings"}
