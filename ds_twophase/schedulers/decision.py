@@ -52,6 +52,9 @@ CONVERGENCE = "convergence"
 RISE_MODES = ("paper", "significant")
 RISE_LOSSES = ("epoch", "probe_batch")
 CONVERGENCE_RULES = ("hessian", "late_step", "loss_only")
+DEFAULT_RISE_Z = 2.0
+"""Default threshold of ``rise: "significant"``, in combined standard errors (unused by
+``"paper"``); a starting point, not a value chosen by a study."""
 LATE_STEP_FACTOR = 0.1
 """The LR multiplier of each fixed decay of ``convergence: "late_step"`` (the step baseline's)."""
 LATE_STEP_POINTS = (0.5, 0.75)
@@ -103,7 +106,7 @@ class TwoPhaseDecision:
         max_probe_failures: int = 3,
         decay_is_noop: Callable[[float, float], bool] | None = None,
         rise: str = "paper",
-        rise_z: float = 0.0,
+        rise_z: float = DEFAULT_RISE_Z,
         rise_loss: str = "epoch",
         convergence: str = "hessian",
     ) -> None:

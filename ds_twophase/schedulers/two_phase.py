@@ -17,6 +17,7 @@ from .base import EpochScheduler
 from .decision import (
     CONVERGENCE,
     CONVERGENCE_RULES,
+    DEFAULT_RISE_Z,
     EXPLORATION,
     RISE_LOSSES,
     RISE_MODES,
@@ -146,7 +147,7 @@ class TwoPhaseLR(EpochScheduler):
         probe_max_failures: int = 3,
         min_lr_ratio: float = 0.0,
         rise: str = "paper",
-        rise_z: float = 2.0,
+        rise_z: float = DEFAULT_RISE_Z,
         rise_loss: str = "epoch",
         convergence: str = "hessian",
     ) -> None:
