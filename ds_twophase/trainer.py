@@ -164,8 +164,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One epoch of exactly ``steps_per_epoch`` optimizer steps: the mean training loss over
-        all ranks and micro-batches, its standard error, and the number of micro-batches skipped for a non-finite
-        loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
+        all ranks and micro-batches, its standard error, and the number of micro-batches skipped
+        for a non-finite loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
         self.sampler.set_epoch(epoch)
         start, self.progress = self.progress, None  # a mid-epoch checkpoint's epoch only
         if start is not None:
