@@ -162,3 +162,19 @@ def test_measure_hmax_and_the_schedule_reading_carry_the_loss_and_standard_error
     )
     out.hmax_se = math.nan
     assert reading_of(out).hmax_se is None  # unknown, not NaN, in the decision record
+
+
+def test_a_loss_that_cannot_be_taken_per_sample_leaves_hmax_and_only_loses_its_errors():
+    model = bn_net()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(16, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=g)
+
+    def data_dependent(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 if float(out.detach().abs().sum()) >= 0 else 2.0  # no vmap through float()
+        return CE(out, targets) * scale
+
+    plain = principal_eigenvalue(model, CE, [(x, y)], "fc2", max_iters=5)
+    res = principal_eigenvalue(model, data_dependent, [(x, y)], "fc2", max_iters=5)
+    assert res.value == plain.value
+    assert math.isnan(res.hmax_se) and math.isnan(res.loss) and math.isnan(res.loss_se)

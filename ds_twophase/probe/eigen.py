@@ -240,7 +240,11 @@ def _solve(
         ritz = lanczos(hvp, v, max_iters, tol)
         sums = SampleSums()
         if ritz.vector is not None:  # the same on every process: it follows reduced values
-            local = sample_sums(fn, batches, ritz.vector)
+            try:
+                local = sample_sums(fn, batches, ritz.vector)
+            except Exception as exc:  # hmax stands without its standard errors
+                log.warning("Hessian probe: no standard errors (%s: %s)", type(exc).__name__, exc)
+                local = SampleSums(math.nan, math.nan, math.nan, math.nan, math.nan)
             total, n = reducer(local.vector().to(fn.device), local.count)
             sums = SampleSums.from_vector(total, n)
     reducer.done()

@@ -49,9 +49,9 @@ class SampleSums:
 
     def stats(self) -> tuple[float, float, float]:
         """``(hmax_se, loss, loss_se)``; ``nan`` where fewer than two samples leave a standard
-        error undefined."""
+        error undefined, or where a process could not compute its sums (``nan`` sums)."""
         n = self.count
-        if n <= 0:
+        if not n > 0:
             return math.nan, math.nan, math.nan
         loss = self.loss / n
         return (
