@@ -201,7 +201,7 @@ def run_study(args: argparse.Namespace, tmp: str) -> Study:
     t_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         c0 = cpu_seconds()
-        loss, _ = trainer.train_epoch(epoch)
+        loss, _, _ = trainer.train_epoch(epoch)
         train_cpu = cpu_seconds() - c0
         if not math.isfinite(loss):
             raise SystemExit(f"epoch {epoch}: training loss is {loss}; the run stopped")

@@ -8,6 +8,7 @@ validation split, :mod:`.resume` picks and checks the checkpoint to continue fro
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -161,10 +162,10 @@ class Trainer:
             self.metrics.truncate(epoch)  # epochs no checkpoint kept are trained again
         return epoch
 
-    def train_epoch(self, epoch: int) -> tuple[float, int]:
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One epoch of exactly ``steps_per_epoch`` optimizer steps: the mean training loss over
-        all ranks and micro-batches, and the number of micro-batches skipped for a non-finite
-        loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
+        all ranks and micro-batches, its standard error, and the number of micro-batches skipped
+        for a non-finite loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
         self.sampler.set_epoch(epoch)
         start, self.progress = self.progress, None  # a mid-epoch checkpoint's epoch only
         if start is not None:
@@ -257,9 +258,10 @@ class Trainer:
         """Train, decide, evaluate and log one epoch; its metrics row."""
         t0 = time.perf_counter()
         with dist.collective_place(lambda: self._step_place(epoch)):
-            train_loss, skipped = self.train_epoch(epoch)
+            train_loss, train_loss_se, skipped = self.train_epoch(epoch)
         stop_if_nonfinite(epoch, train_loss, self.ckpt_dir)
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        se = train_loss_se if math.isfinite(train_loss_se) else None
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_loss_se": se}
         if self.tc.on_nonfinite_loss == "skip":
             row["skipped_micro_batches"] = skipped
             if skipped:
@@ -267,7 +269,7 @@ class Trainer:
                     f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
                 )
         with dist.collective_place(f"the end of epoch {epoch} (probe, decision, evaluation)"):
-            decision, probe_seconds = self._decide(train_loss)
+            decision, probe_seconds = self._decide(train_loss, se)
             row.update(decision)
             probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
             row["lr"] = self.engine.get_lr()[0]
@@ -292,7 +294,9 @@ class Trainer:
         dist.print_rank_zero(_epoch_line(row, last))
         return row
 
-    def _decide(self, train_loss: float) -> tuple[dict[str, Any], float]:
+    def _decide(
+        self, train_loss: float, train_loss_se: float | None
+    ) -> tuple[dict[str, Any], float]:
         """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler) and
         the seconds the probe took."""
         if not isinstance(self.scheduler, EpochScheduler):
@@ -301,7 +305,7 @@ class Trainer:
             # The decision's warning is logged once below, by rank 0 only.
             warnings.simplefilter("ignore", RuntimeWarning)
             try:
-                end = epoch_end(self.engine, train_loss, self.probe)
+                end = epoch_end(self.engine, train_loss, self.probe, train_loss_se=train_loss_se)
             except RankDisagreement as exc:
                 raise TrainingStopped(str(exc)) from None
         rec = end.record
@@ -310,6 +314,11 @@ class Trainer:
         columns = {
             "phase": rec.phase,
             "hmax": rec.hmax,
+            "hmax_se": rec.hmax_se,
+            "probe_loss": rec.probe_loss,
+            "probe_loss_se": rec.probe_loss_se,
+            "loss_rise_z": rec.loss_rise_z,
+            "hmax_rise_z": rec.hmax_rise_z,
             "decision": rec.decision,
             "plateau": rec.plateau,
             "warning": rec.warning,
