@@ -343,3 +343,24 @@ def test_real_full_disk_stops_with_one_line_and_resumes(small_disk, reference):
     resumed = train(out, *RELIABLE, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(reference, out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL)")
+@pytest.mark.timeout(900)
+def test_stopped_rank_on_nccl_is_ended_by_the_watchdog(tmp_path):
+    """On two GPUs (NCCL) a rank that stops answering: the watchdog ends the waiting rank after
+    trainer.collective_timeout_minutes (TORCH_NCCL_ASYNC_ERROR_HANDLING=3, set by ds_twophase),
+    the launcher ends the stopped one, nothing is left, and the run resumes."""
+    out = tmp_path / "nccl"
+    timeout = ["--set", "trainer.collective_timeout_minutes=1"]
+    env = {"DS_TWOPHASE_FREEZE_AT": "5:3:1", "CUDA_VISIBLE_DEVICES": "0,1"}
+    proc = train(out, *RELIABLE, *timeout, env=env, timeout=300)
+    assert proc.returncode != 0
+    time.sleep(1)
+    assert ranks_of(out) == [], "a rank outlived the job"
+    resumed = train(
+        out, *RELIABLE, *timeout, "--resume", "auto", env={"CUDA_VISIBLE_DEVICES": "0,1"}
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resume: continuing after epoch 4" in resumed.stdout
