@@ -53,6 +53,18 @@ def parses_line_by_line(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def disk_full_run(out: Path, where: str, env, capsys) -> str:
+    """A run whose write of ``where`` (``metrics:3``, ``checkpoint:4``) fails with ENOSPC: exit 1
+    and exactly one error line, which is returned."""
+    env.setenv(DISK_FULL_ENV, where)
+    assert train(out) == 1
+    _, err = capsys.readouterr()
+    env.delenv(DISK_FULL_ENV)
+    lines = error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
 def resume_finishes(out: Path, reference: list[dict], capsys) -> str:
     assert train(out, "--resume", "auto") == 0
     assert without_timing(read_metrics(out)) == without_timing(reference)
@@ -62,36 +74,26 @@ def resume_finishes(out: Path, reference: list[dict], capsys) -> str:
 @pytest.mark.timeout(300)
 def test_full_disk_while_appending_metrics(tmp_path, capsys, clean_env, reference):
     out = tmp_path / "out"
-    clean_env.setenv(DISK_FULL_ENV, "metrics:3")
-    assert train(out) == 1
-    _, err = capsys.readouterr()
-    lines = error_lines(err)
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert str(out / "metrics.jsonl") in lines[0] and "No space left on device" in lines[0]
-    assert "epoch0002" in lines[0] and "--resume auto" in lines[0]
+    line = disk_full_run(out, "metrics:3", clean_env, capsys)
+    assert str(out / "metrics.jsonl") in line and "No space left on device" in line
+    assert "epoch0002" in line and "--resume auto" in line
     # the half line that went out before the disk filled was cut off again
     assert [r["epoch"] for r in parses_line_by_line(out / "metrics.jsonl")] == [1, 2]
-    clean_env.delenv(DISK_FULL_ENV)
     assert "continuing after epoch 2" in resume_finishes(out, reference, capsys)
 
 
 @pytest.mark.timeout(300)
 def test_full_disk_while_saving_a_checkpoint(tmp_path, capsys, clean_env, reference):
     out = tmp_path / "out"
-    clean_env.setenv(DISK_FULL_ENV, "checkpoint:4")
-    assert train(out) == 1
-    _, err = capsys.readouterr()
-    lines = error_lines(err)
-    assert len(lines) == 1 and "Traceback" not in err, err
+    line = disk_full_run(out, "checkpoint:4", clean_env, capsys)
     ckpt = out / "checkpoints"
-    assert f"checkpoint {ckpt / 'epoch0004'}" in lines[0] and "No space left" in lines[0]
-    assert f"the newest complete checkpoint is {ckpt / 'epoch0002'}" in lines[0]
+    assert f"checkpoint {ckpt / 'epoch0004'}" in line and "No space left" in line
+    assert f"the newest complete checkpoint is {ckpt / 'epoch0002'}" in line
     # the half-written checkpoint gave its space back; the previous one is whole and current
     assert [p.name for _, p in checkpoint.checkpoint_dirs(ckpt)] == ["epoch0002"]
     assert checkpoint.unreadable(ckpt / "epoch0002") is None
     assert (ckpt / "latest").read_text() == "epoch0002"
     parses_line_by_line(out / "metrics.jsonl")
-    clean_env.delenv(DISK_FULL_ENV)
     assert "continuing after epoch 2" in resume_finishes(out, reference, capsys)
 
 
