@@ -279,7 +279,7 @@ def sign_agreement(study: Study, n: int, loss_rose_only: bool) -> tuple[int, int
 
 
 def replay(epochs: list[int], hmax: list[float], loss: list[float]) -> list[int]:
-    """Epochs that decay under the convergence-phase rule (DESIGN.md), the first epoch being
+    """Epochs that decay under the convergence-phase rule (``ds_twophase.schedulers.decision``), the first epoch being
     the switch (``h_prev, f_prev = hmax, loss``): the schedule's own state machine
     (``TwoPhaseDecision``), forced to switch at its first epoch, replays the sequence."""
     from ds_twophase.schedulers import TwoPhaseDecision

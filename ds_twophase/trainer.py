@@ -2,7 +2,8 @@
 
 The pieces live next door: :mod:`.epoch` trains one epoch, :mod:`.evaluate` measures the
 validation split, :mod:`.resume` picks and checks the checkpoint to continue from,
-:mod:`.checkpoint` writes them, and :mod:`.hook` makes the epoch-end decision.
+:mod:`.checkpoint` writes them, and :func:`ds_twophase.probe.epoch_end` makes the epoch-end
+decision.
 """
 
 from __future__ import annotations

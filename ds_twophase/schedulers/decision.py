@@ -1,6 +1,7 @@
 """The paper's two-phase schedule (Algorithm 1) as a pure decision state machine (no torch).
 
-Reading of Algorithm 1 (see DESIGN.md): epochs e = 1..E.
+Reading of Algorithm 1 (the paper's Section 3; README, "The schedule from JSON"): epochs
+e = 1..E.
 
 * Exploration: the LR stays at its (warmed-up) peak. The epoch loss feeds a plateau detector: an
   epoch improves if ``loss < best * (1 - threshold)``; the loss has plateaued when ``patience``
