@@ -180,6 +180,17 @@ def exit_process(code: int) -> NoReturn:
         os._exit(code)
 
 
+def settle(timeout_s: float = 60.0) -> None:
+    """Wait, at most ``timeout_s``, until every rank got here: before a non-zero exit that every
+    rank takes, so that the launcher, which ends the whole job when the first rank exits
+    non-zero, cannot end rank 0 before it printed why. gloo only (``monitored_barrier``, whose
+    timeout is its own); a no-op elsewhere, without a group, and after a failed collective."""
+    if not is_distributed() or _broken or tdist.get_backend() != "gloo":
+        return
+    with contextlib.suppress(RuntimeError):
+        tdist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+
+
 class CollectiveFailure(RuntimeError):
     """A collective did not complete: another rank stopped answering (the timeout passed) or
     died. The message is one line naming where this rank was."""

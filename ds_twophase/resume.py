@@ -90,12 +90,19 @@ def choose_checkpoint(
     ``ckpt_dir``; ``None`` when there is none yet), checked against the current config
     ``resolved``. Raises :class:`ConfigError` for a missing, incomplete or mismatched one."""
     if target == "auto":
-        found = checkpoint.newest_complete(ckpt_dir, warn=warn, verify=True)
+        skipped: list[str] = []
+
+        def note(line: str) -> None:
+            skipped.append(line)
+            warn(line)
+
+        found = checkpoint.newest_complete(ckpt_dir, warn=note, verify=True)
         if found is None:
             if checkpoint.checkpoint_dirs(ckpt_dir):
+                newest = skipped[0].split("; using an older one")[0] if skipped else ""
                 raise ConfigError(
-                    f"--resume: no complete, readable checkpoint in {ckpt_dir} (see the "
-                    "warnings above); remove the directory to start over"
+                    f"--resume: no complete, readable checkpoint in {ckpt_dir} (the newest: "
+                    f"{newest}); restore the damaged file, or remove the directory to start over"
                 )
             done = len(metrics.read())
             dropped = f" (the {done} epoch(s) in metrics.jsonl are trained again)" if done else ""

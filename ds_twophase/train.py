@@ -132,7 +132,9 @@ def _run(argv: Sequence[str] | None) -> int:
             dist.print_rank_zero(f"preempted: {exc}")
             return EXIT_RESUMABLE
     except ConfigError as exc:
-        return report(exc) if dist.is_main_process() else 2
+        status = report(exc) if dist.is_main_process() else 2
+        dist.settle()  # every rank refuses; rank 0 must get to print why before any exits
+        return status
     return 0
 
 

@@ -297,8 +297,8 @@ def test_resume_auto_without_a_checkpoint_starts_over_with_fresh_metrics(
 
 @pytest.mark.timeout(300)
 def test_resume_with_a_damaged_probe_vector(tmp_path, capsys, clean_env):
-    """A checkpoint whose probe_vector.npy is unreadable: one line naming the file and the way
-    out (--resume PATH), exit 2, nothing trained or written."""
+    """The only checkpoint has an unreadable probe_vector.npy: one line naming the file, exit 2,
+    nothing trained or written."""
     config = tmp_path / "run.json"
     config.write_text(json.dumps(base_config(tmp_path)))
     assert train_main(["--config", str(config), "--stop-after", "1"]) == 0
@@ -314,7 +314,8 @@ def test_resume_with_a_damaged_probe_vector(tmp_path, capsys, clean_env):
     assert status == 2, err
     lines = error_lines(err)
     assert len(lines) == 1, err
-    assert "probe_vector.npy is unreadable" in lines[0] and "--resume PATH" in lines[0]
+    assert "no complete, readable checkpoint" in lines[0] and "is unreadable" in lines[0]
+    assert str(ckpt / "probe_vector.npy") in lines[0]
     assert "Traceback" not in out + err
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == metrics_before
 
