@@ -120,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = ", ".join(COMMANDS)
         print(f"error: unknown command '{argv[0]}'{hint}; commands: {names}", file=sys.stderr)
         return 2
+    from .accelerator import select_cpu_accelerator
+
+    select_cpu_accelerator()  # before any command imports DeepSpeed
     return COMMANDS[argv[0]](argv[1:])
 
 

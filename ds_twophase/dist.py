@@ -97,6 +97,9 @@ def init_process_group(
     lines (the trainer's choice). Afterwards the name of DeepSpeed's CPU shared-memory buffer
     is released (:func:`release_deepspeed_shm`).
     """
+    from .accelerator import select_cpu_accelerator, without_op_build_lines
+
+    select_cpu_accelerator()  # a no-op when DeepSpeed is already imported
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -113,9 +116,10 @@ def init_process_group(
     kwargs: dict[str, Any] = {"dist_init_required": dist_init_required}
     if distributed_port is not None:
         kwargs["distributed_port"] = distributed_port
-    deepspeed.init_distributed(
-        dist_backend=get_accelerator().communication_backend_name(), verbose=not quiet, **kwargs
-    )
+    with without_op_build_lines():
+        deepspeed.init_distributed(
+            dist_backend=get_accelerator().communication_backend_name(), verbose=not quiet, **kwargs
+        )
     release_deepspeed_shm()
 
 
