@@ -41,3 +41,11 @@ def test_constraints_pin_the_installed_torch_stack():
     )
     for name in ("torch", "torchvision", "deepspeed"):
         assert pins[name] == version(name), f"constraints.txt: {name}=={pins[name]}"
+
+
+def test_ci_runs_the_readme_test_command_with_the_constraints():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Test\n\n```bash\n(.*?)```", readme, re.S).group(1).splitlines()
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()
+    assert block[0] == 'pip install -c constraints.txt -e ".[dev]"' and block[0] in ci
+    assert ci[-1] == block[-1] == 'python -m pytest -m "not slow"'
