@@ -201,7 +201,7 @@ def run_study(args: argparse.Namespace, tmp: str) -> Study:
     t_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         c0 = cpu_seconds()
-        loss, _ = trainer.train_epoch(epoch)
+        loss, _, _ = trainer.train_epoch(epoch)
         train_cpu = cpu_seconds() - c0
         if not math.isfinite(loss):
             raise SystemExit(f"epoch {epoch}: training loss is {loss}; the run stopped")
@@ -279,7 +279,7 @@ def sign_agreement(study: Study, n: int, loss_rose_only: bool) -> tuple[int, int
 
 
 def replay(epochs: list[int], hmax: list[float], loss: list[float]) -> list[int]:
-    """Epochs that decay under the convergence-phase rule (DESIGN.md), the first epoch being
+    """Epochs that decay under the convergence-phase rule (``ds_twophase.schedulers.decision``), the first epoch being
     the switch (``h_prev, f_prev = hmax, loss``): the schedule's own state machine
     (``TwoPhaseDecision``), forced to switch at its first epoch, replays the sequence."""
     from ds_twophase.schedulers import TwoPhaseDecision

@@ -3,7 +3,7 @@ a two-at-a-time runner, reading run directories back, and bootstrap intervals.
 
 A run is a config file plus ``--set`` overrides trained into its own directory. Before a
 directory is reused its ``config.json`` is compared with the config the study would run now
-(both minus bookkeeping keys, ``loop.resume_fingerprint``): a difference is refused, never
+(both minus bookkeeping keys, ``ds_twophase.resume.resume_fingerprint``): a difference is refused, never
 silently reused.
 """
 

@@ -4,7 +4,8 @@ Public API: :func:`initialize` (drop-in for ``deepspeed.initialize``), :func:`sa
 :func:`load_checkpoint` (with the probe's state),
 :func:`epoch_end` with :class:`HessianProbe` and :class:`ProbeConfig` (the per-epoch call of your
 own loop), :class:`TwoPhaseLR`, :class:`WarmupStepLR`, :class:`LARS`, :func:`lars_param_groups`,
-:func:`principal_eigenvalue`. Importing the package does not import DeepSpeed; the names that
+:func:`principal_eigenvalue`, :func:`shutdown` (the end of a script's process group).
+Importing the package does not import DeepSpeed; the names that
 need it are loaded on first use.
 """
 
@@ -28,6 +29,7 @@ _LAZY = {
     "principal_eigenvalue": "ds_twophase.probe",
     "LARS": "ds_twophase.optim",
     "lars_param_groups": "ds_twophase.optim",
+    "shutdown": "ds_twophase.dist",
 }
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "principal_eigenvalue",
     "save_checkpoint",
+    "shutdown",
 ]
 
 

@@ -11,11 +11,13 @@ the other ranks finish) never makes the run resume from a partial checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -83,19 +85,90 @@ def save(
     """
     tensors = tensors or {}
     tag = tag_for(epoch, micro_batches)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ds_twophase_epoch": epoch})
-    if faults.crash_in_save(epoch, dist.get_rank(), dist.get_world_size()):
-        os._exit(17)  # test hook: die before the checkpoint is marked complete
-    dist.barrier()  # every rank's files are on disk before we call it complete
     path = ckpt_dir / tag
-    if dist.is_rank_zero():
-        for name, tensor in tensors.items():
-            write_array_atomic(path / f"{name}.npy", tensor)
-        write_json_atomic(path / STATE_FILE, {**state, "tensors": sorted(tensors)})
-        write_json_atomic(path / COMPLETE_FILE, {"epoch": epoch})
-        prune(ckpt_dir, keep)
-    dist.barrier()
+    with stop_on_write_error(f"checkpoint {path}", ckpt_dir, discard=path):
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ds_twophase_epoch": epoch})
+        if faults.crash_in_save(epoch, dist.get_rank(), dist.get_world_size()):
+            os._exit(17)  # test hook: die before the checkpoint is marked complete
+        dist.barrier()  # every rank's files are on disk before we call it complete
+        if dist.is_rank_zero():
+            faults.disk_full_in("checkpoint", epoch)
+            for name, tensor in tensors.items():
+                write_array_atomic(path / f"{name}.npy", tensor)
+            write_json_atomic(path / STATE_FILE, {**state, "tensors": sorted(tensors)})
+            write_json_atomic(path / COMPLETE_FILE, {"epoch": epoch})
+            prune(ckpt_dir, keep)
+        dist.barrier()
     return path
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the complete checkpoint ``path`` cannot be loaded (a truncated or corrupted file), or
+    ``None`` when every file in it reads back intact.
+
+    DeepSpeed's ``.pt`` files are zip archives with a CRC-32 per record: each is opened and its
+    records checked (one read of the checkpoint, no unpickling); our JSON and ``.npy`` files are
+    parsed.
+    """
+    for file in sorted(path.rglob("*")):
+        if file.is_file():
+            problem = _file_problem(file)
+            if problem is not None:
+                return f"{file}: {problem}"
+    return None
+
+
+def _file_problem(file: Path) -> str | None:
+    try:
+        if file.suffix == ".pt":
+            with zipfile.ZipFile(file) as archive:
+                bad = archive.testzip()
+            return None if bad is None else f"record {bad} fails its CRC check"
+        if file.suffix == ".npy":
+            np.load(file, allow_pickle=False)
+        elif file.suffix == ".json" or file.name == COMPLETE_FILE:
+            json.loads(file.read_text())
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
+@contextlib.contextmanager
+def stop_on_write_error(
+    what: str, ckpt_dir: Path, *, discard: Path | None = None
+) -> Iterator[None]:
+    """Turn a failed write inside the block (a full disk, a lost mount: an ``OSError``, or the
+    ``RuntimeError`` ``torch.save`` raises for it) into one :class:`WriteFailed` line naming
+    ``what``, the error, the space left, and the newest complete checkpoint in ``ckpt_dir``,
+    which the failed write left intact. ``discard``: a checkpoint being written, removed
+    (unless complete) to give its space back. Collective failures pass through unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and dist.is_collective_failure(exc):
+            raise
+        if discard is not None and not is_complete(discard):
+            shutil.rmtree(discard, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                prune(ckpt_dir, keep=len(checkpoint_dirs(ckpt_dir)))  # DeepSpeed's "latest"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        target = ckpt_dir if ckpt_dir.exists() else ckpt_dir.parent
+        try:
+            free = f"; {shutil.disk_usage(target).free / 2**20:.1f} MiB free there"
+        except OSError:
+            free = ""
+        kept = newest_complete(ckpt_dir)
+        resume = (
+            f"the newest complete checkpoint is {kept[1]}" if kept else "no checkpoint was saved"
+        )
+        raise WriteFailed(
+            f"writing {what} failed ({reason}{free}); {resume}; make room and continue with "
+            "--resume auto"
+        ) from None
+
+
+class WriteFailed(RuntimeError):
+    """A file of the run could not be written; the run stops (the message is one line)."""
 
 
 def checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -118,14 +191,21 @@ def is_complete(path: Path) -> bool:
 
 
 def newest_complete(
-    ckpt_dir: Path, warn: Callable[[str], None] | None = None
+    ckpt_dir: Path, warn: Callable[[str], None] | None = None, *, verify: bool = False
 ) -> tuple[int, Path] | None:
-    """The newest complete checkpoint; ``warn`` is told about newer incomplete ones skipped."""
+    """The newest complete checkpoint; ``warn`` is told (one line each) about newer ones
+    skipped: incomplete (interrupted while saving) or, with ``verify``, :func:`unreadable`
+    (truncated or corrupted since; this reads every file of the checkpoints it looks at)."""
     for epoch, path in reversed(checkpoint_dirs(ckpt_dir)):
-        if is_complete(path):
-            return epoch, path
+        if not is_complete(path):
+            problem = "is incomplete (interrupted while saving)"
+        else:
+            unread = unreadable(path) if verify else None
+            if unread is None:
+                return epoch, path
+            problem = f"is unreadable ({unread})"
         if warn is not None:
-            warn(f"checkpoint {path} is incomplete (interrupted while saving); using an older one")
+            warn(f"checkpoint {path} {problem}; using an older one")
     return None
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "SUMMARIES",
     "add_override_flag",
     "check_config",
+    "console",
     "main",
     "report",
     "usage",
@@ -128,3 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def console() -> None:
+    """The ``ds-twophase`` console script: :func:`main`, then the process ends with its status
+    through :func:`ds_twophase.dist.exit_process` (never an abort at interpreter exit)."""
+    from . import dist
+
+    dist.exit_process(main())

@@ -14,13 +14,16 @@ collectives.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import datetime
+import gc
 import logging
 import os
 import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as tdist
@@ -89,13 +92,17 @@ def init_process_group(
     distributed_port: int | None = None,
     dist_init_required: bool | None = None,
     quiet: bool = False,
+    timeout_minutes: float | None = None,
 ) -> None:
     """Start the default process group the way DeepSpeed does (``deepspeed.init_distributed``
     with the accelerator's backend), as a group of one rank when there is no launcher.
 
     Does nothing to a group that already runs. ``quiet`` also drops DeepSpeed's per-step INFO
-    lines (the trainer's choice). Afterwards the name of DeepSpeed's CPU shared-memory buffer
-    is released (:func:`release_deepspeed_shm`).
+    lines (the trainer's choice). ``timeout_minutes`` bounds every collective: a rank that
+    stops answering makes the others fail with a :class:`CollectiveFailure` (gloo) or be torn
+    down by NCCL's watchdog (``None``: DeepSpeed's default, 10 minutes or
+    ``DEEPSPEED_TIMEOUT``). Afterwards the name of DeepSpeed's CPU shared-memory buffer is
+    released (:func:`release_deepspeed_shm`). End the group with :func:`shutdown`.
     """
     from .accelerator import select_cpu_accelerator, without_op_build_lines
 
@@ -116,11 +123,107 @@ def init_process_group(
     kwargs: dict[str, Any] = {"dist_init_required": dist_init_required}
     if distributed_port is not None:
         kwargs["distributed_port"] = distributed_port
+    if timeout_minutes is not None:
+        kwargs["timeout"] = datetime.timedelta(minutes=timeout_minutes)
+    # NCCL: on a timed-out collective the watchdog tears the process down (PyTorch's default,
+    # written out so that an inherited "0", which would wait forever, is visible in the env).
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
     with without_op_build_lines():
         deepspeed.init_distributed(
             dist_backend=get_accelerator().communication_backend_name(), verbose=not quiet, **kwargs
         )
     release_deepspeed_shm()
+
+
+_broken = False  # a collective failed: the group cannot be ended in order
+
+
+def shutdown() -> None:
+    """End the process group on this rank once no collective is left to run (every group
+    DeepSpeed made too). Idempotent; a no-op without a group, and after a
+    :class:`CollectiveFailure` (a peer is gone: there is nothing to end in order).
+
+    Call it at the end of a script that drives its own loop (``ds_twophase.shutdown()``), after
+    the last collective. gloo's worker threads end when the last reference to the group goes;
+    DeepSpeed's engine and caches hold references in reference cycles, hence the garbage
+    collection here: afterwards no gloo thread is left to abort the interpreter's exit (see
+    :func:`exit_process`) unless the caller still holds an engine.
+    """
+    if not (tdist.is_available() and tdist.is_initialized()) or _broken:
+        return
+    import deepspeed.comm as ds_comm
+
+    if ds_comm.is_initialized():
+        # DeepSpeed's own call also drops the groups it cached (a later init starts afresh).
+        ds_comm.destroy_process_group()
+    else:
+        tdist.destroy_process_group()
+    gc.collect()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with status ``code``: the process group (:func:`shutdown`), then
+    Python's exit handlers (``atexit``: logging, monitors' writers, ...), then the process
+    itself, without the interpreter's finalisation.
+
+    Why: a gloo worker thread drops each collective's work after it completed. If it does so
+    while the interpreter finalises, freeing the work's tensors takes the GIL, CPython ends the
+    thread inside a C++ frame that may not unwind, and the process aborts (``terminate called
+    without an active exception``, status -6) after all its work was done: a finished run
+    reported as failed. :func:`shutdown` joins those threads when nothing else holds the group;
+    skipping finalisation, and nothing else, closes the window whatever still does. For the
+    entry points only: a library never ends its caller's process.
+    """
+    try:
+        shutdown()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+class CollectiveFailure(RuntimeError):
+    """A collective did not complete: another rank stopped answering (the timeout passed) or
+    died. The message is one line naming where this rank was."""
+
+
+# Messages of the exceptions gloo raises when a peer stops answering or goes away (NCCL's
+# watchdog ends the process itself).
+_PEER_LOST = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """True for an exception a collective raises because another rank timed out or died."""
+    if isinstance(exc, CollectiveFailure):
+        return True
+    backend_error = getattr(tdist, "DistBackendError", ())
+    if backend_error and isinstance(exc, backend_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_LOST)
+
+
+@contextlib.contextmanager
+def collective_place(where: str | Callable[[], str]) -> Iterator[None]:
+    """Turn a collective failure inside the block into one :class:`CollectiveFailure` line
+    naming ``where`` (a string, or a function giving it when the failure happens) and what the
+    backend said. The innermost place wins."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, CollectiveFailure) or not is_collective_failure(exc):
+            raise
+        global _broken
+        _broken = True
+        place = where() if callable(where) else where
+        detail = " ".join(str(exc).split())
+        if detail.startswith("[") and "] " in detail:
+            detail = detail.split("] ", 1)[1]  # drop gloo's source-file prefix
+        raise CollectiveFailure(
+            f"rank {get_rank()}: a collective failed at {place} ({detail}); another rank stopped "
+            "answering or died"
+        ) from None
 
 
 # -- the running group -----------------------------------------------------------------------

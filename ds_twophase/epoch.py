@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
 from . import checkpoint, dist, faults
+from .analysis.stats import standard_error_from_sums
 
 
 class TrainingStopped(RuntimeError):
@@ -40,6 +41,9 @@ class EpochProgress:
     """This rank's number of finite micro-batch losses so far."""
     rng_state: torch.Tensor
     """This rank's torch CPU generator state after the last micro-batch."""
+    loss_squares: float = 0.0
+    """This rank's sum of the squared finite micro-batch losses so far (float64; for the
+    epoch loss's standard error)."""
 
 
 class EpochInterrupted(Exception):
@@ -107,11 +111,13 @@ def train_epoch(
     start: EpochProgress | None = None,
     gas: int = 1,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[float, int]:
+) -> tuple[float, float, int]:
     """One epoch of exactly ``micro_batches`` micro-batches (whole optimizer steps).
 
     Returns the mean training loss over all ranks and micro-batches (NaN when none was finite),
-    and (with ``skip_nonfinite``) the number of micro-batches skipped on all ranks. The caller
+    its standard error (the sample std of the finite micro-batch losses of all ranks over the
+    square root of their number, from the same all-reduce; NaN for fewer than two), and (with
+    ``skip_nonfinite``) the number of micro-batches skipped on all ranks. The caller
     sets the sampler's epoch (and, with ``start``, makes ``loader`` leave out the micro-batches
     ``start`` already did). ``should_stop`` (a collective) is asked after every optimizer step
     (every ``gas`` micro-batches) but the last; when it says so, :class:`EpochInterrupted`
@@ -123,11 +129,13 @@ def train_epoch(
     batches = iter(loader)  # draws the loader's base seed, as an uninterrupted epoch does
     engine.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+    loss_squares = torch.zeros((), dtype=torch.float64, device=engine.device)
     finite = 0
     first = 0
     if start is not None:
         torch.set_rng_state(start.rng_state)
         loss_sum += start.loss_sum
+        loss_squares += start.loss_squares
         finite, first = start.finite, start.micro_batches
     bar = _progress(progress, epoch, micro_batches)
     for i, batch in enumerate(batches, start=first):
@@ -144,11 +152,15 @@ def train_epoch(
             engine.backward(out.sum() * 0.0)
         else:
             engine.backward(loss)
-            loss_sum += loss.detach().double()
+            value = loss.detach().double()
+            loss_sum += value
+            loss_squares += value * value
             finite += 1
         engine.step()
         if faults.signal_at(epoch, i, rank):
             os.kill(os.getpid(), signal.SIGTERM)  # test hook: pre-empted right here
+        if faults.freeze_at(epoch, i, rank):
+            os.kill(os.getpid(), signal.SIGSTOP)  # test hook: stops answering right here
         if bar is not None:
             bar.update(1)
         done = i + 1
@@ -156,17 +168,21 @@ def train_epoch(
             if bar is not None:
                 bar.close()
             state = torch.get_rng_state()
-            raise EpochInterrupted(EpochProgress(done, loss_sum.item(), finite, state))
+            raise EpochInterrupted(
+                EpochProgress(done, loss_sum.item(), finite, state, loss_squares.item())
+            )
     if bar is not None:
         bar.close()
     # Data parallelism does not synchronise BatchNorm statistics: give every rank rank 0's,
     # which the checkpoint stores, so evaluation and a resumed run see the same model.
     dist.broadcast_tensors_(engine.module.buffers())
-    total, count = dist.all_reduce_sums([loss_sum.item(), float(finite)])
+    total, count, squares = dist.all_reduce_sums(
+        [loss_sum.item(), float(finite), loss_squares.item()]
+    )
     skipped = int(dist.get_world_size() * micro_batches - count)
     if count == 0:
-        return math.nan, skipped
-    return total / count, skipped
+        return math.nan, math.nan, skipped
+    return total / count, standard_error_from_sums(total, squares, count), skipped
 
 
 def stop_if_nonfinite(epoch: int, train_loss: float, ckpt_dir: Path) -> None:

@@ -16,12 +16,19 @@ code. None is set in normal use.
 * ``DS_TWOPHASE_SIGNAL_AT=<epoch>:<micro-batch>[:<rank>]``: right after that micro-batch's
   optimizer call the rank (every rank, or only ``rank``) sends itself SIGTERM, as a cluster
   pre-empting the job would.
+* ``DS_TWOPHASE_FREEZE_AT=<epoch>:<micro-batch>[:<rank>]``: right after that micro-batch's
+  optimizer call the rank stops itself (SIGSTOP), as a swapped-out or hung rank would: it
+  stops answering without dying.
+* ``DS_TWOPHASE_DISK_FULL=<metrics|checkpoint>:<epoch>``: writing that epoch's metrics row
+  (after part of the line went out) or its checkpoint (after DeepSpeed wrote its files, before
+  the checkpoint is marked complete) fails on rank 0 with ``ENOSPC``, as a full disk would.
 * ``DS_TWOPHASE_DESYNC_AT=<epoch>``: after that epoch's decision rank 1 halves its LR, so the
   ranks disagree.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Callable
@@ -30,6 +37,8 @@ NAN_LOSS_ENV = "DS_TWOPHASE_NAN_LOSS"
 CRASH_IN_SAVE_ENV = "DS_TWOPHASE_CRASH_IN_SAVE"
 DESYNC_ENV = "DS_TWOPHASE_DESYNC_AT"
 SIGNAL_ENV = "DS_TWOPHASE_SIGNAL_AT"
+FREEZE_ENV = "DS_TWOPHASE_FREEZE_AT"
+DISK_FULL_ENV = "DS_TWOPHASE_DISK_FULL"
 PROBE_FAIL_ENV = "DS_TWOPHASE_PROBE_FAIL"
 
 FailHook = Callable[[int, int], None]
@@ -47,28 +56,51 @@ def _ints(name: str) -> list[int] | None:
         raise ValueError(f"{name} must be integers separated by ':', got {raw!r}") from None
 
 
-def nan_loss_at(epoch: int, micro_batch: int, rank: int) -> bool:
-    """True when the NaN-loss hook targets this epoch, micro-batch (0-based) and rank."""
-    spec = _ints(NAN_LOSS_ENV)
+def _micro_batch_hook(name: str, epoch: int, micro_batch: int, rank: int) -> bool:
+    # ``<epoch>:<micro-batch>[:<rank>]``: every rank, or only ``rank``.
+    spec = _ints(name)
     if spec is None:
         return False
     target_rank = spec[2] if len(spec) > 2 else rank
     return spec[0] == epoch and spec[1] == micro_batch and target_rank == rank
+
+
+def nan_loss_at(epoch: int, micro_batch: int, rank: int) -> bool:
+    """True when the NaN-loss hook targets this epoch, micro-batch (0-based) and rank."""
+    return _micro_batch_hook(NAN_LOSS_ENV, epoch, micro_batch, rank)
 
 
 def signal_at(epoch: int, micro_batch: int, rank: int) -> bool:
     """True when the self-signal hook targets this epoch, micro-batch (0-based) and rank."""
-    spec = _ints(SIGNAL_ENV)
-    if spec is None:
-        return False
-    target_rank = spec[2] if len(spec) > 2 else rank
-    return spec[0] == epoch and spec[1] == micro_batch and target_rank == rank
+    return _micro_batch_hook(SIGNAL_ENV, epoch, micro_batch, rank)
+
+
+def freeze_at(epoch: int, micro_batch: int, rank: int) -> bool:
+    """True when the freeze hook targets this epoch, micro-batch (0-based) and rank."""
+    return _micro_batch_hook(FREEZE_ENV, epoch, micro_batch, rank)
 
 
 def crash_in_save(epoch: int, rank: int, world_size: int) -> bool:
     """True on the rank that must die while saving the checkpoint of ``epoch``."""
     spec = _ints(CRASH_IN_SAVE_ENV)
     return spec is not None and spec[0] == epoch and rank == min(1, world_size - 1)
+
+
+def disk_full_in(what: str, epoch: object, partial: Callable[[], object] | None = None) -> None:
+    """Raise ``OSError(ENOSPC)`` when the disk-full hook targets writing ``what`` for ``epoch``
+    (calling ``partial`` first: the part of the write that went out before the disk filled)."""
+    spec = os.environ.get(DISK_FULL_ENV, "").strip()
+    if not spec:
+        return
+    m = re.fullmatch(r"(metrics|checkpoint):(\d+)", spec)
+    if m is None:
+        raise ValueError(
+            f"{DISK_FULL_ENV} must be metrics:<epoch> or checkpoint:<epoch>, got {spec!r}"
+        )
+    if m.group(1) == what and int(m.group(2)) == epoch:
+        if partial is not None:
+            partial()
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected by {DISK_FULL_ENV})")
 
 
 def desync_at(epoch: int, rank: int) -> bool:

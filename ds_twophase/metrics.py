@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import faults
+
 
 def _clean(value: Any) -> Any:
     # JSON has no NaN/Inf: a non-finite number is written as null.
@@ -28,12 +30,25 @@ class MetricsLog:
         self.path = Path(path)
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one epoch's row (a single line, flushed to disk)."""
+        """Write one epoch's row (a single line, synced to disk). A write that fails (a full
+        disk) is cut back off, so the file never ends in half a line, and the ``OSError``
+        is raised."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = (json.dumps({k: _clean(v) for k, v in row.items()}) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                faults.disk_full_in("metrics", row.get("epoch"), lambda: os.write(fd, data[:9]))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
 
     def read(self) -> list[dict[str, Any]]:
         """All rows written so far."""

@@ -38,9 +38,13 @@ TAG_PREFIX = "ds_twophase/"
 SCALARS = (
     "lr",
     "train_loss",
+    "train_loss_se",
     "val_loss",
     "val_accuracy",
     "hmax",
+    "hmax_se",
+    "probe_loss",
+    "probe_loss_se",
     "probe_seconds",
     "probe_hvps",
     "probe_residual",

@@ -15,6 +15,7 @@ end, whether a checkpoint is due, and every rank follows (bounds what a SIGKILL 
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -104,13 +105,20 @@ def pack_progress(progress: EpochProgress) -> tuple[dict[str, Any], dict[str, to
     """Every rank's :class:`EpochProgress` as a mid-epoch checkpoint's JSON state and tensors
     (a collective; rank 0's return value is what gets written)."""
     gathered = dist.all_gather_object(
-        (progress.micro_batches, progress.loss_sum, progress.finite, progress.rng_state)
+        (
+            progress.micro_batches,
+            progress.loss_sum,
+            progress.finite,
+            progress.rng_state,
+            progress.loss_squares,
+        )
     )
     state = {
         "micro_batches": progress.micro_batches,
         "world_size": len(gathered),
         "loss_sums": [g[1] for g in gathered],  # JSON floats round-trip float64 exactly
         "finite": [g[2] for g in gathered],
+        "loss_squares": [g[4] for g in gathered],
     }
     tensors = {f"rng_rank{r}": g[3] for r, g in enumerate(gathered)}
     return state, tensors
@@ -128,6 +136,10 @@ def unpack_progress(state: dict[str, Any]) -> EpochProgress | None:
         loss_sum=float(partial["loss_sums"][rank]),
         finite=int(partial["finite"][rank]),
         rng_state=state["tensors"][f"rng_rank{rank}"].to(torch.uint8),
+        # A checkpoint from before the standard error: that epoch's is unknown (NaN).
+        loss_squares=float(partial["loss_squares"][rank])
+        if "loss_squares" in partial
+        else math.nan,
     )
 
 

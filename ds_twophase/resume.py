@@ -23,6 +23,7 @@ RESUME_FREE_KEYS = (
     "trainer.output_dir",
     "trainer.checkpoint_every",
     "trainer.checkpoint_minutes",
+    "trainer.collective_timeout_minutes",
     "trainer.keep_checkpoints",
     "trainer.progress",
     "trainer.num_workers",
@@ -89,12 +90,12 @@ def choose_checkpoint(
     ``ckpt_dir``; ``None`` when there is none yet), checked against the current config
     ``resolved``. Raises :class:`ConfigError` for a missing, incomplete or mismatched one."""
     if target == "auto":
-        found = checkpoint.newest_complete(ckpt_dir, warn=warn)
+        found = checkpoint.newest_complete(ckpt_dir, warn=warn, verify=True)
         if found is None:
             if checkpoint.checkpoint_dirs(ckpt_dir):
                 raise ConfigError(
-                    f"--resume: no complete checkpoint in {ckpt_dir} (all were interrupted "
-                    "while saving); remove the directory to start over"
+                    f"--resume: no complete, readable checkpoint in {ckpt_dir} (see the "
+                    "warnings above); remove the directory to start over"
                 )
             done = len(metrics.read())
             dropped = f" (the {done} epoch(s) in metrics.jsonl are trained again)" if done else ""
@@ -107,6 +108,12 @@ def choose_checkpoint(
         if not checkpoint.is_complete(path):
             raise ConfigError(
                 f"--resume: '{target}' is not a complete ds_twophase checkpoint directory"
+            )
+        problem = checkpoint.unreadable(path)
+        if problem is not None:
+            raise ConfigError(
+                f"--resume: checkpoint {path} is unreadable ({problem}); resume from an older "
+                "checkpoint with --resume PATH or --resume auto"
             )
         state = checkpoint.read_state(path)
         epoch = state["epoch"]

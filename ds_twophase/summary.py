@@ -22,7 +22,7 @@ DEFAULT_EXTRA_EPOCHS_RATIO = 1 / 3
 
 def config_fingerprint(fingerprint: dict[str, Any]) -> str:
     """SHA-256 of a config's resume fingerprint (its leaves minus bookkeeping keys, see
-    ``loop.resume_fingerprint``): two runs with the same hash trained the same config."""
+    ``resume.resume_fingerprint``): two runs with the same hash trained the same config."""
     text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

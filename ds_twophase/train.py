@@ -72,9 +72,26 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run,
-    75 (``preempt.EXIT_RESUMABLE``) for a run stopped by SIGTERM/SIGUSR1 after saving a
-    checkpoint (continue it with ``--resume auto``)."""
+    """Run the trainer; exit status 0 on success, 2 for invalid input, 1 for a stopped run
+    (a non-finite loss, a failed write, a collective that failed), 75
+    (``preempt.EXIT_RESUMABLE``) for a run stopped by SIGTERM/SIGUSR1 after saving a
+    checkpoint (continue it with ``--resume auto``).
+
+    The process group is ended before returning (:func:`ds_twophase.dist.shutdown`). A
+    collective that failed (another rank stopped answering for
+    ``trainer.collective_timeout_minutes``, or died) is one line naming where; the newest
+    complete checkpoint resumes with ``--resume auto``.
+    """
+    try:
+        code = _run(argv)
+    except dist.CollectiveFailure as exc:
+        print(f"error: {exc}; resume with --resume auto", file=sys.stderr, flush=True)
+        return 1
+    dist.shutdown()
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         check_args(args)
@@ -99,14 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "or drive your own loop with ds_twophase.initialize",
             )
         prepare_output_dir(run.trainer.output_dir)
-        dist.init_process_group(quiet=True)  # no per-step INFO noise from any rank
+        dist.init_process_group(
+            quiet=True,  # no per-step INFO noise from any rank
+            timeout_minutes=run.trainer.collective_timeout_minutes,
+        )
         run.check_world_size(dist.get_world_size())  # a no-op when the launcher said it
+        from .checkpoint import WriteFailed
         from .preempt import EXIT_RESUMABLE, Preempted
         from .trainer import Trainer, TrainingStopped
 
         try:
-            Trainer(run).fit(resume=args.resume, stop_after=args.stop_after)
-        except TrainingStopped as exc:
+            with dist.collective_place("start-up, resume or the end of the run"):
+                Trainer(run).fit(resume=args.resume, stop_after=args.stop_after)
+        except (TrainingStopped, WriteFailed) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except Preempted as exc:
@@ -118,4 +140,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    dist.exit_process(main())

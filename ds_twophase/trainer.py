@@ -2,12 +2,14 @@
 
 The pieces live next door: :mod:`.epoch` trains one epoch, :mod:`.evaluate` measures the
 validation split, :mod:`.resume` picks and checks the checkpoint to continue from,
-:mod:`.checkpoint` writes them, and :mod:`.hook` makes the epoch-end decision.
+:mod:`.checkpoint` writes them, and :func:`ds_twophase.probe.epoch_end` makes the epoch-end
+decision.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -161,10 +163,10 @@ class Trainer:
             self.metrics.truncate(epoch)  # epochs no checkpoint kept are trained again
         return epoch
 
-    def train_epoch(self, epoch: int) -> tuple[float, int]:
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One epoch of exactly ``steps_per_epoch`` optimizer steps: the mean training loss over
-        all ranks and micro-batches, and the number of micro-batches skipped for a non-finite
-        loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
+        all ranks and micro-batches, its standard error, and the number of micro-batches skipped
+        for a non-finite loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
         self.sampler.set_epoch(epoch)
         start, self.progress = self.progress, None  # a mid-epoch checkpoint's epoch only
         if start is not None:
@@ -196,7 +198,10 @@ class Trainer:
         # Only once the checks passed: a refused run must not overwrite the existing run's file.
         if dist.is_rank_zero():
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.run.resolved, indent=2) + "\n")
+            with checkpoint.stop_on_write_error(str(self.out / "config.json"), self.ckpt_dir):
+                checkpoint.write_text_atomic(
+                    self.out / "config.json", json.dumps(self.run.resolved, indent=2) + "\n"
+                )
         last = self.tc.epochs
         end_at = last if stop_after is None else min(stop_after, last)
         val_acc = None
@@ -245,44 +250,54 @@ class Trainer:
             commit_dirty=dirty,
             val_indices=self.splits.val_indices,
         )
-        checkpoint.write_json_atomic(self.out / summary.SUMMARY_NAME, data)
+        path = self.out / summary.SUMMARY_NAME
+        with checkpoint.stop_on_write_error(str(path), self.ckpt_dir):
+            checkpoint.write_json_atomic(path, data)
         return data
 
     def _epoch(self, epoch: int, last: int) -> dict[str, Any]:
         """Train, decide, evaluate and log one epoch; its metrics row."""
         t0 = time.perf_counter()
-        train_loss, skipped = self.train_epoch(epoch)
+        with dist.collective_place(lambda: self._step_place(epoch)):
+            train_loss, train_loss_se, skipped = self.train_epoch(epoch)
         stop_if_nonfinite(epoch, train_loss, self.ckpt_dir)
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        se = train_loss_se if math.isfinite(train_loss_se) else None
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_loss_se": se}
         if self.tc.on_nonfinite_loss == "skip":
             row["skipped_micro_batches"] = skipped
             if skipped:
                 dist.warn_rank_zero(
                     f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
                 )
-        decision, probe_seconds = self._decide(train_loss)
-        row.update(decision)
-        probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
-        row["lr"] = self.engine.get_lr()[0]
-        row["val_loss"] = row["val_accuracy"] = None
-        if epoch % self.tc.eval_every == 0 or epoch == last:
-            row["val_loss"], row["val_accuracy"] = evaluate(
-                self.engine, self.splits.val, 4 * self.micro
-            )
-        if epoch == last and self.splits.test is not None:
-            # The test split is touched once, after the last epoch (val_size > 0).
-            row["test_loss"], row["test_accuracy"] = evaluate(
-                self.engine, self.splits.test, 4 * self.micro
-            )
+        with dist.collective_place(f"the end of epoch {epoch} (probe, decision, evaluation)"):
+            decision, probe_seconds = self._decide(train_loss, se)
+            row.update(decision)
+            probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
+            row["lr"] = self.engine.get_lr()[0]
+            row["val_loss"] = row["val_accuracy"] = None
+            if epoch % self.tc.eval_every == 0 or epoch == last:
+                row["val_loss"], row["val_accuracy"] = evaluate(
+                    self.engine, self.splits.val, 4 * self.micro
+                )
+            if epoch == last and self.splits.test is not None:
+                # The test split is touched once, after the last epoch (val_size > 0).
+                row["test_loss"], row["test_accuracy"] = evaluate(
+                    self.engine, self.splits.test, 4 * self.micro
+                )
         row["probe_seconds"] = probe_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         if dist.is_rank_zero():
-            self.metrics.append(row)
-            self.monitor.write(row)
+            with checkpoint.stop_on_write_error(
+                f"{self.metrics.path} (epoch {epoch})", self.ckpt_dir
+            ):
+                self.metrics.append(row)
+                self.monitor.write(row)
         dist.print_rank_zero(_epoch_line(row, last))
         return row
 
-    def _decide(self, train_loss: float) -> tuple[dict[str, Any], float]:
+    def _decide(
+        self, train_loss: float, train_loss_se: float | None
+    ) -> tuple[dict[str, Any], float]:
         """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler) and
         the seconds the probe took."""
         if not isinstance(self.scheduler, EpochScheduler):
@@ -291,7 +306,7 @@ class Trainer:
             # The decision's warning is logged once below, by rank 0 only.
             warnings.simplefilter("ignore", RuntimeWarning)
             try:
-                end = epoch_end(self.engine, train_loss, self.probe)
+                end = epoch_end(self.engine, train_loss, self.probe, train_loss_se=train_loss_se)
             except RankDisagreement as exc:
                 raise TrainingStopped(str(exc)) from None
         rec = end.record
@@ -300,6 +315,11 @@ class Trainer:
         columns = {
             "phase": rec.phase,
             "hmax": rec.hmax,
+            "hmax_se": rec.hmax_se,
+            "probe_loss": rec.probe_loss,
+            "probe_loss_se": rec.probe_loss_se,
+            "loss_rise_z": rec.loss_rise_z,
+            "hmax_rise_z": rec.hmax_rise_z,
             "decision": rec.decision,
             "plateau": rec.plateau,
             "warning": rec.warning,
@@ -322,7 +342,17 @@ class Trainer:
             f"(exit status {preempt.EXIT_RESUMABLE})"
         )
 
+    def _step_place(self, epoch: int) -> str:
+        """Where a collective failed inside epoch ``epoch``: the optimizer step it was in."""
+        done = self.engine.global_steps - (epoch - 1) * self.steps_per_epoch
+        step = min(max(done + 1, 1), self.steps_per_epoch)
+        return f"epoch {epoch}, optimizer step {step} of {self.steps_per_epoch}"
+
     def _save(self, epoch: int, progress: EpochProgress | None = None) -> Path:
+        with dist.collective_place(f"saving the checkpoint of epoch {epoch}"):
+            return self._save_checkpoint(epoch, progress)
+
+    def _save_checkpoint(self, epoch: int, progress: EpochProgress | None) -> Path:
         probe = None if self.probe is None else self.probe.state_dict()
         vector = None if probe is None else probe.pop("vector")
         epoch_scheduler = isinstance(self.scheduler, EpochScheduler)

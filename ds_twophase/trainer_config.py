@@ -46,6 +46,12 @@ class TrainerConfig:
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
     """A NaN/Inf training loss: ``stop`` the run (nothing poisoned is saved) or ``skip`` the
     step (no update) and go on."""
+    collective_timeout_minutes: float = 30.0
+    """How long a rank waits in a collective for the others before the run stops with one
+    line naming the place (epoch, step) and exit status 1; resume with ``--resume auto``. It
+    must exceed the longest time one rank works alone while the others wait: rank 0's Hessian
+    probe in ``rank0`` mode, building the data cache, writing a checkpoint. On NCCL the
+    watchdog ends the process after the same time."""
     margins_every: int = 0
     """Record the normalised output margins of the training split (``margin_q1``,
     ``margin_median``, ``margin_q3``, ``margin_iqr``, ...) in ``metrics.jsonl`` every N epochs
@@ -65,6 +71,9 @@ class TrainerConfig:
         check_number("seed", self.seed, integer=True)
         check_number(
             "checkpoint_minutes", self.checkpoint_minutes, low=0, low_open=True, optional=True
+        )
+        check_number(
+            "collective_timeout_minutes", self.collective_timeout_minutes, low=0, low_open=True
         )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ConfigError(

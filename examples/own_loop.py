@@ -88,6 +88,9 @@ def main() -> None:
             (out / "records.json").write_text(json.dumps(records))
         if epoch == args.stop_after:
             break
+    # End the process group after the last collective: without it a gloo thread can abort the
+    # interpreter's exit (exit -6) after all the work was done.
+    ds_twophase.shutdown()
 
 
 if __name__ == "__main__":

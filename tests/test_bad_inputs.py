@@ -22,17 +22,13 @@ import psutil
 import pytest
 import torch
 import torch.distributed as tdist
-from _launch import REPO, kill_group, run_deepspeed, start_group
+from _launch import LAUNCHER_VARS, REPO, kill_group, run_deepspeed, start_group
 
 from ds_twophase.cli import main as cli_main
 from ds_twophase.train import main as train_main
 
 BASE = REPO / "configs" / "tiny" / "mnist1d_2rank.json"
 DELETE = object()  # in Case.file: remove the key
-LAUNCH_ENV = (
-    *("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"),
-    *("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"),  # ranks by other launchers
-)
 
 
 @dataclass(frozen=True)
@@ -227,15 +223,6 @@ def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error: ")]
 
 
-@pytest.fixture
-def clean_env(monkeypatch):
-    """No launcher variables in, none left behind (train.main sets them for one process)."""
-    for key in LAUNCH_ENV:
-        monkeypatch.setenv(key, "")  # recorded, so that teardown restores the old state
-        monkeypatch.delenv(key)
-    return monkeypatch
-
-
 def test_table_is_big_and_distinct():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)) >= 30
@@ -382,7 +369,7 @@ def launched(tmp_path_factory):
     runs = {c.id: (c, tmp_path_factory.mktemp(c.id)) for c in LAUNCHED}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_launch, "run_group", run_group_leaving_nothing)
-        for key in LAUNCH_ENV:
+        for key in LAUNCHER_VARS:
             mp.delenv(key, raising=False)
 
         def launch(item):

@@ -55,6 +55,26 @@ BAD = [
     (["scheduler.params.min_lr=5"], 2, "scheduler.params.min_lr"),
     (["scheduler.params.max_exploration_epochs=0"], 2, "scheduler.params.max_exploration_epochs"),
     (["scheduler.params.extra_epochs_ratio=-1"], 2, "scheduler.params.extra_epochs_ratio"),
+    (['scheduler.params.rise="signifcant"'], 2, "scheduler.params.rise: must be one of"),
+    (
+        ['scheduler.params.rise="significant"', "scheduler.params.rise_z=-1"],
+        2,
+        "scheduler.params.rise_z",
+    ),
+    (["scheduler.params.rise_z=2"], 2, 'has no effect with rise "paper"'),
+    (['scheduler.params.rise_loss="probe"'], 2, "scheduler.params.rise_loss"),
+    (["scheduler.params.min_lr_ratio=1"], 2, "scheduler.params.min_lr_ratio"),
+    (['scheduler.params.convergence="late"'], 2, "scheduler.params.convergence"),
+    (
+        ['scheduler.params.convergence="late_step"', 'scheduler.params.rise_loss="probe_batch"'],
+        2,
+        "late_step compares no loss",
+    ),
+    (
+        ['scheduler.params.convergence="late_step"', 'scheduler.params.rise="significant"'],
+        2,
+        "late_step compares nothing",
+    ),
     (["scheduler.type=TwoPhaseLr"], 2, "did you mean 'TwoPhaseLR'"),
     (["scheduler.type=ReduceLROnPlateau"], 2, "batch size as the metric"),
     (["scheduler.type=WarmupStepLR", "scheduler.params.gamma=2"], 2, "scheduler.params.gamma"),
@@ -119,6 +139,18 @@ def test_bad_config_is_one_clear_line(changes, world, fragment):
     assert len(messages) == 1, messages
     assert fragment in messages[0]
     assert "\n" not in messages[0] and "Traceback" not in messages[0]
+
+
+def test_rule_options_are_valid_config():
+    cfg = with_changes(
+        'scheduler.params.rise="significant"',
+        "scheduler.params.rise_z=1.5",
+        'scheduler.params.rise_loss="probe_batch"',
+        "scheduler.params.min_lr_ratio=0.01",
+        'scheduler.params.convergence="loss_only"',
+    )
+    run = validate_config(cfg, world_size=2)
+    assert run.scheduler.params["rise_z"] == 1.5
 
 
 def test_all_problems_are_reported_together():

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 from ds_twophase import config_tools
 from ds_twophase.data import (
     DATASETS,
-    PLANNED_DATASETS,
     DatasetConfig,
     build_datasets,
     describe_dataset,
@@ -402,15 +401,6 @@ def test_config_errors(kwargs, message):
     text = str(info.value)
     assert message in text
     assert "\n" not in text
-
-
-def test_planned_dataset_is_not_available_yet(monkeypatch):
-    monkeypatch.setitem(PLANNED_DATASETS, "places365", "Places365 from local files")
-    with pytest.raises(ValueError) as info:
-        DatasetConfig(name="places365")
-    assert str(info.value).startswith(
-        "name: dataset 'places365' (Places365 from local files) is not available yet; choose one of"
-    )
 
 
 def test_config_error_for_root_without_files(tmp_path):

@@ -42,6 +42,13 @@ def test_rank0_and_sharded_agree_and_failures_reach_every_rank():
             out = r[key]
             assert out["error"] is None and close(out["value"], truth), (key, out, truth)
             assert out["iterations"] == 12 and out["num_samples"] == 44, (key, out)
+        # The standard errors and the probe-batch loss: sums over the ranks' samples in sharded
+        # mode, the same as one process computes.
+        for key, truth in (("rank0", r0["ref_errors"]), ("sharded", r0["ref_errors"]),
+                           ("rank0_train", r0["ref_train_errors"]),
+                           ("sharded_train", r0["ref_train_errors"])):  # fmt: skip
+            got = [r[key]["hmax_se"], r[key]["loss"], r[key]["loss_se"]]
+            assert all(close(a, b, 1e-4) for a, b in zip(got, truth, strict=True)), (key, got)
         fd = r["sharded_fd64"]
         assert fd["error"] is None and close(fd["value"], r0["ref64"], 1e-5), fd
         # A failure on one rank is reported on every rank; nobody hangs.

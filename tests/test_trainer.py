@@ -80,8 +80,19 @@ def check_schedule_events(rows: list[dict]) -> None:
         "decision",
         "probe_seconds",
         "epoch_seconds",
+        "train_loss_se",
+        "hmax_se",
+        "probe_loss",
+        "probe_loss_se",
+        "loss_rise_z",
+        "hmax_rise_z",
     ):
         assert all(key in r for r in rows), key
+    # the noise of what the rule compares: the epoch loss's and, where the probe ran, hmax's
+    # and the probe batch loss's
+    assert all(r["train_loss_se"] > 0 for r in rows)
+    assert all(r["hmax_se"] > 0 and r["probe_loss"] > 0 for r in rows[switch:])
+    assert all(r["probe_loss"] is None for r in rows[:switch])
 
 
 @pytest.mark.multiproc
@@ -91,6 +102,7 @@ def test_two_ranks_plateau_switch_decay(tiny_config, run_dir):
         ["ds_twophase.train", "--config", tiny_config, *run_dir.flag, *VAL_SETS], module=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stdout + proc.stderr  # the exit is clean, not lucky
     rows = run_dir.metrics()
     assert [r["epoch"] for r in rows] == list(range(1, 15))
     check_schedule_events(rows)
@@ -171,6 +183,28 @@ def test_initialize_in_a_plain_python_script_runs_as_one_rank(tmp_path):
     records = json.loads((tmp_path / "records.json").read_text())
     assert [r["epoch"] for r in records] == [1, 2]
     assert proc.stdout.count("epoch 2 ") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_late_step_ablation_never_runs_the_probe(tiny_config, run_dir):
+    proc = run_single(
+        "--config",
+        tiny_config,
+        *run_dir.flag,
+        "--set",
+        'scheduler.params.convergence="late_step"',
+        "--set",
+        "scheduler.params.max_exploration_epochs=4",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = run_dir.metrics()
+    assert all(r["hmax"] is None and r["probe_hvps"] is None for r in rows)
+    assert all(r["probe_seconds"] == 0 for r in rows)
+    switch = next(r["epoch"] for r in rows if r["decision"] == "switch")
+    left = 14 - switch
+    expected = [switch + int(p * left + 0.5) for p in (0.5, 0.75)]
+    assert [r["epoch"] for r in rows if r["decision"] == "decay"] == expected
 
 
 @pytest.mark.timeout(300)

@@ -25,6 +25,7 @@ IGNORED_KEYS = frozenset(
         "trainer.output_dir",
         "trainer.checkpoint_every",
         "trainer.checkpoint_minutes",
+        "trainer.collective_timeout_minutes",
         "trainer.keep_checkpoints",
         "trainer.num_workers",
         "trainer.progress",

@@ -29,6 +29,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), std
 
 
+def standard_error_from_sums(total: float, squares: float, count: float) -> float:
+    """Standard error of a mean from the sum, the sum of squares and the number of its values
+    (``s / sqrt(n)``, ``s`` the sample std): what processes can all-reduce instead of the values.
+    ``nan`` for fewer than two values."""
+    if count < 2:
+        return math.nan
+    var = max(squares - total * total / count, 0.0) / (count - 1)  # rounding can give -0
+    return math.sqrt(var / count)
+
+
 def bootstrap_ci(
     values: Sequence[float], level: float = 0.95, n: int = 10000, seed: int = 0
 ) -> tuple[float, float]:

@@ -90,7 +90,32 @@ def scheduler_section(
             )
         )
     errors += _check_scheduler_params(type_name, params, cfg)
+    if type_name == "TwoPhaseLR":
+        errors += _check_rule_options(params)
     return ComponentSpec(type_name, params), probe, errors
+
+
+def _check_rule_options(params: dict[str, Any]) -> list[Problem]:
+    """Options that would be silently ignored by the convergence rule chosen (their values are
+    checked by the scheduler itself)."""
+    convergence = params.get("convergence", "hessian")
+    rise = params.get("rise", "paper")
+    if "rise_z" in params and rise == "paper":
+        return [
+            Problem(
+                "scheduler.params.rise_z",
+                'has no effect with rise "paper"; set rise to "significant" or remove rise_z',
+            )
+        ]
+    if convergence == "late_step" and "rise" in params:
+        return [
+            Problem(
+                "scheduler.params.rise",
+                "late_step compares nothing (its decays are fixed); remove rise or choose "
+                "another convergence rule",
+            )
+        ]
+    return []
 
 
 def _check_scheduler_params(

@@ -11,7 +11,6 @@ Typical use::
 from .config import DatasetConfig
 from .registry import (
     DATASETS,
-    PLANNED_DATASETS,
     DatasetSpec,
     build_datasets,
     describe_dataset,
@@ -21,7 +20,6 @@ from .splits import DatasetSplits
 
 __all__ = [
     "DATASETS",
-    "PLANNED_DATASETS",
     "DatasetConfig",
     "DatasetSpec",
     "DatasetSplits",

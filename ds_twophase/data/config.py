@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError, check_number, did_you_mean, is_int, is_number
 from .mnist1d import GENERATOR_ARGS
-from .registry import DATASETS, PLANNED_DATASETS, DatasetSpec
+from .registry import DATASETS, DatasetSpec
 
 __all__ = ["DatasetConfig"]
 
@@ -117,13 +117,7 @@ class DatasetConfig:
         if self.name in DATASETS:
             return DATASETS[self.name]
         available = ", ".join(sorted(DATASETS))
-        if self.name in PLANNED_DATASETS:
-            raise ConfigError(
-                key="name",
-                problem=f"dataset '{self.name}' ({PLANNED_DATASETS[self.name]}) is not available "
-                f"yet; choose one of {available}",
-            )
-        hint = did_you_mean(self.name, [*DATASETS, *PLANNED_DATASETS])
+        hint = did_you_mean(self.name, list(DATASETS))
         raise ConfigError(
             key="name", problem=f"unknown dataset '{self.name}'{hint}; choose one of {available}"
         )

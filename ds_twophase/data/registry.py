@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASETS",
-    "PLANNED_DATASETS",
     "DatasetSpec",
     "build_datasets",
     "describe_dataset",
@@ -71,14 +70,10 @@ def _cifar_root_check(name: str) -> Callable[[DatasetConfig], str | None]:
 DATASETS: dict[str, DatasetSpec] = {}
 """Available datasets by name."""
 
-PLANNED_DATASETS: dict[str, str] = {}
-"""Datasets the design names that cannot be built yet: a clear error instead of 'unknown'."""
-
 
 def register_dataset(name: str, spec: DatasetSpec) -> None:
     """Add a dataset under ``name`` (later registrations replace earlier ones)."""
     DATASETS[name] = spec
-    PLANNED_DATASETS.pop(name, None)
 
 
 register_dataset(

@@ -44,6 +44,7 @@ from ds_twophase.probe.config import BN_MODES, DEFAULT_MAX_GRAPH_BYTES, METHODS
 from ds_twophase.probe.functional import Functional, InferenceBatchNormAsAffine, LossFn
 from ds_twophase.probe.hvp import HessianOperator
 from ds_twophase.probe.layer import preserve_rng_state, probe_modes, resolve_layer
+from ds_twophase.probe.uncertainty import SampleSums, sample_sums
 
 log = logging.getLogger("ds_twophase.probe")
 
@@ -81,6 +82,13 @@ class EigenResult:
     graph_bytes: int = 0
     """Bytes of the autograd graphs kept between steps on this process (exact method; at most
     ``max_graph_bytes``; 0 for finite differences)."""
+    hmax_se: float = math.nan
+    """Standard error of ``value`` from the per-sample Rayleigh quotients along ``vector``
+    (:mod:`ds_twophase.probe.uncertainty`); ``nan`` when unknown."""
+    loss: float = math.nan
+    """Mean loss over the probe batch at the probe's weights (the probe's own forward)."""
+    loss_se: float = math.nan
+    """Standard error of ``loss`` from the per-sample losses."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +238,17 @@ def _solve(
             return total / count
 
         ritz = lanczos(hvp, v, max_iters, tol)
+        sums = SampleSums()
+        if ritz.vector is not None:  # the same on every process: it follows reduced values
+            try:
+                local = sample_sums(fn, batches, ritz.vector)
+            except Exception as exc:  # hmax stands without its standard errors
+                log.warning("Hessian probe: no standard errors (%s: %s)", type(exc).__name__, exc)
+                local = SampleSums(math.nan, math.nan, math.nan, math.nan, math.nan)
+            total, n = reducer(local.vector().to(fn.device), local.count)
+            sums = SampleSums.from_vector(total, n)
     reducer.done()
+    hmax_se, loss, loss_se = sums.stats()
     return EigenResult(
         value=ritz.value,
         iterations=ritz.steps,
@@ -242,6 +260,9 @@ def _solve(
         vector=ritz.vector,
         residual=ritz.residual,
         graph_bytes=operator.graph_bytes,
+        hmax_se=hmax_se,
+        loss=loss,
+        loss_se=loss_se,
     )
 
 

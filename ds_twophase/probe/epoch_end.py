@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from ds_twophase import dist, faults
 from ds_twophase.probe.config import ProbeConfig
 from ds_twophase.probe.protocol import ProbeOutcome, measure_hmax, select_probe_indices
-from ds_twophase.schedulers import EpochRecord, EpochScheduler
+from ds_twophase.schedulers import EpochRecord, EpochScheduler, Reading
 
 
 class RankDisagreement(RuntimeError):
@@ -142,11 +143,14 @@ def epoch_end(
     probe: HessianProbe | None = None,
     *,
     group: Any = None,
+    train_loss_se: float | None = None,
 ) -> EpochEnd:
     """Apply the schedule's epoch-end decision on every rank; call once per epoch on all ranks.
 
     ``train_loss`` must be the epoch's mean training loss over all ranks and samples (e.g. from
-    ``ds_twophase.dist.all_reduce_sums([loss_sum, count])``). The probe runs only when the
+    ``ds_twophase.dist.all_reduce_sums([loss_sum, count])``), ``train_loss_se`` its standard
+    error (:func:`ds_twophase.epoch.loss_standard_error`; needed by ``rise: "significant"``
+    with ``rise_loss: "epoch"``). The probe runs only when the
     schedule needs hmax; a failed probe makes no decision that epoch (the scheduler warns). After
     the decision every rank checks that all ranks hold the same LR and scheduler state and raises
     :class:`RankDisagreement` if not.
@@ -159,21 +163,32 @@ def epoch_end(
         )
     outcome: ProbeOutcome | None = None
 
-    def hessian() -> float:
+    def hessian() -> Reading:
         nonlocal outcome
         if probe is None:
             raise RuntimeError("the schedule needs hmax but no HessianProbe was given to epoch_end")
         outcome = probe(engine.module, engine.device)
         if not outcome.ok:
             raise RuntimeError(outcome.error)
-        return outcome.value
+        return reading_of(outcome)
 
-    record = scheduler.end_epoch(train_loss, hessian)
+    record = scheduler.end_epoch(train_loss, hessian, train_loss_se)
     if faults.desync_at(record.epoch, dist.get_rank(group)):
         for param_group in scheduler.optimizer.param_groups:
             param_group["lr"] *= 0.5
     check_ranks_agree(scheduler, group=group)
     return EpochEnd(record, outcome)
+
+
+def reading_of(outcome: ProbeOutcome) -> Reading:
+    """A successful probe's outcome as the schedule's :class:`Reading` (``nan`` -> ``None``)."""
+
+    def known(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    return Reading(
+        outcome.value, known(outcome.hmax_se), known(outcome.loss), known(outcome.loss_se)
+    )
 
 
 def schedule_digest(scheduler: EpochScheduler) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ds_twophase import dist
-from ds_twophase.probe.epoch_end import HessianProbe
+from ds_twophase.probe.epoch_end import HessianProbe, reading_of
 
 STATE_KEY = "probe_every"
 """Key of the analysis probe's JSON state in a checkpoint's state file."""
@@ -44,8 +44,9 @@ class PeriodicProbe:
         return not scheduled and epoch % self.every == 0
 
     def measure(self, engine: Any, epoch: int, columns: dict[str, Any], scheduled: bool) -> float:
-        """At a due epoch, probe on every rank and write ``hmax``, ``probe_error``,
-        ``probe_hvps`` and ``probe_residual`` into ``columns``; the probe's seconds (0 when not
+        """At a due epoch, probe on every rank and write ``hmax``, ``hmax_se``, ``probe_loss``,
+        ``probe_loss_se``, ``probe_error``, ``probe_hvps`` and ``probe_residual`` into
+        ``columns``; the probe's seconds (0 when not
         due). A failed probe leaves ``hmax`` ``None`` and warns; the run goes on."""
         if not self.due(epoch, scheduled):
             return 0.0
@@ -54,6 +55,10 @@ class PeriodicProbe:
         columns["probe_error"] = outcome.error
         columns["probe_hvps"] = outcome.iterations
         columns["probe_residual"] = outcome.residual if outcome.ok else None
+        reading = reading_of(outcome) if outcome.ok else None
+        columns["hmax_se"] = None if reading is None else reading.hmax_se
+        columns["probe_loss"] = None if reading is None else reading.loss
+        columns["probe_loss_se"] = None if reading is None else reading.loss_se
         if not outcome.ok:
             dist.warn_rank_zero(f"epoch {epoch}: probe.every failed: {outcome.error}")
         return outcome.seconds

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -126,6 +126,25 @@ class Functional:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn must return a scalar tensor (the mean loss of the batch)")
         return loss.reshape(()).to(self.dtype)
+
+    def sample_losses(
+        self, inputs: Any, targets: Any, layer_tensors: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """The loss of each sample of one micro-batch (a vector), from the same forward as
+        :meth:`loss`: ``loss_fn`` applied to each sample's output row (under ``vmap``), so the
+        vector's mean is the micro-batch's mean loss for any per-sample-mean ``loss_fn``."""
+        tensors = dict(self.base)
+        tensors.update(zip(self.layer_names, layer_tensors, strict=True))
+        inputs = cast_tree(to_device(inputs, self.device), self.dtype)
+        out = functional_call(self.model, tensors, (inputs,))
+        targets = to_device(targets, self.device)
+        if not isinstance(out, torch.Tensor) or not isinstance(targets, torch.Tensor):
+            raise ValueError("per-sample losses need tensor outputs and targets")
+
+        def one(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(o.unsqueeze(0), t.unsqueeze(0)).reshape(()).to(self.dtype)
+
+        return vmap(one)(out, targets)  # type: ignore[no-any-return]
 
     def leaves(self, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Fresh leaf tensors (requiring grad) holding ``values``, without copying them."""

@@ -84,6 +84,12 @@ class ProbeOutcome:
     """Samples in the probe batch."""
     residual: float = math.nan
     """Relative Ritz residual of ``value`` (see ``EigenResult.residual``); ``nan`` on failure."""
+    hmax_se: float = math.nan
+    """Standard error of ``value`` (see ``EigenResult.hmax_se``); ``nan`` when unknown."""
+    loss: float = math.nan
+    """Mean loss on the probe batch at the probe's weights, from the probe's forward pass."""
+    loss_se: float = math.nan
+    """Standard error of ``loss`` from the per-sample losses."""
     vector: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
     """The final eigenvector estimate, on the ranks that computed it (rank 0 in "rank0" mode,
     every rank in "sharded" mode, where it is the same everywhere); ``None`` elsewhere and when
@@ -354,6 +360,9 @@ def _outcome(value: float, seconds: float, error: str | None, res: Any) -> Probe
         iterations=0 if res is None else res.iterations,
         num_samples=0 if res is None else res.num_samples,
         residual=math.nan if res is None or error is not None else res.residual,
+        hmax_se=math.nan if res is None or error is not None else res.hmax_se,
+        loss=math.nan if res is None or error is not None else res.loss,
+        loss_se=math.nan if res is None or error is not None else res.loss_se,
     )
 
 
@@ -370,6 +379,9 @@ def _merge(outcomes: list[ProbeOutcome]) -> ProbeOutcome:
         iterations=first.iterations,
         num_samples=first.num_samples,
         residual=math.nan if errors else first.residual,
+        hmax_se=math.nan if errors else first.hmax_se,
+        loss=math.nan if errors else first.loss,
+        loss_se=math.nan if errors else first.loss_se,
     )
 
 

@@ -1,7 +1,7 @@
 """LR schedulers by name, for the ``"scheduler": {"type": ...}`` section of a DeepSpeed JSON."""
 
 from .base import EpochScheduler
-from .two_phase import EpochDecision, EpochRecord, TwoPhaseDecision, TwoPhaseLR
+from .two_phase import EpochDecision, EpochRecord, Reading, TwoPhaseDecision, TwoPhaseLR
 from .warmup_step import WarmupStepLR
 
 SCHEDULERS: dict[str, type[EpochScheduler]] = {
@@ -15,6 +15,7 @@ __all__ = [
     "EpochDecision",
     "EpochRecord",
     "EpochScheduler",
+    "Reading",
     "TwoPhaseDecision",
     "TwoPhaseLR",
     "WarmupStepLR",

@@ -118,14 +118,15 @@ class EpochScheduler:
     def _scale(self) -> float:
         raise NotImplementedError
 
-    def _floor(self, lr: float) -> float:
+    def _floor(self, lr: float, base: float) -> float:
+        """The LR ``lr`` of a group whose peak is ``base`` after any floor (none here)."""
         return lr
 
     def lrs(self) -> list[float]:
         """The LR of every param group for the next optimizer step."""
         warm = linear_warmup_factor(self.last_step + 1, self.warmup_steps, self.warmup_start_factor)
         scale = self._scale()
-        return [self._floor(base * warm * scale) for base in self.base_lrs]
+        return [self._floor(base * warm * scale, base) for base in self.base_lrs]
 
     def apply_lr(self) -> None:
         """Write the current LR into the optimizer's param groups.
@@ -155,7 +156,9 @@ class EpochScheduler:
         """Completed epochs as counted by :meth:`end_epoch`."""
         raise NotImplementedError
 
-    def end_epoch(self, train_loss: float, hessian: Callable[[], float]) -> Any:
+    def end_epoch(
+        self, train_loss: float, hessian: Callable[[], Any], train_loss_se: float | None = None
+    ) -> Any:
         """Called once per epoch on every rank; see subclasses."""
         raise NotImplementedError
 

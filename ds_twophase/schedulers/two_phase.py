@@ -16,17 +16,22 @@ from ..errors import ConfigError, check_number
 from .base import EpochScheduler
 from .decision import (
     CONVERGENCE,
+    CONVERGENCE_RULES,
+    DEFAULT_RISE_Z,
     EXPLORATION,
-    EpochDecision,
+    RISE_LOSSES,
+    RISE_MODES,
     TwoPhaseDecision,
     resolve_patience,
 )
+from .readings import EpochDecision, Reading
 
 __all__ = [
     "CONVERGENCE",
     "EXPLORATION",
     "EpochDecision",
     "EpochRecord",
+    "Reading",
     "TwoPhaseDecision",
     "TwoPhaseLR",
     "resolve_patience",
@@ -46,8 +51,8 @@ class EpochRecord:
     decision: str
     """One of ``none`` (exploring), ``plateau`` (first plateau detected, switch scheduled),
     ``switch`` (entered convergence), ``decay`` (LR multiplied by beta), ``keep`` (convergence,
-    no decay), ``floor`` (the rule asked for a decay but ``min_lr`` already holds every LR: kept
-    as a keep), ``skipped`` (non-finite input or failed probe: no decision)."""
+    no decay), ``floor`` (the rule asked for a decay but the floor, ``min_lr`` or
+    ``min_lr_ratio``, already holds every LR: kept as a keep), ``skipped`` (non-finite input or failed probe: no decision)."""
     hmax: float | None = None
     """hmax if it was measured this epoch, else ``None``: the signed eigenvalue of largest
     magnitude of the probed Hessian block (negative when the most curved direction is concave)."""
@@ -58,6 +63,17 @@ class EpochRecord:
     plateau: bool = False
     """True in the epoch that completed the first plateau, whatever else happened in it (with
     ``extra_epochs_ratio`` giving alpha = 0 the same epoch switches, or its probe fails)."""
+    hmax_se: float | None = None
+    """Standard error of ``hmax`` (``None`` when not measured or unknown)."""
+    probe_loss: float | None = None
+    """Mean loss on the probe batch at the probe's weights, from the probe's forward pass."""
+    probe_loss_se: float | None = None
+    """Its standard error from the probe batch's per-sample losses."""
+    loss_rise_z: float | None = None
+    """The compared loss's rise since the last measurement in combined standard errors (the
+    quantity ``rise: "significant"`` compares with ``rise_z``); ``None`` when not compared."""
+    hmax_rise_z: float | None = None
+    """The same for hmax."""
     switch_epoch: int | None = None
     """The epoch at whose end the switch is planned (once a plateau was seen or a limit is set)."""
     warning: str | None = None
@@ -72,8 +88,9 @@ class EpochRecord:
 class TwoPhaseLR(EpochScheduler):
     """The two-phase Hessian-aware LR schedule of Lee, He and Avestimehr (Algorithm 1).
 
-    LR per optimizer step = ``peak * warmup(step) * decay_scale``, floored at ``min_lr`` once the
-    LR has been decayed. The peak LR of each param group is its ``lr`` at construction.
+    LR per optimizer step = ``peak * warmup(step) * decay_scale``, floored at
+    ``max(min_lr, min_lr_ratio * peak)`` once the LR has been decayed. The peak LR of each param
+    group is its ``lr`` at construction.
 
     Args:
         optimizer: the optimizer whose param groups receive the LR.
@@ -98,6 +115,19 @@ class TwoPhaseLR(EpochScheduler):
         probe_max_failures: after this many consecutive failed probes at a pending switch,
             switch without hmax (JSON: ``probe.max_failures``, passed by
             ``ds_twophase.initialize``; default 3).
+        min_lr_ratio: floor for decayed LRs relative to each group's peak, in [0, 1); with
+            ``min_lr`` the larger floor wins. Not in the paper; 0 (the default) is its rule.
+        rise: ``"paper"`` (default: a rise is ``prev < now``) or ``"significant"`` (a rise
+            counts only when it exceeds ``rise_z`` combined standard errors). Not in the paper.
+        rise_z: the threshold of ``rise: "significant"`` (>= 0; 0 is the paper's comparison).
+        rise_loss: the loss the rule compares: ``"epoch"`` (default, the paper: the epoch's
+            mean training loss) or ``"probe_batch"`` (the loss on the fixed probe batch from
+            the probe's own forward pass: a paired comparison).
+        convergence: the convergence-phase rule: ``"hessian"`` (default, Algorithm 1),
+            ``"late_step"`` (ablation: fixed x0.1 decays at 50% and 75% of the budget left
+            after the switch; the probe never runs) or ``"loss_only"`` (ablation: decay when the
+            compared loss rose, no hmax condition; the probe runs only for
+            ``rise_loss: "probe_batch"``).
     """
 
     def __init__(
@@ -115,6 +145,11 @@ class TwoPhaseLR(EpochScheduler):
         min_lr: float = 0.0,
         max_exploration_epochs: int | None = None,
         probe_max_failures: int = 3,
+        min_lr_ratio: float = 0.0,
+        rise: str = "paper",
+        rise_z: float = DEFAULT_RISE_Z,
+        rise_loss: str = "epoch",
+        convergence: str = "hessian",
     ) -> None:
         peak = min((float(g["lr"]) for g in optimizer.param_groups), default=None)
         self.check_hyperparams(
@@ -130,8 +165,14 @@ class TwoPhaseLR(EpochScheduler):
             min_lr=min_lr,
             max_exploration_epochs=max_exploration_epochs,
             probe_max_failures=probe_max_failures,
+            min_lr_ratio=min_lr_ratio,
+            rise=rise,
+            rise_z=rise_z,
+            rise_loss=rise_loss,
+            convergence=convergence,
         )
         self.min_lr = float(min_lr)
+        self.min_lr_ratio = float(min_lr_ratio)
         self.decision = TwoPhaseDecision(
             total_epochs=int(total_epochs),
             patience=resolve_patience(plateau_patience, int(total_epochs)),
@@ -144,6 +185,10 @@ class TwoPhaseLR(EpochScheduler):
             warmup_epochs=float(warmup_epochs),
             max_probe_failures=int(probe_max_failures),
             decay_is_noop=self._decay_is_noop,
+            rise=rise,
+            rise_z=float(rise_z),
+            rise_loss=rise_loss,
+            convergence=convergence,
         )
         super().__init__(
             optimizer,
@@ -180,6 +225,22 @@ class TwoPhaseLR(EpochScheduler):
             raise ConfigError(
                 key="min_lr", problem=f"{min_lr} must not exceed the peak LR ({peak_lr})"
             )
+        check_number("min_lr_ratio", args["min_lr_ratio"], low=0, high=1, high_open=True)
+        check_number("rise_z", args["rise_z"], low=0)
+        for key, allowed in (
+            ("rise", RISE_MODES),
+            ("rise_loss", RISE_LOSSES),
+            ("convergence", CONVERGENCE_RULES),
+        ):
+            if args[key] not in allowed:
+                choices = ", ".join(f'"{a}"' for a in allowed)
+                raise ConfigError(key=key, problem=f"must be one of {choices}, got {args[key]!r}")
+        if args["convergence"] == "late_step" and args["rise_loss"] != "epoch":
+            raise ConfigError(
+                key="rise_loss",
+                problem="late_step compares no loss (its decays are fixed); remove rise_loss "
+                "or choose another convergence rule",
+            )
 
     @property
     def phase(self) -> str:
@@ -199,15 +260,17 @@ class TwoPhaseLR(EpochScheduler):
     def _scale(self) -> float:
         return self.decision.scale
 
-    def _floor(self, lr: float, scale: float | None = None) -> float:
+    def _floor(self, lr: float, base: float, scale: float | None = None) -> float:
         scale = self.decision.scale if scale is None else scale
-        return max(lr, self.min_lr) if scale < 1.0 else lr
+        if scale >= 1.0:
+            return lr
+        # With min_lr_ratio 0 this is max(lr, min_lr) exactly: the paper's rule, bit for bit.
+        return max(lr, self.min_lr, self.min_lr_ratio * base)
 
-    def _decay_is_noop(self, scale: float) -> bool:
+    def _decay_is_noop(self, scale: float, after: float) -> bool:
         # The post-warmup LRs before and after the decay, computed as lrs() computes them.
-        after = scale * self.decision.decay_factor
         return all(
-            self._floor(base * after, after) == self._floor(base * scale, scale)
+            self._floor(base * after, base, after) == self._floor(base * scale, base, scale)
             for base in self.base_lrs
         )
 
@@ -219,15 +282,22 @@ class TwoPhaseLR(EpochScheduler):
         ``warning``."""
         return self.decision.exploration_unfinished()
 
-    def end_epoch(self, train_loss: float, hessian: Callable[[], float]) -> EpochRecord:
+    def end_epoch(
+        self,
+        train_loss: float,
+        hessian: Callable[[], float | Reading],
+        train_loss_se: float | None = None,
+    ) -> EpochRecord:
         """Apply Algorithm 1 at the end of an epoch; call once per epoch on every rank.
 
-        ``train_loss`` is the epoch's mean training loss over all ranks; ``hessian`` returns
-        the principal eigenvalue and is called only in the epochs that need it (the switch
-        epoch and every convergence epoch), exactly once there. The param groups hold the new
-        LR when this returns.
+        ``train_loss`` is the epoch's mean training loss over all ranks, ``train_loss_se`` its
+        standard error (needed by ``rise: "significant"`` with ``rise_loss: "epoch"``);
+        ``hessian`` returns the principal eigenvalue, or a :class:`Reading` with its standard
+        error and the probe-batch loss, and is called only in the epochs that need it (the
+        switch epoch and every convergence epoch, never with ``convergence: "late_step"``),
+        exactly once there. The param groups hold the new LR when this returns.
         """
-        out = self.decision.end_epoch(train_loss, hessian)
+        out = self.decision.end_epoch(train_loss, hessian, train_loss_se)
         warning = out.warning
         if self.decision.epoch == self.total_epochs:
             unfinished = self.exploration_unfinished()
@@ -236,6 +306,7 @@ class TwoPhaseLR(EpochScheduler):
         if warning is not None:
             warnings.warn(warning, RuntimeWarning, stacklevel=2)
         self.apply_lr()
+        reading = out.reading
         return EpochRecord(
             epoch=self.decision.epoch,
             phase=self.decision.phase,
@@ -245,6 +316,11 @@ class TwoPhaseLR(EpochScheduler):
             switched=out.decision == "switch",
             decayed=out.decision == "decay",
             plateau=out.plateau,
+            hmax_se=None if reading is None else reading.hmax_se,
+            probe_loss=None if reading is None else reading.loss,
+            probe_loss_se=None if reading is None else reading.loss_se,
+            loss_rise_z=out.loss_rise_z,
+            hmax_rise_z=out.hmax_rise_z,
             switch_epoch=self.decision.switch_epoch,
             warning=warning,
         )

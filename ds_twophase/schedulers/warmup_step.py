@@ -94,7 +94,9 @@ class WarmupStepLR(EpochScheduler):
         epochs_done = self.last_step // self.steps_per_epoch
         return self.gamma ** sum(1 for m in self.milestones if epochs_done >= m)
 
-    def end_epoch(self, train_loss: float, hessian: Callable[[], float]) -> EpochRecord:
+    def end_epoch(
+        self, train_loss: float, hessian: Callable[[], Any], train_loss_se: float | None = None
+    ) -> EpochRecord:
         """Count the epoch; never calls ``hessian``. Same interface as :class:`TwoPhaseLR`."""
         self._epoch += 1
         self.apply_lr()

@@ -149,6 +149,8 @@ def main() -> None:
         "rank": rank,
         "ref": ref.value,
         "ref_train": ref_train.value,
+        "ref_errors": [ref.hmax_se, ref.loss, ref.loss_se],
+        "ref_train_errors": [ref_train.hmax_se, ref_train.loss, ref_train.loss_se],
         "rank0": probe("rank0"),
         "sharded": probe("sharded"),
         "rank0_train": probe("rank0", bn_mode="train"),
