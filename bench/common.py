@@ -233,3 +233,35 @@ def bench_parser(doc: str | None, quick: str) -> argparse.ArgumentParser:
 def writes_docs(args: argparse.Namespace) -> bool:
     """``--write-docs`` as given, else not with ``--quick``."""
     return not args.quick if args.write_docs is None else bool(args.write_docs)
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where a bench times its work (CUDA timings synchronise the device)."""
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or cuda:N; CUDA times are taken between "
+        "torch.cuda.synchronize() calls",
+    )
+
+
+def resolve_device(name: str) -> Any:
+    """The ``torch.device`` of ``--device``; exits with status 2 and one line when CUDA was
+    asked for and is not available."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(
+            f"error: --device {name}: CUDA is not available here; use --device cpu", file=sys.stderr
+        )
+        sys.exit(2)
+    return device
+
+
+def synchronize(device: Any) -> None:
+    """Wait for the work queued on ``device`` (a no-op on CPU), so a timer sees all of it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

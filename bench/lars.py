@@ -38,11 +38,12 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import write_section  # noqa: E402
+from common import add_device_flag, resolve_device, synchronize, write_section  # noqa: E402
 
 from ds_twophase.optim import LARS, kernel_available, split_param_groups  # noqa: E402
 
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
+CPU = torch.device("cpu")
 SECTION = "## LARS step time"
 
 
@@ -128,7 +129,12 @@ OURS = ["LARS", EAGER, COMPILED]
 
 
 def measure(
-    model_name: str, threads: int, rounds: int, block: int, skip: set[str]
+    model_name: str,
+    threads: int,
+    rounds: int,
+    block: int,
+    skip: set[str],
+    device: torch.device = CPU,
 ) -> dict[str, dict[str, float]]:
     """Median step() milliseconds of each candidate, by kind of sample.
 
@@ -137,13 +143,15 @@ def measure(
     tensors are in cache, as when it runs every iteration). ``"warm cpu"``: the same steps'
     CPU time of this thread, which leaves out time spent waiting for a core, so with one thread
     it measures the step itself even while other processes load the machine. ``"cold"``: the
-    first step of each block, right after the other candidates evicted the caches.
+    first step of each block, right after the other candidates evicted the caches. On CUDA
+    each step is timed between ``torch.cuda.synchronize`` calls ("warm cpu" is then the host's
+    share only).
     """
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = MODELS[model_name]()
+    model = MODELS[model_name]().to(device)
     gen = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=gen) * 0.01 for p in model.parameters()]
+    grads = [(torch.randn(p.shape, generator=gen) * 0.01).to(device) for p in model.parameters()]
     optimizers = {}
     for name, make in CANDIDATES.items():
         if name in skip:
@@ -154,15 +162,17 @@ def measure(
         opt = make(params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a failed compile or build is reported below
+            synchronize(device)
             start = time.perf_counter()
             opt.step()  # compile=True compiles here; the kernel is built (or loaded) here
+            synchronize(device)
             first = time.perf_counter() - start
         if isinstance(opt, LARS) and name.endswith("compile=True"):
             if not opt.compiled:
                 print(f"  {name}: compilation failed, not measured", flush=True)
                 continue
             print(f"  {name}: first step (compilation) {first:.1f} s", flush=True)
-        if isinstance(opt, LARS) and opt.uses_kernel:
+        if isinstance(opt, LARS) and opt.uses_kernel and device.type == "cpu":
             if not kernel_available():
                 print(f"  {name}: the fused kernel is unavailable, not measured", flush=True)
                 continue
@@ -178,8 +188,10 @@ def measure(
         rng.shuffle(order)
         for name in order:
             for i in range(block):
+                synchronize(device)
                 start, start_cpu = time.perf_counter(), time.thread_time()
                 optimizers[name].step()
+                synchronize(device)
                 cpu, wall = time.thread_time() - start_cpu, time.perf_counter() - start
                 if i == 0:
                     samples["cold"][name].append(wall)
@@ -274,7 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="subset to run"
     )
+    add_device_flag(parser)
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     rounds = {"ResNet-20": 20 if args.quick else 100, "ResNet-50": 4 if args.quick else 20}
     block = {"ResNet-20": 6, "ResNet-50": 3}
     skip = {COMPILED} if args.no_compile else set()
@@ -296,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         for threads in thread_counts:
             n, k = rounds[model_name], block[model_name]
             print(f"{model_name}, {threads} thread(s), {n} rounds of {k} steps", flush=True)
-            got = measure(model_name, threads, n, k, skip)
+            got = measure(model_name, threads, n, k, skip, device)
             for kind, ms in got.items():
                 if kind == "warm" or threads == 1:
                     results.setdefault(kind, {})[(model_name, threads)] = ms

@@ -9,6 +9,7 @@ For each, the probe's peak tensor memory against one training step's on the same
 
     python bench/probe.py            # 512 samples (4 x 128 and 1 x 512), 20 HVPs each
     python bench/probe.py --quick    # 128 samples (2 x 64 and 1 x 128), 20 HVPs each
+    python bench/probe.py --device cuda   # on a GPU (times between torch.cuda.synchronize)
 
 PyHessian is not a project dependency; install it next to the project for this benchmark only
 (``bench/requirements-probe.txt``), e.g.
@@ -35,9 +36,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import common  # noqa: E402  (bench/ is sys.path[0] when a bench runs)
+
 from ds_twophase.probe import principal_eigenvalue, resolve_layer  # noqa: E402
 
 CE = nn.CrossEntropyLoss()
+CPU = torch.device("cpu")
 
 
 def resnet20() -> nn.Module:
@@ -111,12 +115,17 @@ def trained_model(steps: int, batch: int) -> nn.Module:
     return model.eval()
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median wall time over ``repeats`` runs, and the last result."""
+def timed(
+    fn: Callable[[], object], repeats: int, device: torch.device = CPU
+) -> tuple[float, object]:
+    """Median wall time over ``repeats`` runs, and the last result; on CUDA between
+    synchronisations, so the time includes the kernels ``fn`` queued."""
     times, out = [], None
     for _ in range(repeats):
+        common.synchronize(device)
         start = time.perf_counter()
         out = fn()
+        common.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
@@ -207,10 +216,11 @@ def pyhessian_top(model: nn.Module, layer: list[str], batches: list, iters: int)
     for p in model.parameters():
         p.requires_grad_(id(p) in wanted)
     model.zero_grad(set_to_none=True)
+    cuda = next(model.parameters()).device.type == "cuda"
     if len(batches) == 1:
-        h = hessian(model, CE, data=batches[0], cuda=False)
+        h = hessian(model, CE, data=batches[0], cuda=cuda)
     else:
-        h = hessian(model, CE, dataloader=batches, cuda=False)
+        h = hessian(model, CE, dataloader=batches, cuda=cuda)
     eigs, _ = h.eigenvalues(maxIter=iters, tol=0.0)  # tol 0: exactly maxIter HVPs
     return float(eigs[0])
 
@@ -218,10 +228,15 @@ def pyhessian_top(model: nn.Module, layer: list[str], batches: list, iters: int)
 def run_layout(model: nn.Module, batches: list, iters: int, repeats: int, have_pyhessian: bool):
     """Rows (name, seconds, eigenvalue or None) for one micro-batch layout."""
     layer = resolve_layer(model, "auto", batches[0][0])
+    device = next(model.parameters()).device
     trainee = copy.deepcopy(model)  # training updates BN statistics: keep the probed model fixed
     fwd_bwd(trainee, batches)  # warm-up (allocator, oneDNN primitives)
     rows = [
-        ("training forward+backward", timed(lambda: fwd_bwd(trainee, batches), repeats)[0], None)
+        (
+            "training forward+backward",
+            timed(lambda: fwd_bwd(trainee, batches), repeats, device)[0],
+            None,
+        )
     ]
 
     def ours(method: str, budget: int | None = 2**31):
@@ -229,15 +244,17 @@ def run_layout(model: nn.Module, batches: list, iters: int, repeats: int, have_p
             model, CE, batches, layer, max_iters=iters, tol=0, method=method, max_graph_bytes=budget
         ).value
 
-    t, v = timed(lambda: ours("exact"), repeats)
+    t, v = timed(lambda: ours("exact"), repeats, device)
     rows.append(("ours, exact (graph kept)", t, v))
-    t, v = timed(lambda: ours("exact", 0), max(1, repeats // 2))
+    t, v = timed(lambda: ours("exact", 0), max(1, repeats // 2), device)
     rows.append(("ours, exact (graph budget 0: recompute)", t, v))
-    t, v = timed(lambda: ours("finite_difference"), max(1, repeats // 2))
+    t, v = timed(lambda: ours("finite_difference"), max(1, repeats // 2), device)
     rows.append(("ours, finite difference (Eq. 8)", t, v))
     if have_pyhessian:
         mode = "data= one batch" if len(batches) == 1 else "dataloader= micro-batches"
-        t, v = timed(lambda: pyhessian_top(model, layer, batches, iters), max(1, repeats // 2))
+        t, v = timed(
+            lambda: pyhessian_top(model, layer, batches, iters), max(1, repeats // 2), device
+        )
         rows.append((f"PyHessian ({mode})", t, v))
     converged = principal_eigenvalue(model, CE, batches, layer, max_iters=300, tol=1e-7).value
     return layer, rows, converged
@@ -278,11 +295,13 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    common.add_device_flag(parser)
     args = parser.parse_args()
     samples = args.samples or (128 if args.quick else 512)
     micro = args.micro or (64 if args.quick else 128)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
+    device = common.resolve_device(args.device)
     try:
         import pyhessian  # noqa: F401
 
@@ -291,16 +310,17 @@ def main() -> None:
         have_pyhessian = False
         print("PyHessian not importable: its rows are skipped (see bench/requirements-probe.txt)")
 
-    model = trained_model(steps=5, batch=64)
+    model = trained_model(steps=5, batch=64).to(device)
     g = torch.Generator().manual_seed(1)
     x, y = (
         torch.randn(samples, 3, 32, 32, generator=g),
         torch.randint(0, 10, (samples,), generator=g),
     )
+    x, y = x.to(device), y.to(device)
     split = [(x[i : i + micro], y[i : i + micro]) for i in range(0, samples, micro)]
     print(
         f"# Hessian probe benchmark, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} thread(s), device {device}"
     )
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     for title, batches in (

@@ -1,6 +1,7 @@
 """ds_twophase: the two-phase Hessian-aware learning-rate schedule and LARS for DeepSpeed.
 
-Public API: :func:`initialize` (drop-in for ``deepspeed.initialize``), :func:`load_checkpoint`,
+Public API: :func:`initialize` (drop-in for ``deepspeed.initialize``), :func:`save_checkpoint` and
+:func:`load_checkpoint` (with the probe's state),
 :func:`epoch_end` with :class:`HessianProbe` and :class:`ProbeConfig` (the per-epoch call of your
 own loop), :class:`TwoPhaseLR`, :class:`WarmupStepLR`, :class:`LARS`, :func:`lars_param_groups`,
 :func:`principal_eigenvalue`, :func:`shutdown` (the end of a script's process group).
@@ -20,7 +21,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "initialize": "ds_twophase.engine",
-    "load_checkpoint": "ds_twophase.engine",
+    "load_checkpoint": "ds_twophase.loop_checkpoint",
+    "save_checkpoint": "ds_twophase.loop_checkpoint",
     "epoch_end": "ds_twophase.probe",
     "HessianProbe": "ds_twophase.probe",
     "ProbeConfig": "ds_twophase.probe",
@@ -42,6 +44,7 @@ __all__ = [
     "lars_param_groups",
     "load_checkpoint",
     "principal_eigenvalue",
+    "save_checkpoint",
     "shutdown",
 ]
 

@@ -12,11 +12,13 @@ from .errors import ConfigError, did_you_mean
 __all__ = [
     "ArgumentParser",
     "COMMANDS",
+    "SUMMARIES",
     "add_override_flag",
     "check_config",
     "console",
     "main",
     "report",
+    "usage",
 ]
 
 
@@ -78,20 +80,51 @@ COMMANDS = {
     "margins": analysis("margins"),
 }
 
+SUMMARIES = {
+    "check-config": "validate a run config without training (exit status 2 on any error)",
+    "train": "train from one JSON config (no --config: the embedded MNIST-1D run)",
+    "plot": "plot a run's LR, loss, accuracy and hmax against epoch",
+    "report": "tabulate runs grouped by config: mean ± std over seeds",
+    "margins": "normalised output margins of the training samples (paper Appendix A.1)",
+}
+"""One line per command for ``ds-twophase --help``; each command's own ``--help`` says more."""
+
+
+def usage() -> str:
+    """The text of ``ds-twophase --help``: every command with its one-line summary."""
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"usage: ds-twophase {{{','.join(COMMANDS)}}} ...",
+        "",
+        "Two-phase Hessian-aware learning rate and LARS for DeepSpeed.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {SUMMARIES[name]}" for name in COMMANDS),
+        "",
+        "ds-twophase COMMAND --help describes a command's options.",
+    ]
+    return "\n".join(lines)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ds-twophase`` console script."""
+    """Entry point of the ``ds-twophase`` console script. ``--help`` prints :func:`usage` and
+    exits 0; no arguments print it on stderr and exit 2 (training needs ``train``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = COMMANDS
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        names = ", ".join(commands)
-        if argv and argv[0] not in ("-h", "--help"):
-            hint = did_you_mean(argv[0], commands)
-            print(f"error: unknown command '{argv[0]}'{hint}; commands: {names}", file=sys.stderr)
-            return 2
-        print(f"usage: ds-twophase {{{names}}} ...", file=sys.stderr)
-        return 0 if argv else 2
-    return commands[argv[0]](argv[1:])
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        hint = did_you_mean(argv[0], COMMANDS)
+        names = ", ".join(COMMANDS)
+        print(f"error: unknown command '{argv[0]}'{hint}; commands: {names}", file=sys.stderr)
+        return 2
+    from .accelerator import select_cpu_accelerator
+
+    select_cpu_accelerator()  # before any command imports DeepSpeed
+    return COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -104,6 +104,9 @@ def init_process_group(
     ``DEEPSPEED_TIMEOUT``). Afterwards the name of DeepSpeed's CPU shared-memory buffer is
     released (:func:`release_deepspeed_shm`). End the group with :func:`shutdown`.
     """
+    from .accelerator import select_cpu_accelerator, without_op_build_lines
+
+    select_cpu_accelerator()  # a no-op when DeepSpeed is already imported
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -125,9 +128,10 @@ def init_process_group(
     # NCCL: on a timed-out collective the watchdog tears the process down (PyTorch's default,
     # written out so that an inherited "0", which would wait forever, is visible in the env).
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
-    deepspeed.init_distributed(
-        dist_backend=get_accelerator().communication_backend_name(), verbose=not quiet, **kwargs
-    )
+    with without_op_build_lines():
+        deepspeed.init_distributed(
+            dist_backend=get_accelerator().communication_backend_name(), verbose=not quiet, **kwargs
+        )
     release_deepspeed_shm()
 
 

@@ -13,14 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import deepspeed
-import torch
-from deepspeed.constants import TORCH_DISTRIBUTED_DEFAULT_PORT
-
 from . import dist
+from .accelerator import select_cpu_accelerator
 from .config import Batch, RunConfig, load_config, validate_config
 from .errors import ConfigError
 from .schedulers import SCHEDULERS, EpochScheduler
+
+select_cpu_accelerator()  # before DeepSpeed's first import: no accelerator warnings on CPU
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+from deepspeed.constants import TORCH_DISTRIBUTED_DEFAULT_PORT  # noqa: E402
 
 
 def initialize(

@@ -14,8 +14,10 @@ and the epochs trained again after the checkpoint a second row. :meth:`MonitorEv
 therefore rewrites, before the first epoch, our CSV files to one header and the rows of epochs
 up to the start epoch, DeepSpeed's own ``Train_Samples_*`` files to the rows up to the
 engine's restored sample count, and tells the CSV monitor that those headers exist. Other
-backends are append-only: TensorBoard gets a new event file per process (re-trained epochs are
-then logged again; TensorBoard shows the newest value per step), W&B starts a new run.
+backends are append-only: TensorBoard gets a new event file per process, so an epoch trained
+again after a resume (one after the newest checkpoint) is logged again: TensorBoard's reader
+returns both events at that step, the resumed run's with the later wall time (on one CPU the
+values are equal; tests/test_tensorboard.py). W&B starts a new run.
 """
 
 from __future__ import annotations

@@ -98,6 +98,9 @@ def _run(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         return report(exc) if dist.is_main_process() else 2
     dist.set_threads()
+    from .accelerator import select_cpu_accelerator
+
+    select_cpu_accelerator()  # before validation imports DeepSpeed
     from .config import load_config, validate_config
     from .trainer_config import prepare_output_dir
 

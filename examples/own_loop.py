@@ -5,7 +5,12 @@ Run with the deepspeed launcher, e.g.::
     deepspeed --num_gpus 2 examples/own_loop.py --epochs 6 --out /tmp/own_loop
 
 Every rank prints nothing per step; rank 0 prints one line per epoch and writes
-``<out>/records.json`` with the scheduler's decisions.
+``<out>/records.json`` with the scheduler's decisions. A checkpoint is saved after every epoch
+(``<out>/checkpoints``, the newest two kept, with the probe's state); ``--stop-after K`` exits
+after saving epoch K, and ``--resume`` continues from the newest checkpoint::
+
+    deepspeed --num_gpus 2 examples/own_loop.py --out /tmp/own_loop --stop-after 4
+    deepspeed --num_gpus 2 examples/own_loop.py --out /tmp/own_loop --resume
 """
 
 import argparse
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 
 import ds_twophase
 from ds_twophase import dist
+from ds_twophase.loop_checkpoint import EPOCH_KEY
 from ds_twophase.probe import HessianProbe, ProbeConfig, epoch_end
 
 CONFIG = {
@@ -36,6 +42,8 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out", default="/tmp/own_loop")
+    parser.add_argument("--stop-after", type=int, default=None, help="exit after this epoch")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest save")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -52,8 +60,14 @@ def main() -> None:
     probe = HessianProbe(
         data, F.cross_entropy, ProbeConfig(max_iters=10), batch_size=64, micro_batch_size=16, seed=0
     )
-    records = []
-    for epoch in range(1, args.epochs + 1):
+    out, records = Path(args.out), []
+    start = 0
+    if args.resume:  # model, optimizer, schedule and probe as they were after the saved epoch
+        path, client_state = ds_twophase.load_checkpoint(engine, out / "checkpoints", probe=probe)
+        if path is not None:
+            start = client_state[EPOCH_KEY]
+            records = json.loads((out / "records.json").read_text())[:start]
+    for epoch in range(start + 1, args.epochs + 1):
         loader.data_sampler.set_epoch(epoch)  # DeepSpeed never calls it
         loss_sum, count = 0.0, 0
         for step, (xb, yb) in enumerate(loader):
@@ -66,12 +80,14 @@ def main() -> None:
         total, n = dist.all_reduce_sums([loss_sum, count])  # the epoch loss over all ranks
         result = epoch_end(engine, total / n, probe)
         records.append(result.record.to_dict())
+        ds_twophase.save_checkpoint(engine, out / "checkpoints", epoch, probe)  # every rank
         if dist.is_rank_zero():
             r = result.record
             print(f"epoch {r.epoch} loss {total / n:.4f} lr {r.lr:.4g} {r.phase} {r.decision}")
-    if dist.is_rank_zero():
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "records.json").write_text(json.dumps(records))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "records.json").write_text(json.dumps(records))
+        if epoch == args.stop_after:
+            break
     # End the process group after the last collective: without it a gloo thread can abort the
     # interpreter's exit (exit -6) after all the work was done.
     ds_twophase.shutdown()

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torchvision import datasets
-from torchvision.transforms import v2 as T
 
 from ..errors import ConfigError
 from .splits import DatasetSplits
@@ -52,7 +50,10 @@ def imagenet_num_classes(root: str | Path) -> int:
     return sum(1 for p in (Path(root).expanduser() / "train").iterdir() if p.is_dir())
 
 
-def _transforms(train: bool, augment: bool, normalize: bool) -> T.Compose:
+def _transforms(train: bool, augment: bool, normalize: bool) -> Any:
+    # torchvision is imported only by runs that use it: an MNIST-1D run never loads its ops.
+    from torchvision.transforms import v2 as T
+
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize else ((0.0,) * 3, (1.0,) * 3)
     if train and augment:
         # Paper Appendix A.2 (after He et al. 2019): shorter side resized to 256..384, random
@@ -85,6 +86,8 @@ def build_imagenet(cfg: DatasetConfig) -> DatasetSplits:
     problem = imagenet_root_problem(cfg.data_root())
     if problem:
         raise ConfigError(f"trainer.dataset.root: {problem}")
+    from torchvision import datasets
+
     base = cfg.data_root()
     augment = cfg.resolved_augment()
     train = datasets.ImageFolder(

@@ -7,7 +7,6 @@ downloaded).
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 __all__ = ["resnet50"]
@@ -23,6 +22,8 @@ def resnet50(
         in_channels: channels of the input images (the stem convolution is replaced if not 3).
         zero_init_residual: zero the last BN gamma of each bottleneck block.
     """
+    import torchvision  # only for this model
+
     model = torchvision.models.resnet50(
         weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
     )

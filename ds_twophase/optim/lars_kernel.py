@@ -19,6 +19,8 @@ from types import FrameType, ModuleType
 
 import torch
 
+from ..accelerator import import_cpp_extension_quietly
+
 _KERNEL_ENV = "DS_TWOPHASE_LARS_KERNEL"
 _KERNEL_SOURCE = Path(__file__).with_name("lars_kernel.cpp")
 _KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -62,14 +64,9 @@ def _load_kernel() -> ModuleType | bool:
         digest = hashlib.sha1(
             source + repr((_KERNEL_CFLAGS, _KERNEL_LDFLAGS, torch.__version__)).encode()
         ).hexdigest()[:12]
-        # importing cpp_extension logs a warning about CUDA_HOME on machines without CUDA
-        ext_log = logging.getLogger("torch.utils.cpp_extension")
-        level = ext_log.level
-        ext_log.setLevel(logging.ERROR)
-        try:
-            from torch.utils import cpp_extension
-        finally:
-            ext_log.setLevel(level)
+        import_cpp_extension_quietly()  # no CUDA_HOME warning on machines without CUDA
+        from torch.utils import cpp_extension
+
         _log.info("LARS: loading the fused CPU kernel (the first time: a build of 10-15 s)")
         # torch serialises concurrent builds of one name with a file lock in its build directory
         return cpp_extension.load(
