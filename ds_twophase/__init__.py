@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "initialize": "ds_twophase.engine",
     "load_checkpoint": "ds_twophase.engine",
-    "epoch_end": "ds_twophase.probe",
+    "epoch_end": "ds_twophase.schedulers.end_of_epoch",
     "HessianProbe": "ds_twophase.probe",
     "ProbeConfig": "ds_twophase.probe",
     "principal_eigenvalue": "ds_twophase.probe",

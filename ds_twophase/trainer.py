@@ -2,8 +2,8 @@
 
 The pieces live next door: :mod:`.epoch` trains one epoch, :mod:`.evaluate` measures the
 validation split, :mod:`.resume` picks and checks the checkpoint to continue from,
-:mod:`.checkpoint` writes them, and :func:`ds_twophase.probe.epoch_end` makes the epoch-end
-decision.
+:mod:`.checkpoint` writes them, and :func:`ds_twophase.schedulers.end_of_epoch.epoch_end` makes
+the epoch-end decision.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from .evaluate import evaluate
 from .metrics import MetricsLog
 from .models import build_model
 from .monitor_events import MonitorEvents, check_backends
-from .probe import HessianProbe, RankDisagreement, epoch_end
+from .probe import HessianProbe
 from .resume import check_fresh_output_dir, choose_checkpoint, resume_fingerprint
 from .schedulers import EpochScheduler
+from .schedulers.end_of_epoch import RankDisagreement, epoch_end
 
 __all__ = ["RunResult", "Trainer", "TrainingStopped"]
 
@@ -270,9 +271,9 @@ class Trainer:
                     f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
                 )
         with dist.collective_place(f"the end of epoch {epoch} (probe, decision, evaluation)"):
-            decision, probe_seconds = self._decide(train_loss, se)
+            decision, probe_seconds, probed = self._decide(train_loss, se)
             row.update(decision)
-            probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
+            probe_seconds += self.analysis.measure(self.engine, epoch, last, row, scheduled=probed)
             row["lr"] = self.engine.get_lr()[0]
             row["val_loss"] = row["val_accuracy"] = None
             if epoch % self.tc.eval_every == 0 or epoch == last:
@@ -297,11 +298,11 @@ class Trainer:
 
     def _decide(
         self, train_loss: float, train_loss_se: float | None
-    ) -> tuple[dict[str, Any], float]:
-        """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler) and
-        the seconds the probe took."""
+    ) -> tuple[dict[str, Any], float, bool]:
+        """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler), the
+        seconds the probe took and whether the schedule's probe ran."""
         if not isinstance(self.scheduler, EpochScheduler):
-            return {"phase": None, "hmax": None, "decision": None}, 0.0
+            return {"phase": None, "hmax": None, "decision": None}, 0.0, False
         with warnings.catch_warnings():
             # The decision's warning is logged once below, by rank 0 only.
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -327,7 +328,9 @@ class Trainer:
             "probe_hvps": None if end.probe is None else end.probe.iterations,
             "probe_residual": None if end.probe is None or not end.probe.ok else end.probe.residual,
         }
-        return columns, 0.0 if end.probe is None else end.probe.seconds
+        if end.probe is None:
+            return columns, 0.0, False
+        return columns, end.probe.seconds, True
 
     def _preempted(self, epoch: int, progress: EpochProgress | None) -> NoReturn:
         """Save a complete checkpoint after ``epoch`` (and ``progress`` into the next) and

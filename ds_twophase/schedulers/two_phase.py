@@ -113,8 +113,8 @@ class TwoPhaseLR(EpochScheduler):
         max_exploration_epochs: force the switch at the end of this epoch even without a
             plateau (``None``: never forced).
         probe_max_failures: after this many consecutive failed probes at a pending switch,
-            switch without hmax (JSON: ``probe.max_failures``, passed by
-            ``ds_twophase.initialize``; default 3).
+            switch without hmax (JSON: ``probe.max_failures``, passed on by
+            the config's validation; default 3).
         min_lr_ratio: floor for decayed LRs relative to each group's peak, in [0, 1); with
             ``min_lr`` the larger floor wins. Not in the paper; 0 (the default) is its rule.
         rise: ``"paper"`` (default: a rise is ``prev < now``) or ``"significant"`` (a rise
