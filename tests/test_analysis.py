@@ -184,12 +184,15 @@ def test_report_numbers_are_mean_and_std_by_hand(tmp_path, capsys):
     assert float(tp["val_accuracy_std"]) == pytest.approx(math.sqrt(0.0026 / 2))
     assert float(tp["first_decay_mean"]) == pytest.approx(9.0)
     assert float(tp["first_decay_std"]) == pytest.approx(1.0)
-    assert float(tp["best_val_accuracy"]) == pytest.approx(0.97)
+    assert float(tp["best_final_val_accuracy"]) == pytest.approx(0.97)  # best run's final value
+    # best_val_accuracy means summary.json's (the best epoch's value), here from metrics.jsonl
+    assert float(tp["best_val_accuracy_mean"]) == pytest.approx(0.93)
     assert tp["runs"] == "3" and tp["seeds"] == "0 1 2" and tp["test_accuracy_mean"] == ""
     assert tp["lars_coefficient"] == "0.01" and tp["batch_size"] == "2048"
     assert float(st["test_accuracy_mean"]) == pytest.approx(0.82)
     assert float(st["test_accuracy_std"]) == pytest.approx(math.sqrt(0.0008))
     assert float(st["val_accuracy_mean"]) == pytest.approx(0.855)
+    assert float(st["best_val_accuracy_mean"]) == pytest.approx(0.9)  # summary.json's value
     assert st["decay_epochs"] == "6/9" and st["decay_policy"] == "step-wise (β = 0.1)"
     assert main(["report", *map(str, dirs)]) == 0
     markdown = capsys.readouterr().out

@@ -25,6 +25,7 @@ from .decision import (
     resolve_patience,
 )
 from .readings import EpochDecision, Reading
+from .unfinished import exploration_unfinished
 
 __all__ = [
     "CONVERGENCE",
@@ -58,6 +59,9 @@ class EpochRecord:
     magnitude of the probed Hessian block (negative when the most curved direction is concave)."""
     switched: bool = False
     """True in the epoch that entered the convergence phase."""
+    switch_forced: bool = False
+    """True in the switch epoch when ``max_exploration_epochs`` forced the switch before the
+    plateau's planned switch epoch (or without any plateau)."""
     decayed: bool = False
     """True in an epoch whose decision decayed the LR."""
     plateau: bool = False
@@ -280,7 +284,7 @@ class TwoPhaseLR(EpochScheduler):
         ``max_exploration_epochs``, a switch planned after the last epoch, or a switch still
         waiting for a probe. The record of epoch ``total_epochs`` carries the same text in its
         ``warning``."""
-        return self.decision.exploration_unfinished()
+        return exploration_unfinished(self.decision)
 
     def end_epoch(
         self,
@@ -314,6 +318,7 @@ class TwoPhaseLR(EpochScheduler):
             decision=out.decision,
             hmax=out.hmax,
             switched=out.decision == "switch",
+            switch_forced=out.switch_forced,
             decayed=out.decision == "decay",
             plateau=out.plateau,
             hmax_se=None if reading is None else reading.hmax_se,
