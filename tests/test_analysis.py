@@ -208,6 +208,12 @@ def test_report_numbers_are_mean_and_std_by_hand(tmp_path, capsys):
         ("trainer.seed", 7, True),
         ("trainer.output_dir", "elsewhere", True),
         ("trainer.checkpoint_every", 5, True),
+        # keys that leave training unchanged (the list --resume uses) do not split a group
+        ("trainer.eval_every", 2, True),
+        ("trainer.margins_every", 3, True),
+        ("scheduler.params.probe.every", 4, True),
+        ("trainer.dataset.root", "/elsewhere", True),
+        ("tensorboard.enabled", True, True),
         ("optimizer.params.lr", 2.0, False),
         ("scheduler.params.decay_factor", 0.4, False),
         ("trainer.dataset.seed", 1, False),
@@ -238,3 +244,19 @@ def test_report_reads_a_partial_last_line(tmp_path, capsys):
     assert len(load_run(path).rows) == 12
     assert main(["report", str(path), str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_and_resume_share_one_list_of_training_free_keys():
+    from ds_twophase.analysis.report import IGNORED_KEYS, group_key
+    from ds_twophase.config.free_keys import TRAINING_FREE_KEYS
+    from ds_twophase.resume import RESUME_FREE_KEYS, resume_fingerprint
+
+    assert RESUME_FREE_KEYS is TRAINING_FREE_KEYS
+    assert IGNORED_KEYS == ("trainer.seed",)  # report's own addition: a group is all seeds
+    changed = copy.deepcopy(BASE)
+    changed["trainer"].update(eval_every=3, margins_every=2)
+    assert group_key(changed) == group_key(BASE)
+    assert resume_fingerprint(changed) == resume_fingerprint(BASE)
+    changed["trainer"]["seed"] = 4  # report groups seeds; a resume must refuse another seed
+    assert group_key(changed) == group_key(BASE)
+    assert resume_fingerprint(changed) != resume_fingerprint(BASE)
