@@ -5,7 +5,7 @@ f_prev < f``: what matters is whether hmax rose or fell since the previous epoch
 where the training loss rose. In one process (a gloo group of one rank):
 
 1. Trains ``--config`` as ``python -m ds_twophase.train`` does (``Trainer.train_epoch`` and
-   ``ds_twophase.probe.epoch_end``, the config's own probe deciding; evaluation and checkpoints
+   ``ds_twophase.schedulers.end_of_epoch.epoch_end``, the config's own probe deciding; evaluation and checkpoints
    left out). ``--verify`` then runs the trainer as a subprocess and compares every epoch.
 2. From epoch ``--from-epoch`` on, after the epoch's decision, measures hmax of the trained
    module on nested probe batches (``select_probe_indices`` with each size: the run's own rule)
@@ -167,7 +167,8 @@ def measure(model: Any, batches: list[Any], layer: Any, seed: int) -> Measuremen
 
 def run_study(args: argparse.Namespace, tmp: str) -> Study:
     """Train the config and probe every size from ``args.from_epoch`` on."""
-    from ds_twophase.probe import eigen, epoch_end, resolve_layer
+    from ds_twophase.probe import eigen, resolve_layer
+    from ds_twophase.schedulers.end_of_epoch import epoch_end
     from ds_twophase.trainer import Trainer
 
     source, digest = git_state(), package_digest()

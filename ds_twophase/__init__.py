@@ -23,7 +23,7 @@ _LAZY = {
     "initialize": "ds_twophase.engine",
     "load_checkpoint": "ds_twophase.loop_checkpoint",
     "save_checkpoint": "ds_twophase.loop_checkpoint",
-    "epoch_end": "ds_twophase.probe",
+    "epoch_end": "ds_twophase.schedulers.end_of_epoch",
     "HessianProbe": "ds_twophase.probe",
     "ProbeConfig": "ds_twophase.probe",
     "principal_eigenvalue": "ds_twophase.probe",

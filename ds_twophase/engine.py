@@ -179,8 +179,6 @@ def scheduler_factory(
         derived,
         fix="write it in scheduler.params, pass steps_per_epoch= or training_data=",
     )
-    if run.schedule_probe is not None:  # the schedule itself acts on probe.max_failures
-        params["probe_max_failures"] = run.schedule_probe.max_failures
     cls = SCHEDULERS[run.scheduler.type]
 
     def build(optimizer: torch.optim.Optimizer) -> EpochScheduler:

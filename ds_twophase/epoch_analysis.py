@@ -55,13 +55,14 @@ class EpochAnalysis:
             )
             self.probe = PeriodicProbe(probe, run.probe.every)
 
-    def measure(self, engine: Any, epoch: int, last: int, row: dict[str, Any]) -> float:
+    def measure(
+        self, engine: Any, epoch: int, last: int, row: dict[str, Any], *, scheduled: bool
+    ) -> float:
         """Add this epoch's analysis columns to ``row`` (every rank, after the decision); the
-        probe seconds spent (to add to ``probe_seconds``)."""
+        probe seconds spent (to add to ``probe_seconds``). ``scheduled``: the schedule's own
+        probe ran this epoch (its hmax is in the row already)."""
         seconds = 0.0
         if self.probe is not None:
-            # The schedule's own probe ran this epoch when it reported HVPs or an error.
-            scheduled = row.get("probe_hvps") is not None or row.get("probe_error") is not None
             seconds = self.probe.measure(engine, epoch, row, scheduled)
         every = self.margins_every
         if every and (epoch % every == 0 or epoch == last):

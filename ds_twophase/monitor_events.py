@@ -29,33 +29,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, dist
+from . import checkpoint, epoch_row
 from .errors import ConfigError, Problem
 
 TAG_PREFIX = "ds_twophase/"
 """Prefix of every tag we write."""
 
-SCALARS = (
-    "lr",
-    "train_loss",
-    "train_loss_se",
-    "val_loss",
-    "val_accuracy",
-    "hmax",
-    "hmax_se",
-    "probe_loss",
-    "probe_loss_se",
-    "probe_seconds",
-    "probe_hvps",
-    "probe_residual",
-    "margin_q1",
-    "margin_median",
-    "margin_q3",
-    "margin_iqr",
-    "test_loss",
-    "test_accuracy",
-)
-"""``metrics.jsonl`` columns written as they are (``ds_twophase/<column>``)."""
+SCALARS = epoch_row.SCALARS
+"""``metrics.jsonl`` columns written as they are (``ds_twophase/<column>``): those
+:data:`ds_twophase.epoch_row.COLUMNS` marks ``"scalar"``."""
 
 PHASE_CODES = {"exploration": 0, "convergence": 1}
 """``ds_twophase/phase``: TwoPhaseLR's phase. Other schedulers (WarmupStepLR's constant
@@ -72,7 +54,10 @@ DECISION_CODES = {
 }
 """``ds_twophase/decision``: the epoch's decision (see ``EpochRecord.decision``)."""
 
-TAGS = tuple(TAG_PREFIX + name for name in (*SCALARS, "phase", "decision"))
+CODES = {"phase": PHASE_CODES, "decision": DECISION_CODES}
+"""The codes of each column :data:`ds_twophase.epoch_row.COLUMNS` marks ``"code"``."""
+
+TAGS = tuple(TAG_PREFIX + name for name in (*SCALARS, *epoch_row.CODED))
 """Every tag we may write, in event order."""
 
 BACKEND_PACKAGES = {
@@ -113,9 +98,9 @@ def row_events(row: dict[str, Any]) -> list[tuple[str, float, int]]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         events.append((TAG_PREFIX + name, float(value), epoch))
-    for name, codes in (("phase", PHASE_CODES), ("decision", DECISION_CODES)):
+    for name in epoch_row.CODED:
         value = row.get(name)
-        code = codes.get(value) if isinstance(value, str) else None
+        code = CODES[name].get(value) if isinstance(value, str) else None
         if code is not None:
             events.append((TAG_PREFIX + name, float(code), epoch))
     return events
@@ -149,7 +134,8 @@ def trim_csv(path: Path, last_step: float) -> bool:
 
 
 class MonitorEvents:
-    """Writes metrics rows to ``engine.monitor`` on rank 0 (a no-op when no backend is on)."""
+    """Writes metrics rows to ``engine.monitor`` (a no-op when no backend is on). Rank 0 only:
+    the trainer's :func:`~ds_twophase.metrics_sink.metrics_sink` builds one there alone."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -165,7 +151,7 @@ class MonitorEvents:
         """Before training epoch ``epoch + 1`` (0 for a fresh run): trim the CSV monitor's
         files to what the run being continued logged up to ``epoch`` (module docstring)."""
         csv_monitor = None if self.monitor is None else self.monitor.csv_monitor
-        if csv_monitor is None or not dist.is_rank_zero() or not csv_monitor.log_dir:
+        if csv_monitor is None or not csv_monitor.log_dir:
             return
         log_dir = Path(csv_monitor.log_dir)
         samples = float(getattr(self.engine, "global_samples", 0) or 0)
@@ -181,8 +167,8 @@ class MonitorEvents:
                 csv_monitor.filenames.append(path.stem)  # its header is there: not again
 
     def write(self, row: dict[str, Any]) -> None:
-        """Write one metrics row's events (rank 0; DeepSpeed's monitor ignores other ranks)."""
-        if self.monitor is None or not dist.is_rank_zero():
+        """Write one metrics row's events."""
+        if self.monitor is None:
             return
         events = row_events(row)
         if events:

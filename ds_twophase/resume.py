@@ -15,31 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
+from .config.free_keys import TRAINING_FREE_KEYS as RESUME_FREE_KEYS  # one list, see there
 from .errors import ConfigError
 from .metrics import MetricsLog
-
-# Config keys that may change between a run and its resume without changing the training.
-RESUME_FREE_KEYS = (
-    "trainer.output_dir",
-    "trainer.checkpoint_every",
-    "trainer.checkpoint_minutes",
-    "trainer.collective_timeout_minutes",
-    "trainer.keep_checkpoints",
-    "trainer.progress",
-    "trainer.num_workers",
-    "trainer.eval_every",
-    "trainer.on_nonfinite_loss",
-    "trainer.margins_every",  # measurements for analysis only: training is the same
-    "scheduler.params.probe.every",
-    "trainer.dataset.root",
-    "steps_per_print",
-    "wall_clock_breakdown",
-    "tensorboard",
-    "csv_monitor",
-    "wandb",
-    "comet",
-    "flops_profiler",
-)
 
 Choice = tuple[int, str, dict[str, Any]]
 """``(epoch, checkpoint directory, saved state with its tensors under "tensors")``."""

@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .epoch_row import schedule_events
+
 __all__ = ["build_summary", "commit_info", "config_fingerprint", "indices_digest"]
 
 SUMMARY_NAME = "summary.json"
-# TwoPhaseLR's default extra_epochs_ratio (kept equal to schedulers.two_phase by a test).
-DEFAULT_EXTRA_EPOCHS_RATIO = 1 / 3
 
 
 def config_fingerprint(fingerprint: dict[str, Any]) -> str:
@@ -60,10 +60,6 @@ def commit_info(*dirs: Path | str) -> tuple[str | None, bool | None]:
     return None, None
 
 
-def _first(rows: list[dict[str, Any]], test) -> int | None:
-    return next((r["epoch"] for r in rows if test(r)), None)
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -81,7 +77,10 @@ def build_summary(
 
     ``fingerprint`` is the config's resume fingerprint (hashed into ``config_fingerprint``).
     With ``trainer.dataset.val_size`` 0 the validation split is the test split, so the test
-    numbers are the last epoch's ``val_*`` and ``val_is_test`` is true.
+    numbers are the last epoch's ``val_*`` and ``val_is_test`` is true. ``best_val_accuracy``
+    is the best evaluated epoch's value (``best_val_epoch`` says which). Plateau, switch and
+    decays come from :func:`ds_twophase.epoch_row.schedule_events`; ``switch_forced`` is the
+    switch row's own record (``None`` for rows written before it had one).
     """
     last = rows[-1] if rows else {}
     val_size = int(resolved.get("trainer", {}).get("dataset", {}).get("val_size", 0) or 0)
@@ -92,17 +91,9 @@ def build_summary(
     evaluated = [r for r in rows if _number(r.get("val_accuracy")) is not None]
     best = max(evaluated, key=lambda r: r["val_accuracy"], default=None)
 
-    # Schedule events (two-phase rows have a decision; other schedulers write None).
-    two_phase = any(r.get("decision") is not None for r in rows)
-    plateau = _first(rows, lambda r: r.get("plateau") is True or r.get("decision") == "plateau")
-    switch = _first(rows, lambda r: r.get("decision") == "switch")
-    params = resolved.get("scheduler", {}).get("params", {}) or {}
-    cap = params.get("max_exploration_epochs")
-    forced = None
-    if switch is not None:
-        ratio = params.get("extra_epochs_ratio", DEFAULT_EXTRA_EPOCHS_RATIO)
-        planned = None if plateau is None else plateau + math.floor(ratio * plateau + 0.5)
-        forced = cap is not None and switch >= cap and (planned is None or planned > switch)
+    # Schedule events: two-phase and WarmupStepLR rows have decisions, others write None.
+    events = schedule_events(rows)
+    two_phase = events.decided
 
     probe = sum(_number(r.get("probe_seconds")) or 0.0 for r in rows)
     wall = sum(_number(r.get("epoch_seconds")) or 0.0 for r in rows)
@@ -115,11 +106,11 @@ def build_summary(
         "best_val_accuracy": None if best is None else best["val_accuracy"],
         "best_val_epoch": None if best is None else best["epoch"],
         "final_val_accuracy": last.get("val_accuracy"),
-        "plateau_epoch": plateau,
-        "switch_epoch": switch,
-        "switch_forced": forced,
+        "plateau_epoch": events.plateau,
+        "switch_epoch": events.switch,
+        "switch_forced": events.switch_forced,
         "ended_in_exploration": (last.get("phase") == "exploration") if two_phase else None,
-        "decay_epochs": [r["epoch"] for r in rows if r.get("decision") == "decay"],
+        "decay_epochs": events.decays if events.decided else [],
         "final_lr": last.get("lr"),
         "probe_seconds": probe,
         "wall_seconds": wall,

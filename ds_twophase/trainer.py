@@ -2,13 +2,12 @@
 
 The pieces live next door: :mod:`.epoch` trains one epoch, :mod:`.evaluate` measures the
 validation split, :mod:`.resume` picks and checks the checkpoint to continue from,
-:mod:`.checkpoint` writes them, and :func:`ds_twophase.probe.epoch_end` makes the epoch-end
-decision.
+:mod:`.checkpoint` writes them, and :func:`ds_twophase.schedulers.end_of_epoch.epoch_end` makes
+the epoch-end decision.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -18,7 +17,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import checkpoint, dist, preempt, summary
+from . import checkpoint, dist, epoch_row, preempt, summary
 from .config import RunConfig
 from .data import build_datasets
 from .engine import initialize_run, load_checkpoint
@@ -37,11 +36,13 @@ from .epoch_analysis import EpochAnalysis
 from .errors import ConfigError
 from .evaluate import evaluate
 from .metrics import MetricsLog
+from .metrics_sink import metrics_sink
 from .models import build_model
-from .monitor_events import MonitorEvents, check_backends
-from .probe import HessianProbe, RankDisagreement, epoch_end
+from .monitor_events import check_backends
+from .probe import HessianProbe
 from .resume import check_fresh_output_dir, choose_checkpoint, resume_fingerprint
 from .schedulers import EpochScheduler
+from .schedulers.end_of_epoch import RankDisagreement, epoch_end
 
 __all__ = ["RunResult", "Trainer", "TrainingStopped"]
 
@@ -111,11 +112,12 @@ class Trainer:
                 zero_stage=run.zero_stage,
             )
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
-        # probe.every and trainer.margins_every; DeepSpeed's monitor gets every metrics row.
+        # Rank 0 writes metrics.jsonl, config.json and DeepSpeed's monitor; other ranks nothing.
+        self.sink = metrics_sink(self.metrics, self.engine, self.ckpt_dir)
+        # probe.every and trainer.margins_every.
         self.analysis = EpochAnalysis(
             run, self.splits.train, batch_size=self.train_batch, micro_batch_size=self.micro
         )
-        self.monitor = MonitorEvents(self.engine)
         # Pre-emption: the stop flag while fit runs, and the mid-epoch progress to resume from.
         self.stop: preempt.StopFlag | None = None
         self.progress: EpochProgress | None = None
@@ -159,8 +161,7 @@ class Trainer:
             if self.progress is not None:  # a mid-epoch checkpoint
                 note += f"{self.progress.micro_batches} micro-batch(es) into epoch {epoch + 1}; "
             dist.print_rank_zero(f"resume: {note}continuing after epoch {epoch} from {path}")
-        if dist.is_rank_zero():
-            self.metrics.truncate(epoch)  # epochs no checkpoint kept are trained again
+        self.sink.resumed(epoch)  # epochs no checkpoint kept are trained again
         return epoch
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
@@ -191,17 +192,11 @@ class Trainer:
         else:
             dist.on_rank_zero(lambda: check_fresh_output_dir(self.out, self.metrics, self.ckpt_dir))
             start = 0
-        self.monitor.start(start)  # CSV monitor files: no second header, no re-trained epochs
         # The code this session trains with, for summary.json (read now: the tree may change
         # while a long run trains).
         self.commit = summary.commit_info(Path.cwd(), Path(__file__).parent)
         # Only once the checks passed: a refused run must not overwrite the existing run's file.
-        if dist.is_rank_zero():
-            self.out.mkdir(parents=True, exist_ok=True)
-            with checkpoint.stop_on_write_error(str(self.out / "config.json"), self.ckpt_dir):
-                checkpoint.write_text_atomic(
-                    self.out / "config.json", json.dumps(self.run.resolved, indent=2) + "\n"
-                )
+        self.sink.start(start, self.run.resolved)
         last = self.tc.epochs
         end_at = last if stop_after is None else min(stop_after, last)
         val_acc = None
@@ -270,9 +265,9 @@ class Trainer:
                     f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
                 )
         with dist.collective_place(f"the end of epoch {epoch} (probe, decision, evaluation)"):
-            decision, probe_seconds = self._decide(train_loss, se)
+            decision, probe_seconds, probed = self._decide(train_loss, se)
             row.update(decision)
-            probe_seconds += self.analysis.measure(self.engine, epoch, last, row)
+            probe_seconds += self.analysis.measure(self.engine, epoch, last, row, scheduled=probed)
             row["lr"] = self.engine.get_lr()[0]
             row["val_loss"] = row["val_accuracy"] = None
             if epoch % self.tc.eval_every == 0 or epoch == last:
@@ -286,22 +281,18 @@ class Trainer:
                 )
         row["probe_seconds"] = probe_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
-        if dist.is_rank_zero():
-            with checkpoint.stop_on_write_error(
-                f"{self.metrics.path} (epoch {epoch})", self.ckpt_dir
-            ):
-                self.metrics.append(row)
-                self.monitor.write(row)
+        epoch_row.check_row(row)  # every column is declared in the one schema
+        self.sink.write(row)
         dist.print_rank_zero(_epoch_line(row, last))
         return row
 
     def _decide(
         self, train_loss: float, train_loss_se: float | None
-    ) -> tuple[dict[str, Any], float]:
-        """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler) and
-        the seconds the probe took."""
+    ) -> tuple[dict[str, Any], float, bool]:
+        """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler), the
+        seconds the probe took and whether the schedule's probe ran."""
         if not isinstance(self.scheduler, EpochScheduler):
-            return {"phase": None, "hmax": None, "decision": None}, 0.0
+            return {"phase": None, "hmax": None, "decision": None}, 0.0, False
         with warnings.catch_warnings():
             # The decision's warning is logged once below, by rank 0 only.
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -322,12 +313,15 @@ class Trainer:
             "hmax_rise_z": rec.hmax_rise_z,
             "decision": rec.decision,
             "plateau": rec.plateau,
+            "switch_forced": rec.switch_forced,
             "warning": rec.warning,
             "probe_error": None if end.probe is None else end.probe.error,
             "probe_hvps": None if end.probe is None else end.probe.iterations,
             "probe_residual": None if end.probe is None or not end.probe.ok else end.probe.residual,
         }
-        return columns, 0.0 if end.probe is None else end.probe.seconds
+        if end.probe is None:
+            return columns, 0.0, False
+        return columns, end.probe.seconds, True
 
     def _preempted(self, epoch: int, progress: EpochProgress | None) -> NoReturn:
         """Save a complete checkpoint after ``epoch`` (and ``progress`` into the next) and

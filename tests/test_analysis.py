@@ -184,12 +184,15 @@ def test_report_numbers_are_mean_and_std_by_hand(tmp_path, capsys):
     assert float(tp["val_accuracy_std"]) == pytest.approx(math.sqrt(0.0026 / 2))
     assert float(tp["first_decay_mean"]) == pytest.approx(9.0)
     assert float(tp["first_decay_std"]) == pytest.approx(1.0)
-    assert float(tp["best_val_accuracy"]) == pytest.approx(0.97)
+    assert float(tp["best_final_val_accuracy"]) == pytest.approx(0.97)  # best run's final value
+    # best_val_accuracy means summary.json's (the best epoch's value), here from metrics.jsonl
+    assert float(tp["best_val_accuracy_mean"]) == pytest.approx(0.93)
     assert tp["runs"] == "3" and tp["seeds"] == "0 1 2" and tp["test_accuracy_mean"] == ""
     assert tp["lars_coefficient"] == "0.01" and tp["batch_size"] == "2048"
     assert float(st["test_accuracy_mean"]) == pytest.approx(0.82)
     assert float(st["test_accuracy_std"]) == pytest.approx(math.sqrt(0.0008))
     assert float(st["val_accuracy_mean"]) == pytest.approx(0.855)
+    assert float(st["best_val_accuracy_mean"]) == pytest.approx(0.9)  # summary.json's value
     assert st["decay_epochs"] == "6/9" and st["decay_policy"] == "step-wise (β = 0.1)"
     assert main(["report", *map(str, dirs)]) == 0
     markdown = capsys.readouterr().out
@@ -205,6 +208,12 @@ def test_report_numbers_are_mean_and_std_by_hand(tmp_path, capsys):
         ("trainer.seed", 7, True),
         ("trainer.output_dir", "elsewhere", True),
         ("trainer.checkpoint_every", 5, True),
+        # keys that leave training unchanged (the list --resume uses) do not split a group
+        ("trainer.eval_every", 2, True),
+        ("trainer.margins_every", 3, True),
+        ("scheduler.params.probe.every", 4, True),
+        ("trainer.dataset.root", "/elsewhere", True),
+        ("tensorboard.enabled", True, True),
         ("optimizer.params.lr", 2.0, False),
         ("scheduler.params.decay_factor", 0.4, False),
         ("trainer.dataset.seed", 1, False),
@@ -235,3 +244,19 @@ def test_report_reads_a_partial_last_line(tmp_path, capsys):
     assert len(load_run(path).rows) == 12
     assert main(["report", str(path), str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_and_resume_share_one_list_of_training_free_keys():
+    from ds_twophase.analysis.report import IGNORED_KEYS, group_key
+    from ds_twophase.config.free_keys import TRAINING_FREE_KEYS
+    from ds_twophase.resume import RESUME_FREE_KEYS, resume_fingerprint
+
+    assert RESUME_FREE_KEYS is TRAINING_FREE_KEYS
+    assert IGNORED_KEYS == ("trainer.seed",)  # report's own addition: a group is all seeds
+    changed = copy.deepcopy(BASE)
+    changed["trainer"].update(eval_every=3, margins_every=2)
+    assert group_key(changed) == group_key(BASE)
+    assert resume_fingerprint(changed) == resume_fingerprint(BASE)
+    changed["trainer"]["seed"] = 4  # report groups seeds; a resume must refuse another seed
+    assert group_key(changed) == group_key(BASE)
+    assert resume_fingerprint(changed) != resume_fingerprint(BASE)

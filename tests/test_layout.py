@@ -112,3 +112,25 @@ def test_only_dist_knows_launchers_and_torch_distributed():
         if "torch.distributed" in text or any(f'"{var}"' in text for var in LAUNCHER_VARS):
             offenders.append(name)
     assert offenders == []
+
+
+def test_the_probe_measures_and_the_schedule_decides():
+    """probe/ holds no decision: none of its modules imports the epoch-end decision, which
+    lives with the schedule; the old import paths still give the same objects."""
+    import ds_twophase
+    from ds_twophase import probe
+    from ds_twophase.schedulers import end_of_epoch
+
+    deciders = [
+        n
+        for n in MODULES
+        if n.startswith("ds_twophase.probe") and "end_of_epoch" in str(imports_of(n))
+    ]
+    assert deciders == []
+    assert "ds_twophase.probe.epoch_end" not in MODULES
+    for name in probe.DECISION_NAMES:
+        assert getattr(probe, name) is getattr(end_of_epoch, name)
+    assert ds_twophase.epoch_end is end_of_epoch.epoch_end
+    assert ds_twophase.HessianProbe is probe.HessianProbe
+    for name in ds_twophase.__all__:
+        assert getattr(ds_twophase, name) is not None

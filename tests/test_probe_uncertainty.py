@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ds_twophase.probe import ProbeConfig, measure_hmax, principal_eigenvalue
-from ds_twophase.probe.epoch_end import reading_of
+from ds_twophase.probe.hessian import reading_of
 
 CE = nn.CrossEntropyLoss()
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
-from ds_twophase.schedulers import TwoPhaseLR
-from ds_twophase.summary import DEFAULT_EXTRA_EPOCHS_RATIO, build_summary, config_fingerprint
+from ds_twophase.schedulers import TwoPhaseDecision
+from ds_twophase.summary import build_summary, config_fingerprint
 
 
 def row(epoch, decision, phase="exploration", **kw):
@@ -31,39 +29,67 @@ def config(val_size=0, **params):
     }
 
 
-def test_default_ratio_matches_the_scheduler():
-    default = inspect.signature(TwoPhaseLR).parameters["extra_epochs_ratio"].default
-    assert default == DEFAULT_EXTRA_EPOCHS_RATIO
+def decided_rows(losses, ratio=1 / 3, cap=None):
+    """Rows as the trainer writes them from the real decision state machine (hmax 1.0)."""
+    decision = TwoPhaseDecision(
+        total_epochs=len(losses),
+        patience=1,
+        threshold=0.0,
+        extra_epochs_ratio=ratio,
+        decay_factor=0.5,
+        max_exploration_epochs=cap,
+    )
+    rows = []
+    for i, loss in enumerate(losses, start=1):
+        out = decision.end_epoch(loss, lambda: 1.0)
+        extra = {"plateau": out.plateau, "switch_forced": out.switch_forced}
+        rows.append(row(i, out.decision, decision.phase, **extra))
+    return rows
 
 
 @pytest.mark.parametrize(
-    ("decisions", "params", "plateau", "switch", "forced", "exploring"),
+    ("losses", "params", "decisions", "plateau", "switch", "forced", "exploring"),
     [
         # plateau at 3 -> switch at 3 + floor(3/3 + 0.5) = 4
-        (["none", "none", "plateau", "switch", "keep"], {}, 3, 4, False, False),
+        (
+            [1.0, 0.5, 0.6, 0.55, 0.5],
+            {},
+            ["none", "none", "plateau", "switch", "keep"],
+            3,
+            4,
+            False,
+            False,
+        ),
         # no plateau; the cap of 2 exploration epochs forces the switch
-        (["none", "switch", "keep"], {"max_exploration_epochs": 2}, None, 2, True, False),
+        ([1.0, 0.5, 0.25], {"cap": 2}, ["none", "switch", "keep"], None, 2, True, False),
         # plateau at 2 plans a switch at 4 (ratio 1); the cap at 3 forces it earlier
         (
+            [1.0, 1.1, 0.9, 0.8],
+            {"ratio": 1.0, "cap": 3},
             ["none", "plateau", "switch", "keep"],
-            {"extra_epochs_ratio": 1.0, "max_exploration_epochs": 3},
             2,
             3,
             True,
             False,
         ),
-        # the run ended still exploring
-        (["none", "plateau", "none"], {}, 2, None, None, True),
+        # the run ended still exploring (plateau at 3 plans the switch at 4)
+        ([1.0, 0.5, 0.6], {}, ["none", "none", "plateau"], 3, None, None, True),
     ],
 )
-def test_schedule_events(decisions, params, plateau, switch, forced, exploring):
-    rows = []
-    for i, d in enumerate(decisions, start=1):
-        phase = "convergence" if d in ("switch", "keep", "decay") else "exploration"
-        rows.append(row(i, d, phase))
-    s = build_summary(rows, config(**params), {"a": 1})
+def test_schedule_events(losses, params, decisions, plateau, switch, forced, exploring):
+    rows = decided_rows(losses, **params)
+    assert [r["decision"] for r in rows] == decisions
+    s = build_summary(rows, config(), {"a": 1})
     assert (s["plateau_epoch"], s["switch_epoch"], s["switch_forced"]) == (plateau, switch, forced)
     assert s["ended_in_exploration"] is exploring
+
+
+def test_rows_written_before_switch_forced_existed_still_summarise():
+    rows = decided_rows([1.0, 0.5, 0.25], cap=2)
+    for r in rows:
+        del r["switch_forced"]
+    s = build_summary(rows, config(max_exploration_epochs=2), {"a": 1})
+    assert (s["switch_epoch"], s["switch_forced"]) == (2, None)  # unknown, not re-derived
 
 
 def test_numbers_and_test_fallback():

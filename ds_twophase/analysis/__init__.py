@@ -13,7 +13,8 @@ statistics, :mod:`.plot` draws the curves (needs the ``plot`` extra), :mod:`.rep
 runs grouped by config, :mod:`.margins` computes normalised output margins.
 """
 
-from .runs import Events, Run, load_run
+from ..epoch_row import Events
+from .runs import Run, load_run
 from .stats import bootstrap_ci, mean_std, paired_difference
 
 __all__ = ["Events", "Run", "bootstrap_ci", "load_run", "mean_std", "paired_difference"]

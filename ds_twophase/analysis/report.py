@@ -1,7 +1,8 @@
 """``ds-twophase report``: runs grouped by config (all seeds together), one table row per group.
 
-Runs whose resolved configs (``config.json``) are equal once the seed and the bookkeeping keys
-(:data:`IGNORED_KEYS`: output directory, checkpoint cadence, logging) are removed form one group;
+Runs whose resolved configs (``config.json``) are equal once the seed and the keys that leave
+training unchanged (``config.free_keys``: output directory, checkpoint cadence, evaluation and
+analysis cadence, logging, monitors) are removed form one group;
 each row gives the mean and sample std over the group's runs, like the paper's Tables 2 to 5.
 Per-run numbers come from ``summary.json`` when the trainer wrote one, else from
 ``metrics.jsonl``.
@@ -16,27 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config.free_keys import is_training_free
 from .runs import Run
 from .stats import format_mean_std, mean_std
 
-IGNORED_KEYS = frozenset(
-    {
-        "trainer.seed",
-        "trainer.output_dir",
-        "trainer.checkpoint_every",
-        "trainer.checkpoint_minutes",
-        "trainer.collective_timeout_minutes",
-        "trainer.keep_checkpoints",
-        "trainer.num_workers",
-        "trainer.progress",
-        "steps_per_print",
-        "wall_clock_breakdown",
-    }
-)
-"""Flattened config keys that do not change what is trained (besides the seed)."""
-
-IGNORED_SECTIONS = ("tensorboard", "csv_monitor", "wandb", "comet")
-"""Top-level DeepSpeed sections (monitors) that only change where logs go."""
+IGNORED_KEYS = ("trainer.seed",)
+"""Keys report ignores on top of the shared list of keys that leave training unchanged
+(:data:`ds_twophase.config.free_keys.TRAINING_FREE_KEYS`, the list ``--resume`` uses): the seed,
+since a group is all seeds of one setting."""
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -56,7 +44,7 @@ def group_key(config: dict[str, Any]) -> str:
     flat = {
         k: v
         for k, v in flatten(config).items()
-        if k not in IGNORED_KEYS and k.split(".", 1)[0] not in IGNORED_SECTIONS
+        if k not in IGNORED_KEYS and not is_training_free(k)
     }
     return json.dumps(flat, sort_keys=True, default=str)
 
@@ -78,7 +66,7 @@ class RunNumbers:
     test_accuracy: float | None
     """``summary.json``'s test accuracy (``None`` without a summary)."""
     best_val_accuracy: float | None
-    """Best validation accuracy of any epoch."""
+    """Best validation accuracy of any epoch (``summary.json``'s ``best_val_accuracy``)."""
     decay_epochs: list[int]
     """Epochs whose decision decayed the LR."""
     switch_epoch: int | None
@@ -140,7 +128,7 @@ COLUMNS = (
     "LARS coefficient",
     "Val. acc. (final)",
     "Test acc.",
-    "Best",
+    "Best final val. acc.",
 )
 """Markdown columns; accuracies in percent as mean ± sample std over the group's runs."""
 
@@ -149,8 +137,9 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """One dict per group with both display strings (:data:`COLUMNS`) and raw numbers.
 
     Raw numbers use snake_case keys (``val_accuracy_mean``, ``first_decay_std``, ...) and
-    fractions (not percent) for accuracies; ``best`` is the highest final validation accuracy
-    among the group's runs.
+    fractions (not percent) for accuracies; ``best_final_val_accuracy`` is the highest final
+    validation accuracy among the group's runs, ``best_val_accuracy_mean`` the mean over the runs
+    of each run's best epoch's validation accuracy (``summary.json``'s ``best_val_accuracy``).
     """
     groups = group_runs(runs)
     names = [g[0].setting for g in groups]
@@ -173,6 +162,7 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
         val_mean, val_std = mean_std(vals) if vals else (None, None)
         test_mean, test_std = mean_std(tests) if tests else (None, None)
         best = max(vals) if vals else None
+        bests = [n.best_val_accuracy for n in numbers if n.best_val_accuracy is not None]
         rows.append(
             {
                 "Setting": name,
@@ -184,7 +174,7 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "LARS coefficient": _number(lars),
                 "Val. acc. (final)": format_mean_std(vals, scale=100) + ("%" if vals else ""),
                 "Test acc.": format_mean_std(tests, scale=100) + ("%" if tests else ""),
-                "Best": "-" if best is None else f"{100 * best:.2f}%",
+                "Best final val. acc.": "-" if best is None else f"{100 * best:.2f}%",
                 "seeds": [run.seed for run in group],
                 "first_decay_mean": first_mean,
                 "first_decay_std": first_std,
@@ -192,7 +182,8 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 "val_accuracy_std": val_std,
                 "test_accuracy_mean": test_mean,
                 "test_accuracy_std": test_std,
-                "best": best,
+                "best_final_val_accuracy": best,
+                "best_val_accuracy_mean": mean_std(bests)[0] if bests else None,
             }
         )
     return rows
@@ -221,7 +212,8 @@ CSV_COLUMNS = (
     ("val_accuracy_std", "val_accuracy_std"),
     ("test_accuracy_mean", "test_accuracy_mean"),
     ("test_accuracy_std", "test_accuracy_std"),
-    ("best_val_accuracy", "best"),
+    ("best_final_val_accuracy", "best_final_val_accuracy"),
+    ("best_val_accuracy_mean", "best_val_accuracy_mean"),
 )
 """CSV header -> row key; numbers unrounded, accuracies as fractions."""
 

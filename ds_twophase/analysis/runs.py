@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..epoch_row import Events, schedule_events
 from ..errors import ConfigError, is_number
-
-# Drops of at least this fraction in one epoch count as decays for schedulers that record no
-# decisions (DeepSpeed's built-in ones); a smooth schedule (cosine) loses far less per epoch.
-INFERRED_DECAY_DROP = 0.1
-
-
-@dataclass
-class Events:
-    """The epochs a run's schedule marked (all 1-based, as in ``metrics.jsonl``)."""
-
-    plateau: int | None = None
-    """First epoch whose decision was ``plateau`` (or whose row has ``plateau: true``)."""
-    switch: int | None = None
-    """Epoch at whose end the run switched to the convergence phase."""
-    decays: list[int] = field(default_factory=list)
-    """Epochs whose decision cut the LR (``decay``); a ``floor`` (no-op at min_lr) is not one."""
-    floors: list[int] = field(default_factory=list)
-    """Epochs whose decay was a no-op because the LR was already at ``min_lr``."""
-    inferred: bool = False
-    """True when no decisions were recorded and ``decays`` was read from LR drops instead."""
 
 
 @dataclass
@@ -65,7 +46,7 @@ class Run:
     @property
     def events(self) -> Events:
         """Plateau, switch and decay epochs from the rows' decisions (see :class:`Events`)."""
-        return events_of(self.rows)
+        return schedule_events(self.rows)
 
     def column(self, key: str) -> tuple[list[int], list[float]]:
         """``(epochs, values)`` of the rows where ``key`` has a number (nulls are skipped)."""
@@ -83,37 +64,8 @@ class Run:
         return values[-1] if values else None
 
 
-def events_of(rows: list[dict[str, Any]]) -> Events:
-    """Read the schedule's marks from ``metrics.jsonl`` rows."""
-    ev = Events()
-    decided = False
-    for row in rows:
-        decision, epoch = row.get("decision"), int(row["epoch"])
-        decided = decided or decision is not None
-        if ev.plateau is None and (decision == "plateau" or row.get("plateau") is True):
-            ev.plateau = epoch
-        if decision == "switch" and ev.switch is None:
-            ev.switch = epoch
-        elif decision == "decay":
-            ev.decays.append(epoch)
-        elif decision == "floor":
-            ev.floors.append(epoch)
-    if not decided:
-        ev.decays = _lr_drops(rows)
-        ev.inferred = bool(ev.decays)
-    return ev
-
-
-def _lr_drops(rows: list[dict[str, Any]]) -> list[int]:
-    drops, previous = [], None
-    for row in rows:
-        lr = row.get("lr")
-        if not isinstance(lr, (int, float)):
-            continue
-        if previous is not None and lr < previous * (1 - INFERRED_DECAY_DROP):
-            drops.append(int(row["epoch"]))
-        previous = lr
-    return drops
+events_of = schedule_events
+"""The schedule's marks in rows (:func:`ds_twophase.epoch_row.schedule_events`)."""
 
 
 def _read_json(path: Path) -> Any:

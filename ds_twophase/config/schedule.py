@@ -92,6 +92,8 @@ def scheduler_section(
     errors += _check_scheduler_params(type_name, params, cfg)
     if type_name == "TwoPhaseLR":
         errors += _check_rule_options(params)
+        if probe is not None:  # the schedule itself acts on probe.max_failures
+            params["probe_max_failures"] = probe.max_failures
     return ComponentSpec(type_name, params), probe, errors
 
 

@@ -89,7 +89,8 @@ class ComponentSpec:
     type: str
     """The registered type name, e.g. ``"TwoPhaseLR"`` or ``"LARS"``."""
     params: dict[str, Any] = field(default_factory=dict)
-    """Constructor arguments from the JSON ``params`` (without ``probe`` for schedulers)."""
+    """Constructor arguments from the JSON ``params`` (without ``probe`` for schedulers;
+    TwoPhaseLR's ``probe_max_failures`` comes from ``probe.max_failures``)."""
 
 
 def check_top_level(cfg: dict[str, Any]) -> list[Problem]:

@@ -3,8 +3,14 @@
 Layers, from the bottom: ``config`` (``ProbeConfig``), ``layer`` (which block), ``functional``
 (the side-effect-free view of the model), ``hvp`` (Hessian-vector products), ``eigen`` (Lanczos,
 ``principal_eigenvalue``), ``protocol`` (``measure_hmax`` across ranks: rank0/sharded modes and
-their failure protocol) and ``epoch_end`` (``HessianProbe`` and the epoch-end decision).
+their failure protocol), ``hessian`` (``HessianProbe``: the run's probe) and ``every`` (the
+analysis probe of ``probe.every``). The probe measures only: the epoch-end decision
+(``epoch_end``, ``check_ranks_agree``, ``RankDisagreement``) lives with the schedule in
+:mod:`ds_twophase.schedulers.end_of_epoch`; the names below keep importing from here too.
 """
+
+import importlib
+from typing import Any
 
 from ds_twophase.probe.config import BN_MODES, METHODS, MODES, ProbeConfig
 from ds_twophase.probe.eigen import (
@@ -16,15 +22,8 @@ from ds_twophase.probe.eigen import (
     principal_eigenvalue,
     start_vector,
 )
-from ds_twophase.probe.epoch_end import (
-    EpochEnd,
-    HessianProbe,
-    RankDisagreement,
-    check_ranks_agree,
-    epoch_end,
-    schedule_digest,
-)
 from ds_twophase.probe.functional import Functional
+from ds_twophase.probe.hessian import HessianProbe, reading_of
 from ds_twophase.probe.hvp import HessianOperator
 from ds_twophase.probe.layer import (
     UnknownLayer,
@@ -67,8 +66,25 @@ __all__ = [
     "preserve_rng_state",
     "principal_eigenvalue",
     "probe_modes",
+    "reading_of",
     "resolve_layer",
     "schedule_digest",
     "select_probe_indices",
     "start_vector",
 ]
+
+DECISION_NAMES = (
+    "EpochEnd",
+    "RankDisagreement",
+    "check_ranks_agree",
+    "epoch_end",
+    "schedule_digest",
+)
+"""The epoch-end decision's names, importable from here as before they moved to the schedule
+(loaded on first use: the schedule's module imports the probe)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in DECISION_NAMES:
+        return getattr(importlib.import_module("ds_twophase.schedulers.end_of_epoch"), name)
+    raise AttributeError(f"module 'ds_twophase.probe' has no attribute {name!r}")

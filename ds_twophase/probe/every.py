@@ -4,8 +4,8 @@ The analysis probe is a :class:`HessianProbe` of its own: the same settings and 
 the schedule's probe, but its own warm-start vector. Sharing TwoPhaseLR's probe would move the
 vector the schedule's next probe starts from, so the schedule's hmax, and with it a decision,
 could differ from a run without ``every``. It runs after the epoch's decision (the decision
-cannot see it), at epochs N, 2N, ... where the schedule did not probe itself (that row already
-holds the schedule's hmax), on every rank in the probe's own mode (``rank0`` or ``sharded``).
+cannot see it), at epochs N, 2N, ... where the schedule did not probe itself (the caller says
+so: that row already holds the schedule's hmax), on every rank in the probe's own mode (``rank0`` or ``sharded``).
 Its warm-start state is saved in checkpoints next to the schedule probe's, so a resumed run
 measures as an uninterrupted one.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ds_twophase import dist
-from ds_twophase.probe.epoch_end import HessianProbe, reading_of
+from ds_twophase.probe.hessian import HessianProbe, reading_of
 
 STATE_KEY = "probe_every"
 """Key of the analysis probe's JSON state in a checkpoint's state file."""

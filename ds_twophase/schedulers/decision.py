@@ -139,12 +139,15 @@ class TwoPhaseDecision:
         self.switched_at: int | None = None
 
     @property
+    def planned_switch(self) -> int | None:
+        """The switch epoch the first plateau planned (``None`` before a plateau)."""
+        x = self.plateau_epoch
+        return None if x is None else x + math.floor(self.extra_epochs_ratio * x + 0.5)
+
+    @property
     def switch_epoch(self) -> int | None:
         """End of which epoch the switch happens (``None`` while unknown)."""
-        planned = None
-        if self.plateau_epoch is not None:
-            x = self.plateau_epoch
-            planned = x + math.floor(self.extra_epochs_ratio * x + 0.5)
+        planned = self.planned_switch
         if self.max_exploration_epochs is not None:
             planned = min(planned or self.max_exploration_epochs, self.max_exploration_epochs)
         return planned
@@ -178,42 +181,6 @@ class TwoPhaseDecision:
             return self._explore(float(loss), se, hessian)
         return self._converge(float(loss), se, hessian)
 
-    def exploration_unfinished(self) -> str | None:
-        """Why the schedule is still exploring (at the peak LR), else ``None``; meant for the end
-        of a run, where staying in exploration means the LR was never decayed."""
-        if self.phase != EXPLORATION:
-            return None
-        head = (
-            f"still in the exploration phase after {self.epoch} epochs, so the LR never left "
-            "its peak"
-        )
-        switch_at = self.switch_epoch
-        if switch_at is not None and switch_at <= self.epoch:
-            return (
-                f"{head}: the switch due at the end of epoch {switch_at} is waiting for a "
-                f"successful hmax probe ({self.probe_failures} failed in a row; the switch is "
-                f"forced after {self.max_probe_failures}); see the probe warnings"
-            )
-        if self.plateau_epoch is not None:
-            return (
-                f"{head}: the plateau at epoch {self.plateau_epoch} put the switch at the end of "
-                f"epoch {switch_at}, after the last epoch; lower extra_epochs_ratio or set a lower "
-                "max_exploration_epochs"
-            )
-        after = f" after the {self.warmup_epochs} warmup epochs" if self.warmup_epochs else ""
-        why = (
-            f"the training loss did not plateau ({self.patience} epochs without improvement{after})"
-        )
-        if self.max_exploration_epochs is None:
-            return (
-                f"{head}: {why} and no max_exploration_epochs is set; set "
-                "max_exploration_epochs or a smaller plateau_patience"
-            )
-        return (
-            f"{head}: {why} and max_exploration_epochs ({self.max_exploration_epochs}) was not "
-            "reached; lower max_exploration_epochs"
-        )
-
     def _explore(
         self, loss: float, loss_se: float | None, hessian: Callable[[], float | Reading]
     ) -> EpochDecision:
@@ -231,13 +198,16 @@ class TwoPhaseDecision:
         switch_at = self.switch_epoch
         if switch_at is None or self.epoch < switch_at:
             return EpochDecision(decision, plateau=plateau)
+        forced = self._cap_forced()
         if not self.needs_probe:
             self._switch(None, loss, loss_se)
-            return EpochDecision("switch", plateau=plateau)
+            return EpochDecision("switch", plateau=plateau, switch_forced=forced)
         reading, problem = self._read(hessian)
         if reading is not None:
             self._switch(reading, loss, loss_se)
-            return EpochDecision("switch", reading.hmax, plateau=plateau, reading=reading)
+            return EpochDecision(
+                "switch", reading.hmax, plateau=plateau, reading=reading, switch_forced=forced
+            )
         self.probe_failures += 1
         if self.probe_failures < self.max_probe_failures:
             warning = (
@@ -258,7 +228,12 @@ class TwoPhaseDecision:
             "successful probe on"
         )
         self.probe_failures = 0
-        return EpochDecision("switch", warning=warning, plateau=plateau)
+        return EpochDecision("switch", warning=warning, plateau=plateau, switch_forced=forced)
+
+    def _cap_forced(self) -> bool:
+        """A switch now is max_exploration_epochs' doing, not the plateau's plan."""
+        cap, planned = self.max_exploration_epochs, self.planned_switch
+        return cap is not None and self.epoch >= cap and (planned is None or planned > self.epoch)
 
     def _switch(self, reading: Reading | None, loss: float, loss_se: float | None) -> None:
         self.phase = CONVERGENCE

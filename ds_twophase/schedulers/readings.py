@@ -43,6 +43,9 @@ class EpochDecision:
     error (``None``: not compared, or no standard error)."""
     hmax_rise_z: float | None = None
     """The same for hmax."""
+    switch_forced: bool = False
+    """True when this epoch's switch came at ``max_exploration_epochs`` before the plateau's
+    planned switch epoch (or without any plateau)."""
 
 
 def measure(hessian: Callable[[], float | Reading]) -> tuple[Reading | None, str | None]:

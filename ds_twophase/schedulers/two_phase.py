@@ -25,6 +25,7 @@ from .decision import (
     resolve_patience,
 )
 from .readings import EpochDecision, Reading
+from .unfinished import exploration_unfinished
 
 __all__ = [
     "CONVERGENCE",
@@ -58,6 +59,9 @@ class EpochRecord:
     magnitude of the probed Hessian block (negative when the most curved direction is concave)."""
     switched: bool = False
     """True in the epoch that entered the convergence phase."""
+    switch_forced: bool = False
+    """True in the switch epoch when ``max_exploration_epochs`` forced the switch before the
+    plateau's planned switch epoch (or without any plateau)."""
     decayed: bool = False
     """True in an epoch whose decision decayed the LR."""
     plateau: bool = False
@@ -113,8 +117,8 @@ class TwoPhaseLR(EpochScheduler):
         max_exploration_epochs: force the switch at the end of this epoch even without a
             plateau (``None``: never forced).
         probe_max_failures: after this many consecutive failed probes at a pending switch,
-            switch without hmax (JSON: ``probe.max_failures``, passed by
-            ``ds_twophase.initialize``; default 3).
+            switch without hmax (JSON: ``probe.max_failures``, passed on by
+            the config's validation; default 3).
         min_lr_ratio: floor for decayed LRs relative to each group's peak, in [0, 1); with
             ``min_lr`` the larger floor wins. Not in the paper; 0 (the default) is its rule.
         rise: ``"paper"`` (default: a rise is ``prev < now``) or ``"significant"`` (a rise
@@ -280,7 +284,7 @@ class TwoPhaseLR(EpochScheduler):
         ``max_exploration_epochs``, a switch planned after the last epoch, or a switch still
         waiting for a probe. The record of epoch ``total_epochs`` carries the same text in its
         ``warning``."""
-        return self.decision.exploration_unfinished()
+        return exploration_unfinished(self.decision)
 
     def end_epoch(
         self,
@@ -314,6 +318,7 @@ class TwoPhaseLR(EpochScheduler):
             decision=out.decision,
             hmax=out.hmax,
             switched=out.decision == "switch",
+            switch_forced=out.switch_forced,
             decayed=out.decision == "decay",
             plateau=out.plateau,
             hmax_se=None if reading is None else reading.hmax_se,
