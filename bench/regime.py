@@ -202,76 +202,106 @@ def lr_grid(regime: Regime, work: Path) -> list[float]:
             return factors
 
 
-def assess(regime: Regime, work: Path) -> dict[str, Any] | None:
-    """The regime's numbers, ``None`` until its small runs and LR grid are all finished."""
-    small = [finished(regime.small(s), work) for s in SEEDS]
+def sampling_error(acc: float, n: int = HELD_OUT) -> float:
+    """Binomial standard error, in points, of an accuracy ``acc`` (points) measured on ``n``."""
+    p = acc / 100
+    return 100 * float(np.sqrt(p * (1 - p) / n))
+
+
+def assess(regime: Regime, work: Path) -> dict[str, Any]:
+    """The regime's numbers from its finished runs. ``complete`` is true once the small runs
+    and the whole (extended) LR grid are done; before that the LR is chosen among the grid
+    points whose 3 seeds are all done, and the penalty is provisional."""
+    small = [r for s in SEEDS if (r := finished(regime.small(s), work))]
     factors = lr_grid(regime, work)
     grid = {f: [finished(regime.large(f, s), work) for s in SEEDS] for f in factors}
-    if any(r is None for r in small) or any(r is None for g in grid.values() for r in g):
-        return None
-    best = max(factors, key=lambda f: mean_of(grid[f], "final_val_accuracy") or 0.0)
-    large = grid[best]
-    s_test = [100 * r["test_accuracy"] for r in small if r]
-    l_test = [100 * r["test_accuracy"] for r in large if r]
-    cpu = [r["cpu_s"] for r in [*small, *large] if r and r["cpu_s"] is not None]
-    # Binomial sampling error of one accuracy on HELD_OUT samples, in points.
-    err = 100 * float(np.sqrt(np.mean(l_test) / 100 * (1 - np.mean(l_test) / 100) / HELD_OUT))
-    return {
-        "lr": regime.lr(best),
-        "factor": best,
-        "edge": best in (factors[0], factors[-1]),
-        "grid_val": {
-            regime.lr(f): 100 * (mean_of(grid[f], "final_val_accuracy") or 0.0) for f in factors
-        },
-        "small": s_test,
-        "large": l_test,
-        "penalty": float(np.mean(s_test) - np.mean(l_test)),
-        "sampling_err": err,
-        "cpu_min_small": np.mean([r["cpu_s"] for r in small if r and r["cpu_s"]]) / 60
-        if cpu
-        else None,
-        "cpu_min_large": np.mean([r["cpu_s"] for r in large if r and r["cpu_s"]]) / 60
-        if cpu
-        else None,
+    full = [f for f in factors if all(grid[f])]
+    total = len(SEEDS) * (1 + len(factors))
+    done = len(small) + sum(1 for g in grid.values() for r in g if r)
+    out: dict[str, Any] = {"done": done, "total": total, "complete": done == total}
+    out["grid_val"] = {
+        regime.lr(f): 100 * v for f in full if (v := mean_of(grid[f], "final_val_accuracy"))
     }
+    out["small"] = [100 * r["test_accuracy"] for r in small]
+    runs = [r for r in [*small, *(r for g in grid.values() for r in g if r)]]
+    cpu_small = [r["cpu_s"] for r in small if r["cpu_s"]]
+    cpu_large = [r["cpu_s"] for g in grid.values() for r in g if r and r["cpu_s"]]
+    out["cpu_min_small"] = float(np.mean(cpu_small)) / 60 if cpu_small else None
+    out["cpu_min_large"] = float(np.mean(cpu_large)) / 60 if cpu_large else None
+    out["runs"] = runs
+    if not full:
+        return out
+    best = max(full, key=lambda f: mean_of(grid[f], "final_val_accuracy") or 0.0)
+    out["lr"] = regime.lr(best)
+    out["edge"] = best in (factors[0], factors[-1])
+    out["large"] = [100 * r["test_accuracy"] for r in grid[best] if r]
+    if out["small"]:
+        out["penalty"] = float(np.mean(out["small"]) - np.mean(out["large"]))
+    return out
 
 
 def pm(values: Sequence[float]) -> str:
-    """``mean ± std`` of accuracies in points."""
-    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else "-"
+    """``mean ± std (n=k)`` of accuracies in points."""
+    if not values:
+        return "-"
+    std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.2f}{std} (n={len(values)})"
 
 
-def report(work: Path) -> str:
-    """The results.md section: every regime tried, with its penalty and cost."""
+def regime_row(r: Regime, a: dict[str, Any]) -> list[str]:
+    """One line of the regime table."""
+    gen = ", ".join(f"{k} {v}" for k, v in r.generator.items()) or "standard"
+    grid = ", ".join(f"{lr:g}: {v:.2f}" for lr, v in a["grid_val"].items()) or "none finished"
+    lr = f"{a['lr']:g}{' (grid edge)' if a['edge'] else ''}" if "lr" in a else "-"
+    pen = a.get("penalty")
+    pen_text = "-" if pen is None else f"{pen:.2f}" if pen < MIN_PENALTY else f"**{pen:.2f}**"
+    if pen is not None and not a["complete"]:
+        pen_text += " (provisional)"
+    cost = " / ".join(
+        "-" if a[k] is None else f"{a[k]:.1f}" for k in ("cpu_min_small", "cpu_min_large")
+    )
+    return [
+        f"{r.train:,}",
+        gen,
+        str(r.batch),
+        str(r.steps_per_epoch),
+        str(r.steps_per_epoch * r.epochs),
+        "yes" if r.uses_every_sample else "no",
+        str(r.epochs),
+        f"{a['done']}/{a['total']}",
+        f"{lr} ({grid})",
+        pm(a["small"]),
+        pm(a.get("large", [])),
+        pen_text,
+        cost,
+    ]
+
+
+def run_rows(r: Regime, a: dict[str, Any]) -> list[list[str]]:
+    """One line per finished run of the regime."""
     rows = []
-    for r in REGIMES:
-        a = assess(r, work)
-        gen = ", ".join(f"{k} {v}" for k, v in r.generator.items()) or "standard"
-        shape = [
-            f"{r.train:,}",
-            gen,
-            str(r.batch),
-            str(r.steps_per_epoch),
-            str(r.steps_per_epoch * r.epochs),
-            "yes" if r.uses_every_sample else "no",
-            str(r.epochs),
-        ]
-        if a is None:
-            rows.append([*shape, "unfinished", "-", "-", "-", "-"])
-            continue
-        grid = ", ".join(f"{lr:g}: {v:.2f}" for lr, v in a["grid_val"].items())
-        edge = " (grid edge)" if a["edge"] else ""
-        cost = f"{a['cpu_min_small']:.1f} / {a['cpu_min_large']:.1f}" if a["cpu_min_small"] else "-"
+    for run in a["runs"]:
+        cfg = run["config"]
+        batch = cfg["train_batch_size"]
+        cpu = "-" if run["cpu_s"] is None else f"{run['cpu_s'] / 60:.1f}"
         rows.append(
             [
-                *shape,
-                f"{a['lr']:g}{edge} ({grid})",
-                pm(a["small"]),
-                pm(a["large"]),
-                f"**{a['penalty']:.2f}**" if a["penalty"] >= MIN_PENALTY else f"{a['penalty']:.2f}",
-                cost,
+                r.name,
+                str(batch),
+                f"{cfg['optimizer']['params']['lr']:g}",
+                str(cfg["trainer"]["seed"]),
+                str(r.train // batch),
+                f"{100 * run['final_val_accuracy']:.2f}",
+                f"{100 * run['test_accuracy']:.2f}",
+                cpu,
             ]
         )
+    return rows
+
+
+def report(work: Path, regimes: Sequence[Regime] = REGIMES) -> str:
+    """The results.md section: every regime tried (the rejected ones too), and every run."""
+    assessed = [(r, assess(r, work)) for r in regimes]
     table = md_table(
         [
             "train samples",
@@ -281,27 +311,50 @@ def report(work: Path) -> str:
             "large steps in all",
             "every sample each epoch",
             "epochs",
-            "chosen large LR (mean final val. acc. % per LR)",
+            "runs done",
+            "chosen large LR (mean final val. acc. % per LR, 3 seeds)",
             "small test acc. %",
             "large test acc. %",
             "penalty (points)",
             "CPU-min per run (small / large)",
         ],
-        rows,
+        [regime_row(r, a) for r, a in assessed],
     )
+    runs = md_table(
+        [
+            "regime",
+            "batch",
+            "lr",
+            "seed",
+            "steps/epoch",
+            "final val. acc. %",
+            "test acc. %",
+            "CPU-min",
+        ],
+        [row for r, a in assessed for row in run_rows(r, a)],
+    )
+    accs = [x for _, a in assessed for x in a["small"] + a.get("large", [])]
+    err = sampling_error(float(np.mean(accs))) if accs else sampling_error(97.0)
     return (
         f"{HEADING}\n\nGenerated by `python bench/regime.py --work-dir {work} --report-only` "
-        "from the run directories alone. Chosen before any two-phase or LARS run in it (issue 20): "
-        f"MNIST-1D CNN, {HELD_OUT:,} validation samples held out of `train_size` and {HELD_OUT:,} test "
-        f"samples (binomial sampling error of one accuracy about 0.15-0.2 points), small batch "
-        f"{SMALL_BATCH} at SGD lr {SMALL_LR}, momentum 0.9, wd 5e-4; both batches warm up for E/30 "
-        "epochs and decay x0.1 at 50 % and 75 % of the budget. The large batch's LR grid is the "
-        "linear-scaling LR 0.1*B/128 times 1/4, 1/2, 1, 2 (extended one step past a best edge), "
-        f"seeds {list(SEEDS)} per point, chosen on the mean final-epoch validation accuracy; "
-        "test accuracy is mean ± std over the same 3 seeds; penalty = small minus large mean test "
-        "accuracy. CPU time is the child's user+sys (one torch thread), not wall time. The trainer "
-        "drops the last partial batch: 'every sample' says whether both batches divide the "
-        "training set.\n\n" + table + "\n"
+        "from the run directories alone. Chosen before any two-phase or LARS run in it "
+        "(issue 20): the MNIST-1D CNN, one process, one torch thread, "
+        f"{HELD_OUT:,} validation samples held out of `train_size` and {HELD_OUT:,} test "
+        f"samples (binomial sampling error of one accuracy: {err:.2f} points, on validation "
+        f"and on test alike). Small batch {SMALL_BATCH} at SGD lr {SMALL_LR}, momentum 0.9, wd "
+        "5e-4; both batches warm up for E/30 epochs and decay x0.1 at 50 % and 75 % of the "
+        "budget. The large batch's LR grid is the linear-scaling LR 0.1*B/128 times 1/4, 1/2, 1, "
+        f"2 (extended one step past a best edge), seeds {list(SEEDS)} per point, chosen on the "
+        "mean final-epoch validation accuracy; test accuracy is mean ± std over the same 3 "
+        "seeds (the small batch's too); penalty = small minus large mean test accuracy; a "
+        f"regime qualifies at >= {MIN_PENALTY} points. CPU time is each run's user+sys (the "
+        "machine is shared: wall time says nothing), validation every "
+        f"{EVAL_EVERY} epochs. The trainer drops the last partial batch: 'every sample' says "
+        "whether both batches divide the training set.\n\n"
+        + table
+        + "\n\nEvery finished run:\n\n"
+        + runs
+        + "\n"
     )
 
 
