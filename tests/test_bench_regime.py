@@ -76,3 +76,33 @@ def test_unfinished_regime_reports_what_is_done(tmp_path):
 
 def report_for(work) -> str:
     return report(work, [R])
+
+
+def test_the_hard_spec_follows_the_protocol():
+    """bench/studies/mnist1d_hard.json: the seven rows of issue 20 plus issue 21's two, on the
+    regime's configs, 2 tuning and 8 final seeds, LARS grids crossed with eta 0.001 and 0.01."""
+    from study_spec import grid_points, load_spec
+
+    spec = load_spec(REPO / "bench" / "studies" / "mnist1d_hard.json")
+    names = [r.name for r in spec.rows]
+    assert names[:7] == [
+        "small_batch", "large_batch_step", "lars_step", "two_phase", "two_phase_lars",
+        "two_phase_lars_late_step", "two_phase_lars_loss_only",
+    ]  # fmt: skip
+    assert (len(spec.tuning_seeds), len(spec.final_seeds)) == (2, 8)
+    assert (spec.small, spec.large, spec.reference) == (
+        "small_batch",
+        "large_batch_step",
+        "lars_step",
+    )
+    for row in spec.rows:
+        assert row.config.parent.name == "mnist1d_hard", row.name
+        if "lars" in row.config.stem:
+            assert row.grid["optimizer.params.trust_coefficient"] == [0.001, 0.01], row.name
+    significant = {r.name: r for r in spec.rows if "rise=significant" in " ".join(r.sets)}
+    assert set(significant) == {"tpl_significant", "tpl_significant_min_lr"}
+    for row in significant.values():
+        assert "scheduler.params.rise_loss=probe_batch" in row.sets
+        assert row.grid["scheduler.params.rise_z"] == [1, 2]
+    assert "scheduler.params.min_lr_ratio=0.01" in significant["tpl_significant_min_lr"].sets
+    assert sum(len(grid_points(r.grid)) for r in spec.rows) == 108  # 216 tuning runs
