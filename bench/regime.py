@@ -119,7 +119,7 @@ class Regime:
         return SMALL_LR * self.batch / SMALL_BATCH * factor
 
 
-# In the order tried; a regime is added here only after the ones above it were run and judged.
+# In the order tried: the search trains a regime only while none above it qualifies.
 REGIMES = [
     Regime("t6144_b1024_e150", 6144, 1024, 150),
     Regime("t3072_b512_e150", 3072, 512, 150),
@@ -238,6 +238,11 @@ def assess(regime: Regime, work: Path) -> dict[str, Any]:
     if out["small"]:
         out["penalty"] = float(np.mean(out["small"]) - np.mean(out["large"]))
     return out
+
+
+def qualifies(a: dict[str, Any]) -> bool:
+    """Whether an assessed regime is finished and its penalty meets the criterion."""
+    return bool(a["complete"]) and a.get("penalty", 0.0) >= MIN_PENALTY
 
 
 def pm(values: Sequence[float]) -> str:
@@ -386,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [r for r in REGIMES if not args.regime or r.name in args.regime]
     if not args.report_only:
         for regime in chosen:
+            if any(qualifies(assess(r, work)) for r in REGIMES[: REGIMES.index(regime)]):
+                break
             while specs := [
                 s for s in specs_to_run(regime, work) if run_status(s, work) in ("new", "partial")
             ]:

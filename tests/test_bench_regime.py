@@ -106,3 +106,10 @@ def test_the_hard_spec_follows_the_protocol():
         assert row.grid["scheduler.params.rise_z"] == [1, 2]
     assert "scheduler.params.min_lr_ratio=0.01" in significant["tpl_significant_min_lr"].sets
     assert sum(len(grid_points(r.grid)) for r in spec.rows) == 108  # 216 tuning runs
+
+
+def test_a_qualifying_regime_ends_the_search(tmp_path):
+    fill(tmp_path, {0.25: 0.95, 0.5: 0.97, 1.0: 0.96, 2.0: 0.90})  # penalty 2.0, complete
+    assert regime.qualifies(assess(R, tmp_path))
+    other = Regime("r2", train=3072, batch=512, epochs=150)
+    assert not regime.qualifies(assess(other, tmp_path))  # nothing run
