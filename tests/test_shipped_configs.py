@@ -15,10 +15,30 @@ from test_data import write_cifar, write_image_folders, write_svhn
 from ds_twophase.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").rglob("*.json"))
+#: Shipped configs that use a scheduler option not merged yet (``scheduler.params.convergence``,
+#: another branch): they join the check once the option lands.
+PENDING_OPTION = {
+    "mnist1d_hard/two_phase_lars_late_step.json",
+    "mnist1d_hard/two_phase_lars_loss_only.json",
+}
+CONFIGS = sorted(
+    p
+    for p in (REPO / "configs").rglob("*.json")
+    if p.relative_to(REPO / "configs").as_posix() not in PENDING_OPTION
+)
 #: Configs whose micro batch was chosen for fewer ranks (their results in docs/ depend on it):
 #: at 8 ranks they need this micro batch, which keeps the global batch.
-MICRO_AT_8 = {"mnist1d/small_batch.json": 16, "tiny/mnist1d_2rank.json": 25}
+MICRO_AT_8 = {
+    "mnist1d/small_batch.json": 16,
+    "tiny/mnist1d_2rank.json": 25,
+    "mnist1d_hard/small_batch.json": 16,
+    "mnist1d_hard/large_batch_step.json": 128,
+    "mnist1d_hard/lars_step.json": 128,
+    "mnist1d_hard/two_phase.json": 128,
+    "mnist1d_hard/two_phase_lars.json": 128,
+}
+#: The testbed of issue 20, also checked for the one process its study runs with.
+HARD = [p for p in CONFIGS if p.parent.name == "mnist1d_hard"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +64,7 @@ def root_override(path: Path, roots: dict[str, Path]) -> list[str]:
 
 def test_every_config_folder_is_covered():
     folders = {p.parent.relative_to(REPO / "configs").as_posix() for p in CONFIGS}
-    assert {"mnist1d", "tiny", "paper"} <= folders
+    assert {"mnist1d", "mnist1d_hard", "tiny", "paper"} <= folders
     assert len(list((REPO / "configs/paper").glob("*.json"))) == 20  # 4 tables x 5 rows
 
 
@@ -58,6 +78,37 @@ def test_shipped_config_checks_for_8_ranks(path, data_roots, capsys):
     out = capsys.readouterr()
     assert status == 0, out.err
     assert out.out.startswith(f"ok: {path}")
+
+
+@pytest.mark.parametrize("path", HARD, ids=lambda p: p.name)
+def test_mnist1d_hard_config_checks_for_1_rank(path, capsys):
+    status = cli_main(["check-config", str(path), "--world-size", "1"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert out.out.startswith(f"ok: {path}")
+
+
+def test_mnist1d_hard_configs_share_the_regime():
+    """Every row of the issue-20 testbed trains on the same data for the same budget, with the
+    protocol's schedule settings (warmup E/30, patience 0.05, ratio 1/3, beta 0.5, no cap)."""
+    rows = {
+        p.stem: json.loads(p.read_text()) for p in (REPO / "configs/mnist1d_hard").glob("*.json")
+    }
+    assert len(rows) == 7
+    for name, cfg in rows.items():
+        tc = cfg["trainer"]
+        assert tc["dataset"] == rows["small_batch"]["trainer"]["dataset"], name
+        assert tc["epochs"] == 150, name
+        params = cfg["scheduler"]["params"]
+        assert params["warmup_epochs"] == 5, name
+        assert cfg["train_batch_size"] == (128 if name == "small_batch" else 1024), name
+        if cfg["scheduler"]["type"] == "TwoPhaseLR":
+            assert "max_exploration_epochs" not in params, name
+            assert (params["plateau_patience"], params["extra_epochs_ratio"]) == (0.05, 0.3333)
+            assert params["decay_factor"] == 0.5, name
+    ds = rows["small_batch"]["trainer"]["dataset"]
+    assert ds["val_size"] >= 8000 and ds["test_size"] >= 8000
+    assert (ds["train_size"] - ds["val_size"]) % 1024 == 0  # every sample used each epoch
 
 
 def test_paper_config_without_its_data_is_one_error_line(capsys, monkeypatch, tmp_path):
