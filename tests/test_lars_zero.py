@@ -311,6 +311,7 @@ def test_partition_update_matches_per_parameter_lars(momentum, nesterov, clip, p
 
 
 @pytest.mark.multiproc
+@pytest.mark.slow  # about 70 s; moved out of the default suite to keep it near 10 minutes
 @pytest.mark.timeout(300)
 def test_zero1_first_step_with_one_rank_all_zero_gradient_steps_on_every_rank(tmp_path):
     """Only DeepSpeed's set-up step is skipped, and the ranks decide it together: a first real
