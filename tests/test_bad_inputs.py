@@ -67,6 +67,8 @@ CASES = [
     Case("total_epochs_infinite", ("scheduler.params.total_epochs:", "finite"),
          sets=("scheduler.params.total_epochs=Infinity",)),
     Case("negative_epochs", ("trainer.epochs:", ">= 1"), sets=("trainer.epochs=-3",)),
+    Case("zero_collective_timeout", ("trainer.collective_timeout_minutes:", "> 0"),
+         sets=("trainer.collective_timeout_minutes=0",)),
     Case("probe_max_iters_zero", ("scheduler.params.probe.max_iters:",),
          file={"scheduler.params.probe.max_iters": 0}),
     Case("probe_warm_start_not_bool", ("scheduler.params.probe.warm_start:", "true or false"),
