@@ -78,9 +78,11 @@ def choose_checkpoint(
         if found is None:
             if checkpoint.checkpoint_dirs(ckpt_dir):
                 newest = skipped[0].split("; using an older one")[0] if skipped else ""
+                damaged = any("is unreadable" in line for line in skipped)
+                fix = "restore the damaged file, or " if damaged else ""
                 raise ConfigError(
-                    f"--resume: no complete, readable checkpoint in {ckpt_dir} (the newest: "
-                    f"{newest}); restore the damaged file, or remove the directory to start over"
+                    f"--resume: no complete checkpoint in {ckpt_dir} reads back intact (the "
+                    f"newest: {newest}); {fix}remove the directory to start over"
                 )
             done = len(metrics.read())
             dropped = f" (the {done} epoch(s) in metrics.jsonl are trained again)" if done else ""

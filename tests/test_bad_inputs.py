@@ -316,7 +316,7 @@ def test_resume_with_a_damaged_probe_vector(tmp_path, capsys, clean_env):
     assert status == 2, err
     lines = error_lines(err)
     assert len(lines) == 1, err
-    assert "no complete, readable checkpoint" in lines[0] and "is unreadable" in lines[0]
+    assert "no complete checkpoint" in lines[0] and "is unreadable" in lines[0]
     assert str(ckpt / "probe_vector.npy") in lines[0]
     assert "Traceback" not in out + err
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == metrics_before

@@ -128,7 +128,7 @@ def test_no_readable_checkpoint_left_is_one_line(tmp_path, capsys, clean_env):
     out_text, err = capsys.readouterr()
     lines = error_lines(err)
     assert len(lines) == 1 and "Traceback" not in out_text + err, err
-    assert "no complete, readable checkpoint" in lines[0]
+    assert "no complete checkpoint" in lines[0]
     # --resume PATH to a corrupt checkpoint: one line naming it, exit 2
     path = out / "checkpoints" / "epoch0004"
     assert train(out, "--resume", str(path)) == 2

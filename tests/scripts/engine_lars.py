@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import ds_twophase
 from ds_twophase import LARS, dist
+from ds_twophase.dist import exit_process
 
 CONFIG = {
     "train_batch_size": 32,
@@ -106,4 +107,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Ends the process group first and skips interpreter finalisation: a gloo thread freeing
+    # the last collective's tensors then would abort the exit (see ds_twophase.dist).
+    exit_process(main() or 0)

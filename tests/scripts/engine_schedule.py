@@ -14,6 +14,7 @@ import torch
 
 import ds_twophase
 from ds_twophase import dist
+from ds_twophase.dist import exit_process
 
 # The plateau detector ignores the 2 warmup epochs (ceil(1.5)): max_exploration_epochs forces
 # the switch at 2, inside the LR warmup, so decays multiply a warmup factor.
@@ -111,4 +112,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Ends the process group first and skips interpreter finalisation: a gloo thread freeing
+    # the last collective's tensors then would abort the exit (see ds_twophase.dist).
+    exit_process(main() or 0)

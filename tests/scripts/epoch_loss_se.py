@@ -17,6 +17,7 @@ import torch
 
 import ds_twophase
 from ds_twophase import dist
+from ds_twophase.dist import exit_process
 from ds_twophase.epoch import cross_entropy, train_epoch
 
 
@@ -74,4 +75,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Ends the process group first and skips interpreter finalisation: a gloo thread freeing
+    # the last collective's tensors then would abort the exit (see ds_twophase.dist).
+    exit_process(main() or 0)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ds_twophase import dist
+from ds_twophase.dist import exit_process
 from ds_twophase.faults import PROBE_FAIL_ENV as FAULT_ENV
 from ds_twophase.probe import ProbeConfig, measure_hmax, principal_eigenvalue, select_probe_indices
 
@@ -181,4 +182,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Ends the process group first and skips interpreter finalisation: a gloo thread freeing
+    # the last collective's tensors then would abort the exit (see ds_twophase.dist).
+    exit_process(main() or 0)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 
 from torch.utils.data import Dataset, TensorDataset
 
 from ds_twophase import dist
 from ds_twophase.config import load_config, validate_config
+from ds_twophase.dist import exit_process
 from ds_twophase.epoch import make_loader
 from ds_twophase.trainer import Trainer
 
@@ -82,4 +82,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Ends the process group first and skips interpreter finalisation (see ds_twophase.dist).
+    exit_process(main() or 0)
