@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import dist, faults
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 STATE_FILE = "ds_twophase.json"
 COMPLETE_FILE = "COMPLETE"
@@ -129,7 +129,7 @@ def _file_problem(file: Path) -> str | None:
         elif file.suffix == ".json" or file.name == COMPLETE_FILE:
             json.loads(file.read_text())
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        return " ".join(str(exc).split()) or type(exc).__name__
+        return one_line(exc)
     return None
 
 
@@ -151,7 +151,7 @@ def stop_on_write_error(
             shutil.rmtree(discard, ignore_errors=True)
             with contextlib.suppress(OSError):
                 prune(ckpt_dir, keep=len(checkpoint_dirs(ckpt_dir)))  # DeepSpeed's "latest"
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = one_line(exc)
         target = ckpt_dir if ckpt_dir.exists() else ckpt_dir.parent
         try:
             free = f"; {shutil.disk_usage(target).free / 2**20:.1f} MiB free there"
@@ -237,7 +237,7 @@ def read_tensors(path: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
         try:
             out[name] = torch.from_numpy(np.load(path / f"{name}.npy", allow_pickle=False))
         except (OSError, ValueError) as exc:
-            reason = " ".join(str(exc).split())  # one line
+            reason = one_line(exc)
             raise ConfigError(
                 f"--resume: {path / (name + '.npy')} is unreadable ({reason}); resume from an "
                 "older checkpoint with --resume PATH"

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as tdist
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 # Where launchers put this process's global rank: torchrun/deepspeed, Open MPI, MPICH/Intel
 # MPI, Slurm tasks (first match wins).
@@ -228,7 +228,7 @@ def collective_place(where: str | Callable[[], str]) -> Iterator[None]:
         global _broken
         _broken = True
         place = where() if callable(where) else where
-        detail = " ".join(str(exc).split())
+        detail = one_line(exc)
         if detail.startswith("[") and "] " in detail:
             detail = detail.split("] ", 1)[1]  # drop gloo's source-file prefix
         raise CollectiveFailure(

@@ -69,6 +69,12 @@ class ConfigError(ValueError):
         return ConfigError([p.under(prefix) for p in self.problems])
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (whitespace runs collapsed), or its type's name when
+    it has none: for error lines that must stay one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` suffix for the closest candidate, or ``""``."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
