@@ -187,12 +187,39 @@ def exit_process(code: int) -> NoReturn:
 def settle(timeout_s: float = 60.0) -> None:
     """Wait, at most ``timeout_s``, until every rank got here: before a non-zero exit that every
     rank takes, so that the launcher, which ends the whole job when the first rank exits
-    non-zero, cannot end rank 0 before it printed why. gloo only (``monitored_barrier``, whose
-    timeout is its own); a no-op elsewhere, without a group, and after a failed collective."""
-    if not is_distributed() or _broken or tdist.get_backend() != "gloo":
+    non-zero, cannot end rank 0 before it printed why. Before the process group exists (a
+    refusal at validation) a gloo group is started for the wait, from the launcher's
+    environment. gloo only (``monitored_barrier``, whose timeout is its own); a no-op without a
+    launcher, for a group of another backend, and after a failed collective."""
+    if _broken:
+        return
+    if not (tdist.is_available() and tdist.is_initialized()) and not _join_launch(timeout_s):
+        return
+    if tdist.get_world_size() == 1 or tdist.get_backend() != "gloo":
         return
     with contextlib.suppress(RuntimeError):
         tdist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _join_launch(timeout_s: float) -> bool:
+    """Start a gloo group of the launcher's ranks (``env://``: torchrun and the deepspeed
+    launcher set it); False without one, or when the others do not come within ``timeout_s``."""
+    world, rank = launch_world_size(), launcher_rank()
+    if not tdist.is_available() or world is None or world < 2 or rank is None:
+        return False
+    if not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():
+        return False
+    try:
+        tdist.init_process_group(
+            "gloo",
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    except (RuntimeError, ValueError, OSError):
+        return False
+    return True
 
 
 class CollectiveFailure(RuntimeError):

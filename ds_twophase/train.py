@@ -96,7 +96,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         check_args(args)
     except ConfigError as exc:
-        return report(exc) if dist.is_main_process() else 2
+        return _refuse(exc)
     dist.set_threads()
     from .accelerator import select_cpu_accelerator
 
@@ -135,10 +135,16 @@ def _run(argv: Sequence[str] | None) -> int:
             dist.print_rank_zero(f"preempted: {exc}")
             return EXIT_RESUMABLE
     except ConfigError as exc:
-        status = report(exc) if dist.is_main_process() else 2
-        dist.settle()  # every rank refuses; rank 0 must get to print why before any exits
-        return status
+        return _refuse(exc)
     return 0
+
+
+def _refuse(exc: ConfigError) -> int:
+    """Every rank finds the same bad input: rank 0 prints it, and no rank exits before rank 0
+    has (the launcher ends the job at the first non-zero exit). The exit status, 2."""
+    status = report(exc) if dist.is_main_process() else 2
+    dist.settle()
+    return status
 
 
 if __name__ == "__main__":
