@@ -79,8 +79,9 @@ def report_for(work) -> str:
 
 
 def test_the_hard_spec_follows_the_protocol():
-    """bench/studies/mnist1d_hard.json: the seven rows of issue 20 plus issue 21's two, on the
-    regime's configs, 2 tuning and 8 final seeds, LARS grids crossed with eta 0.001 and 0.01."""
+    """bench/studies/mnist1d_hard.json: the seven rows of issue 20 plus issue 21's two rules (its
+    floor a study on each rule), on the regime's configs, 2 tuning and 8 final seeds, LARS grids
+    crossed with eta 0.001 and 0.01."""
     from study_spec import grid_points, load_spec
 
     spec = load_spec(REPO / "bench" / "studies" / "mnist1d_hard.json")
@@ -100,11 +101,15 @@ def test_the_hard_spec_follows_the_protocol():
         if "lars" in row.config.stem:
             assert row.grid["optimizer.params.trust_coefficient"] == [0.001, 0.01], row.name
     significant = {r.name: r for r in spec.rows if "rise=significant" in " ".join(r.sets)}
-    assert set(significant) == {"tpl_significant", "tpl_significant_min_lr"}
+    assert set(significant) == {"tpl_significant", "tpl_significant_probe_loss"}
     for row in significant.values():
-        assert "scheduler.params.rise_loss=probe_batch" in row.sets
         assert row.grid["scheduler.params.rise_z"] == [1, 2]
-    assert "scheduler.params.min_lr_ratio=0.01" in significant["tpl_significant_min_lr"].sets
+    assert "scheduler.params.rise_loss=probe_batch" in significant["tpl_significant_probe_loss"].sets
+    assert not any("rise_loss" in s for s in significant["tpl_significant"].sets)  # epoch loss
+    floors = {st.row: st for st in spec.studies}
+    assert set(floors) == {"two_phase_lars", *significant}  # each rule with and without a floor
+    for study in floors.values():
+        assert (study.key, study.values) == ("scheduler.params.min_lr_ratio", [0.01, 0.1])
     assert sum(len(grid_points(r.grid)) for r in spec.rows) == 108  # 216 tuning runs
 
 
