@@ -432,3 +432,29 @@ def test_the_study_command_trains_extends_chooses_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert accuracy.main([*argv, "--phase", "all"]) == 0  # resumed: nothing left to train
     assert "0 run(s) to train" in capsys.readouterr().out
+
+
+def test_records_keep_finished_runs_and_a_restored_study_resumes(tmp_path):
+    from study_records import main as records
+
+    work, kept, again = tmp_path / "work", tmp_path / "records", tmp_path / "again"
+    done = RunSpec("final/row/s1", TINY, ["trainer.seed=1"])
+    alias = RunSpec(
+        "studies/x/0.5/s1", TINY, ["scheduler.params.decay_factor=0.5", "trainer.seed=1"]
+    )
+    unfinished = RunSpec("final/row/s2", TINY, ["trainer.seed=2"])
+    fake_run(done, work, finished=True)
+    (work / done.name / "checkpoints").mkdir()  # neither checkpoints nor logs are kept
+    (work / done.name / "metrics.jsonl").write_text("{}\n")
+    fake_run(unfinished, work, finished=False)
+    link_duplicates([done, alias], work)
+    assert records(["save", str(work), str(kept)]) == 0
+    assert sorted(p.name for p in (kept / done.name).iterdir()) == ["config.json", "summary.json"]
+    assert not (kept / unfinished.name).exists()
+    assert read_run(kept / alias.name) == read_run(kept / done.name) | {
+        "path": str(kept / alias.name)
+    }
+    assert records(["restore", str(kept), str(again)]) == 0
+    assert [run_status(s, again) for s in (done, alias, unfinished)] == ["done", "alias", "new"]
+    assert records(["save", str(work), str(kept)]) == 0  # nothing new: nothing changes
+    assert records(["restore", str(tmp_path / "none"), str(again)]) == 2
