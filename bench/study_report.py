@@ -260,24 +260,56 @@ def grid_tables(spec: StudySpec, states: dict[str, GridState]) -> list[str]:
 
 
 def study_tables(spec: StudySpec, work: Path) -> list[str]:
-    """The extra axes at their row's chosen point."""
+    """The extra axes at their row's chosen point, each value against the row's own final runs
+    (the chosen point) on the same seeds: test and final validation accuracy, their paired
+    differences, and the schedule's events."""
     if not spec.studies:
         return []
     out = [
         "",
         "### Studies at a row's chosen point",
         "",
-        "| study | row | value | test acc. % | switch | decays (count) | decay epochs | final LR "
-        "| probe share |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Each value against the row's final runs at its chosen point (`chosen`), paired on the "
+        "seeds both finished: test accuracy, its paired difference, the mean final-epoch "
+        "validation accuracy (what a choice between the values may use), its paired difference.",
+        "",
+        "| study | row | value | test acc. % | test diff. [95 %] | val. acc. % | val. diff. [95 %] "
+        "| switch | decays (count) | decay epochs | final LR | probe share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for study in spec.studies:
-        for value in study.values:
-            runs = _runs(work, [study_run(study.name, value, s) for s in spec.final_seeds])
-            acc = mean_std_ci([r["test_accuracy"] for r in runs])
+        base = _runs(work, [final_run(study.row, s) for s in spec.final_seeds])
+        for value in ["chosen", *study.values]:
+            runs = (
+                base
+                if value == "chosen"
+                else _runs(work, [study_run(study.name, value, s) for s in spec.final_seeds])
+            )
             when = "; ".join(",".join(map(str, r["decay_epochs"])) or "-" for r in runs) or "-"
+            test, val = (
+                ("", "") if value == "chosen"
+                else (_paired(runs, base, "test_accuracy"), _paired(runs, base, "final_val_accuracy"))
+            )  # fmt: skip
             out.append(
-                f"| {study.name} | `{study.row}` | {value} | {acc} | {_each(runs, 'switch_epoch')} | "
-                f"{_decays(runs)} | {when} | {_each(runs, 'final_lr')} | {_share(runs)} |"
+                f"| {study.name} | `{study.row}` | {value} "
+                f"| {mean_std_ci([r['test_accuracy'] for r in runs])} | {test} "
+                f"| {_mean_pct(runs, 'final_val_accuracy')} | {val} | {_each(runs, 'switch_epoch')} "
+                f"| {_decays(runs)} | {when} | {_each(runs, 'final_lr')} | {_share(runs)} |"
             )
     return out
+
+
+def _mean_pct(runs: list[dict], key: str) -> str:
+    values = [r[key] for r in runs if r[key] is not None]
+    return pct(float(np.mean(values))) if values else "-"
+
+
+def _paired(runs: list[dict], base: list[dict], key: str) -> str:
+    """Mean paired difference (points) of ``key`` on the seeds both finished, and its interval."""
+    a = {r["config"]["trainer"]["seed"]: r[key] for r in runs}
+    b = {r["config"]["trainer"]["seed"]: r[key] for r in base}
+    seeds = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None)
+    if len(seeds) < 2:
+        return "-"
+    d = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+    return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"

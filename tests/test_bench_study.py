@@ -389,6 +389,41 @@ def test_the_report_is_generated_from_run_directories_alone(tmp_path):
     assert "c" * 40 in text and "no finished runs" not in text
 
 
+def test_a_study_value_is_paired_with_its_rows_chosen_point(tmp_path):
+    """The studies table: each value's test and validation accuracy against the row's final
+    runs on the same seeds (what issue 21's floor is chosen on), and the row itself as
+    ``chosen``."""
+    import accuracy
+    import study_report
+    from study_spec import load_spec
+
+    study = {"name": "floor", "row": "lars", "key": "scheduler.params.min_lr_ratio",
+             "values": [0.01]}  # fmt: skip
+    spec = load_spec(write_spec(tmp_path, studies=[study]))
+    work = tmp_path / "w"
+    chosen = {"lars": {"optimizer.params.lr": 0.8, "scheduler.params.rise_z": 1}}
+    for run in accuracy.final_specs(spec, chosen) + accuracy.study_specs(spec, chosen):
+        seed = int(run.name.rsplit("s", 1)[1])
+        floor = run.name.startswith("studies/")
+        finish(
+            work,
+            run,
+            {
+                "test_accuracy": 0.95 + (0.01 if floor else 0) + seed / 10000,
+                "final_val_accuracy": 0.94 - (0.005 if floor else 0),
+                "switch_epoch": 4,
+                "decay_epochs": [6] if floor else [6, 8, 9],
+                "final_lr": 0.1 if floor else 0.05,
+            },
+        )
+    text = "\n".join(study_report.study_tables(spec, work))
+    assert "| floor | `lars` | chosen | 95.13 ± 0.02 [95.12, 95.15] (n=8) |  | 94.00 |  |" in text
+    assert (
+        "| floor | `lars` | 0.01 | 96.13 ± 0.02 [96.12, 96.15] (n=8) | +1.00 [+1.00, +1.00] "
+        "| 93.50 | -0.50 [-0.50, -0.50] | 4, 4, 4, 4, 4, 4, 4, 4 | 1, 1, 1, 1, 1, 1, 1, 1 |"
+    ) in text
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_study_command_trains_extends_chooses_and_resumes(tmp_path, capsys):
