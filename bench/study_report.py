@@ -141,7 +141,8 @@ def render(spec: StudySpec, work: Path, command: str) -> str:
             lines.append(f"| `{row.name}` ({row.label}) | - | no finished runs | | | | | | |")
             continue
         gap = "-"
-        small, large = tests[spec.small], tests[spec.large]
+        small = tests[spec.small] if spec.small else []
+        large = tests[spec.large] if spec.large else []
         if row.name not in (spec.small, spec.large) and len(small) > 1 and len(large) > 1:
             g, lo, hi = gap_closed_ci(tests[row.name], large, small)
             gap = f"{100 * g:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"

@@ -94,10 +94,11 @@ class StudySpec:
     accuracy (ties: the first point in grid order)."""
     final_seeds: list[int]
     """Fresh seeds the chosen points train with; only these report test accuracy."""
-    small: str
-    """The small-batch row (the "gap closed" target)."""
-    large: str
-    """The large-batch row (the "gap closed" origin)."""
+    small: str | None
+    """The small-batch row (the "gap closed" target); ``None`` (a spec that compares rules
+    without the batch rows): no gap closed."""
+    large: str | None
+    """The large-batch row (the "gap closed" origin); ``None`` with ``small``."""
     reference: str
     """The row every other row is paired against, seed by seed."""
     ordering: list[str] = field(default_factory=list)
@@ -309,6 +310,13 @@ def load_spec(path: str | Path) -> StudySpec:
         _row_name({f"pairs[{i}]": b}, f"pairs[{i}]", names)
     max_ext = data.get("max_extensions", MAX_EXTENSIONS)
     check_number("max_extensions", max_ext, low=0, integer=True)
+    if ("small" in data) != ("large" in data):
+        raise ConfigError(
+            key="small" if "small" not in data else "large",
+            problem="name both the small- and the large-batch row, or neither (no gap closed)",
+        )
+    small = _row_name(data, "small", names) if "small" in data else None
+    large = _row_name(data, "large", names) if "large" in data else None
     return StudySpec(
         path=path,
         title=_text(data, "title", ""),
@@ -316,8 +324,8 @@ def load_spec(path: str | Path) -> StudySpec:
         rows=rows,
         tuning_seeds=tuning,
         final_seeds=final,
-        small=_row_name(data, "small", names),
-        large=_row_name(data, "large", names),
+        small=small,
+        large=large,
         reference=_row_name(data, "reference", names),
         ordering=[str(o) for o in ordering],
         studies=studies,

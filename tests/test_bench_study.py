@@ -131,6 +131,7 @@ def write_spec(tmp_path, **changes) -> Path:
         ],
     }
     spec.update(changes)
+    spec = {k: v for k, v in spec.items() if v is not None}  # None: the key left out
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     return path
@@ -166,6 +167,7 @@ def test_the_60_epoch_spec_reruns_the_recorded_study():
         ({"configs": "configs/nowhere"}, "configs: "),
         ({"seeds": [1]}, "seeds: unknown key"),
         ({"pairs": [["large", "smal"]]}, "pairs[0]: unknown row 'smal' (did you mean 'small'?)"),
+        ({"large": None}, "large: name both the small- and the large-batch row, or neither"),
         (
             {"rows": [{**ROW, "grid": {"optimizer.params.lr": []}}]},
             "rows.small.grid.optimizer.params.lr: no points",
@@ -417,6 +419,12 @@ def test_a_study_value_is_paired_with_its_rows_chosen_point(tmp_path):
             },
         )
     text = "\n".join(study_report.study_tables(spec, work))
+    # a spec without the batch rows (small and large left out) reports no gap closed
+    rules = load_spec(write_spec(tmp_path, studies=[study], small=None, large=None))
+    assert (rules.small, rules.large) == (None, None)
+    rendered = study_report.render(rules, work, "x").splitlines()
+    line = next(x for x in rendered if x.startswith("| `lars` ("))
+    assert line.split(" | ")[2].startswith("95.13") and line.split(" | ")[3] == "-"
     assert "| floor | `lars` | chosen | 95.13 ± 0.02 [95.12, 95.15] (n=8) |  | 94.00 |  |" in text
     assert (
         "| floor | `lars` | 0.01 | 96.13 ± 0.02 [96.12, 96.15] (n=8) | +1.00 [+1.00, +1.00] "
