@@ -104,7 +104,9 @@ def test_the_hard_spec_follows_the_protocol():
     assert set(significant) == {"tpl_significant", "tpl_significant_probe_loss"}
     for row in significant.values():
         assert row.grid["scheduler.params.rise_z"] == [1, 2]
-    assert "scheduler.params.rise_loss=probe_batch" in significant["tpl_significant_probe_loss"].sets
+    assert (
+        "scheduler.params.rise_loss=probe_batch" in significant["tpl_significant_probe_loss"].sets
+    )
     assert not any("rise_loss" in s for s in significant["tpl_significant"].sets)  # epoch loss
     floors = {st.row: st for st in spec.studies}
     assert set(floors) == {"two_phase_lars", *significant}  # each rule with and without a floor
