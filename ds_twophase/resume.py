@@ -20,7 +20,8 @@ from .errors import ConfigError
 from .metrics import MetricsLog
 
 Choice = tuple[int, str, dict[str, Any]]
-"""``(epoch, checkpoint directory, saved state with its tensors under "tensors")``."""
+"""``(epoch, checkpoint directory, saved state with its tensors under "tensors")``
+(:func:`ds_twophase.checkpoint.read`)."""
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -68,28 +69,25 @@ def choose_checkpoint(
     ``ckpt_dir``; ``None`` when there is none yet), checked against the current config
     ``resolved``. Raises :class:`ConfigError` for a missing, incomplete or mismatched one."""
     if target == "auto":
-        skipped: list[str] = []
-
-        def note(line: str) -> None:
-            skipped.append(line)
-            warn(line)
-
-        found = checkpoint.newest_complete(ckpt_dir, warn=note, verify=True)
-        if found is None:
-            if checkpoint.checkpoint_dirs(ckpt_dir):
-                newest = skipped[0].split("; using an older one")[0] if skipped else ""
-                damaged = any("is unreadable" in line for line in skipped)
+        found = checkpoint.scan(ckpt_dir, verify=True)
+        for skipped in found.skipped:
+            warn(skipped.line())
+        if found.newest is None:
+            if found.skipped:
+                newest = found.skipped[0]
+                damaged = any(skipped.damaged for skipped in found.skipped)
                 fix = "restore the damaged file, or " if damaged else ""
                 raise ConfigError(
                     f"--resume: no complete checkpoint in {ckpt_dir} reads back intact (the "
-                    f"newest: {newest}); {fix}remove the directory to start over"
+                    f"newest: checkpoint {newest.path} {newest.problem}); {fix}remove the "
+                    "directory to start over"
                 )
             done = len(metrics.read())
             dropped = f" (the {done} epoch(s) in metrics.jsonl are trained again)" if done else ""
             log(f"resume: no checkpoint in {ckpt_dir}; starting from scratch{dropped}")
             return None
-        epoch, path = found
-        state = checkpoint.read_state(path)
+        epoch, path = found.newest
+        state = checkpoint.read(path)
     else:
         path = Path(target)
         if not checkpoint.is_complete(path):
@@ -102,9 +100,8 @@ def choose_checkpoint(
                 f"--resume: checkpoint {path} is unreadable ({problem}); resume from an older "
                 "checkpoint with --resume PATH or --resume auto"
             )
-        state = checkpoint.read_state(path)
+        state = checkpoint.read(path)
         epoch = state["epoch"]
-    state["tensors"] = checkpoint.read_tensors(path, state.get("tensors", []))
     changes = config_changes(state.get("config", {}), resume_fingerprint(resolved))
     if changes:
         more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""

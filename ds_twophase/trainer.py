@@ -120,7 +120,16 @@ class Trainer:
         )
         # Pre-emption: the stop flag while fit runs, and the mid-epoch progress to resume from.
         self.stop: preempt.StopFlag | None = None
-        self.progress: EpochProgress | None = None
+        self.mid_epoch = preempt.MidEpoch()
+        # What a checkpoint holds beside DeepSpeed's files, one stateful part per key, saved and
+        # restored as one: a new part joins this map, not the save or resume code.
+        self.parts: dict[str, checkpoint.Stateful] = {"partial": self.mid_epoch}
+        if isinstance(self.scheduler, EpochScheduler):  # DeepSpeed's own: only in its files
+            self.parts["scheduler"] = self.scheduler
+        if self.probe is not None:
+            self.parts["probe"] = self.probe
+        if self.analysis.probe is not None:
+            self.parts["probe_every"] = self.analysis.probe
 
     def _build_data(self) -> Any:
         # Rank 0 generates and caches the data set first so the other ranks only read it.
@@ -151,15 +160,12 @@ class Trainer:
             note = preempt.world_size_note(
                 state, path, zero_stage=self.run.zero_stage, batch=self.batch
             )
-            self.progress = preempt.unpack_progress(state)
             path = Path(path)
             load_checkpoint(self.engine, path.parent, tag=path.name)
-            if self.probe is not None and state.get("probe") is not None:
-                vector = state["tensors"].get("probe_vector")
-                self.probe.load_state_dict({**state["probe"], "vector": vector})
-            self.analysis.load(state)
-            if self.progress is not None:  # a mid-epoch checkpoint
-                note += f"{self.progress.micro_batches} micro-batch(es) into epoch {epoch + 1}; "
+            checkpoint.load_parts(self.parts, state)
+            progress = self.mid_epoch.progress
+            if progress is not None:  # a mid-epoch checkpoint
+                note += f"{progress.micro_batches} micro-batch(es) into epoch {epoch + 1}; "
             dist.print_rank_zero(f"resume: {note}continuing after epoch {epoch} from {path}")
         self.sink.resumed(epoch)  # epochs no checkpoint kept are trained again
         return epoch
@@ -169,7 +175,7 @@ class Trainer:
         all ranks and micro-batches, its standard error, and the number of micro-batches skipped
         for a non-finite loss (with ``on_nonfinite_loss = "skip"``) on all ranks."""
         self.sampler.set_epoch(epoch)
-        start, self.progress = self.progress, None  # a mid-epoch checkpoint's epoch only
+        start = self.mid_epoch.take()  # a mid-epoch checkpoint's epoch only
         if start is not None:
             self.sampler.skip = start.micro_batches * self.micro
         return train_epoch(
@@ -347,31 +353,22 @@ class Trainer:
             return self._save_checkpoint(epoch, progress)
 
     def _save_checkpoint(self, epoch: int, progress: EpochProgress | None) -> Path:
-        probe = None if self.probe is None else self.probe.state_dict()
-        vector = None if probe is None else probe.pop("vector")
-        epoch_scheduler = isinstance(self.scheduler, EpochScheduler)
-        analysis, analysis_tensors = self.analysis.state()
-        state = {
-            "epoch": epoch,
-            "config": resume_fingerprint(self.run.resolved),
-            "probe": probe,
-            "scheduler": self.scheduler.state_dict() if epoch_scheduler else None,
-            **analysis,
-            "world_size": dist.get_world_size(),
-        }
-        tensors = {} if vector is None else {"probe_vector": vector}
-        if progress is not None:
-            state["partial"], rng = preempt.pack_progress(progress)
-            tensors.update(rng)
-        return checkpoint.save(
-            self.engine,
-            self.ckpt_dir,
-            epoch,
-            state,
-            keep=self.tc.keep_checkpoints,
-            tensors={**tensors, **analysis_tensors},
-            micro_batches=None if progress is None else progress.micro_batches,
-        )
+        self.mid_epoch.progress = progress
+        try:
+            return checkpoint.save(
+                self.engine,
+                self.ckpt_dir,
+                epoch,
+                self.parts,
+                keep=self.tc.keep_checkpoints,
+                meta={
+                    "config": resume_fingerprint(self.run.resolved),
+                    "world_size": dist.get_world_size(),
+                },
+                micro_batches=None if progress is None else progress.micro_batches,
+            )
+        finally:
+            self.mid_epoch.progress = None
 
 
 def _epoch_line(row: dict[str, Any], last: int) -> str:

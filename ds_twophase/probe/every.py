@@ -6,7 +6,7 @@ vector the schedule's next probe starts from, so the schedule's hmax, and with i
 could differ from a run without ``every``. It runs after the epoch's decision (the decision
 cannot see it), at epochs N, 2N, ... where the schedule did not probe itself (the caller says
 so: that row already holds the schedule's hmax), on every rank in the probe's own mode (``rank0`` or ``sharded``).
-Its warm-start state is saved in checkpoints next to the schedule probe's, so a resumed run
+Its warm-start state is a checkpoint part (``probe_every``) next to the schedule probe's, so a resumed run
 measures as an uninterrupted one.
 """
 
@@ -14,15 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ds_twophase import dist
 from ds_twophase.probe.hessian import HessianProbe, reading_of
-
-STATE_KEY = "probe_every"
-"""Key of the analysis probe's JSON state in a checkpoint's state file."""
-VECTOR_NAME = "probe_every_vector"
-"""Name of its warm-start vector among a checkpoint's tensors."""
 
 
 class PeriodicProbe:
@@ -63,11 +56,10 @@ class PeriodicProbe:
             dist.warn_rank_zero(f"epoch {epoch}: probe.every failed: {outcome.error}")
         return outcome.seconds
 
-    def state_dict(self) -> tuple[dict[str, Any], torch.Tensor | None]:
-        """``(JSON state, warm-start vector or None)`` for a checkpoint."""
-        state = self.probe.state_dict()
-        return state, state.pop("vector")
+    def state_dict(self) -> dict[str, Any]:
+        """Its probe's state (indices, draws and its own warm-start vector) for a checkpoint."""
+        return self.probe.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any], vector: Any = None) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
-        self.probe.load_state_dict({**state, "vector": vector})
+        self.probe.load_state_dict(state)

@@ -37,7 +37,7 @@ def main() -> None:
     run = validate_config(load_config(args.config, args.overrides), world_size=1)
     trainer = Trainer(run)
     epoch = trainer.resume(args.resume)
-    progress = trainer.progress
+    progress = trainer.mid_epoch.progress
     analysis = trainer.analysis.probe
     result = {
         "epoch": epoch,
