@@ -34,22 +34,17 @@ def copy_run(tmp_path: Path) -> Path:
     return out
 
 
+def resume(out: Path, *command: object):
+    """``python *command`` on the fixture's config into ``out`` with ``--resume auto``."""
+    flags = ["--config", CONFIG, "--set", f"trainer.output_dir={out}", "--resume", "auto"]
+    return run_plain([*command, *flags])
+
+
 @pytest.mark.timeout(300)
 def test_old_checkpoint_restores_every_part(tmp_path):
     out = copy_run(tmp_path)
     report = tmp_path / "state.json"
-    proc = run_plain(
-        [
-            "tests/scripts/resume_state.py",
-            report,
-            "--config",
-            CONFIG,
-            "--set",
-            f"trainer.output_dir={out}",
-            "--resume",
-            "auto",
-        ]
-    )
+    proc = resume(out, "tests/scripts/resume_state.py", report)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(report.read_text())
     ckpt = out / "checkpoints" / TAG
@@ -82,18 +77,7 @@ def test_old_checkpoint_resumes_and_finishes(tmp_path):
     out = copy_run(tmp_path)
     before = read_metrics(out)
     assert [r["epoch"] for r in before] == [1, 2, 3, 4, 5, 6]
-    proc = run_plain(
-        [
-            "-m",
-            "ds_twophase.train",
-            "--config",
-            CONFIG,
-            "--set",
-            f"trainer.output_dir={out}",
-            "--resume",
-            "auto",
-        ]
-    )
+    proc = resume(out, "-m", "ds_twophase.train")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resume: 2 micro-batch(es) into epoch 7; continuing after epoch 6 from" in proc.stdout
     rows = read_metrics(out)
