@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, dist
+from . import dist
 from .engine import load_checkpoint as load_engine_checkpoint
 from .probe import HessianProbe
+from .trainer import checkpoint
 
 EPOCH_KEY = "ds_twophase_epoch"
 """The key of the saved epoch in the ``client_state`` that :func:`load_checkpoint` returns."""

@@ -90,7 +90,8 @@ def test_find_cycle_finds_one():
 
 def test_the_import_graph_sees_lazy_and_relative_imports():
     assert "ds_twophase.train" in imports_of("ds_twophase.cli")  # inside a function
-    assert "ds_twophase.dist" in imports_of("ds_twophase.trainer")  # from . import dist
+    assert "ds_twophase.dist" in imports_of("ds_twophase.trainer.trainer")  # from .. import dist
+    assert "ds_twophase.trainer.checkpoint" in imports_of("ds_twophase.trainer.trainer")
 
 
 def test_no_import_cycles():

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ds_twophase import checkpoint
-from ds_twophase.metrics import MetricsLog
 from ds_twophase.probe import HessianProbe, ProbeConfig, principal_eigenvalue
-from ds_twophase.resume import config_changes, resume_fingerprint
+from ds_twophase.trainer import checkpoint
+from ds_twophase.trainer.metrics import MetricsLog
+from ds_twophase.trainer.resume import config_changes, resume_fingerprint
 
 
 def fake_checkpoint(root, epoch, complete=True):

@@ -145,7 +145,7 @@ def margin_summary(
 
 def _checkpoint_file(path: Path) -> tuple[Path, Path]:
     """``(run directory, mp_rank_00_model_states.pt)`` for a run directory or a checkpoint."""
-    from .. import checkpoint
+    from ..trainer import checkpoint
 
     name = "mp_rank_00_model_states.pt"
     if (path / name).is_file():  # a checkpoint tag directory: run/checkpoints/epochNNNN

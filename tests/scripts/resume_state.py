@@ -37,15 +37,15 @@ def main() -> None:
     run = validate_config(load_config(args.config, args.overrides), world_size=1)
     trainer = Trainer(run)
     epoch = trainer.resume(args.resume)
-    progress = trainer.mid_epoch.progress
-    analysis = trainer.analysis.probe
+    parts = trainer.checkpoint_parts
+    progress = parts["partial"].progress  # type: ignore[attr-defined]
     result = {
         "epoch": epoch,
         "global_steps": trainer.engine.global_steps,
         "lr": trainer.engine.get_lr()[0],
-        "scheduler": trainer.scheduler.state_dict(),
-        "probe": plain(None if trainer.probe is None else trainer.probe.state_dict()),
-        "probe_every": plain(None if analysis is None else analysis.probe.state_dict()),
+        "scheduler": parts["scheduler"].state_dict(),
+        "probe": plain(parts["probe"].state_dict()),
+        "probe_every": plain(parts["probe_every"].state_dict()),
         "progress": None
         if progress is None
         else {

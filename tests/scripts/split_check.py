@@ -18,8 +18,8 @@ from torch.utils.data import Dataset, TensorDataset
 from ds_twophase import dist
 from ds_twophase.config import load_config, validate_config
 from ds_twophase.dist import exit_process
-from ds_twophase.epoch import make_loader
 from ds_twophase.trainer import Trainer
+from ds_twophase.trainer.epoch import make_loader
 
 
 def digest(x, y) -> str:

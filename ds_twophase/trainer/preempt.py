@@ -5,7 +5,7 @@ A cluster stops a job with SIGTERM (SLURM also sends SIGUSR1 ahead of the time l
 (the handler does nothing else); the trainer asks :meth:`StopFlag.agreed` at every optimizer-step
 boundary, one all-reduce max of the flag over the ranks (``dist.any_rank``), so every rank stops
 after the same step even when only one got the signal. The trainer then saves a complete
-checkpoint (mid-epoch: :class:`~ds_twophase.epoch.EpochProgress` records the micro-batches done,
+checkpoint (mid-epoch: :class:`~ds_twophase.trainer.epoch.EpochProgress` records the micro-batches done,
 each rank's loss sums and RNG state) and raises :class:`Preempted`; the command exits with
 :data:`EXIT_RESUMABLE` and ``--resume auto`` continues exactly where it stopped.
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from . import dist
-from .config.batch import Batch
+from .. import dist
+from ..config.batch import Batch
+from ..errors import ConfigError
 from .epoch import EpochProgress
-from .errors import ConfigError
 
 EXIT_RESUMABLE = 75
 """Exit status of a run stopped by a signal after saving a checkpoint (``EX_TEMPFAIL``: "try

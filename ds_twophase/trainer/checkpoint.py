@@ -26,8 +26,8 @@ from typing import IO, Any, Protocol
 import numpy as np
 import torch
 
-from . import dist, faults
-from .errors import ConfigError, one_line
+from .. import dist, faults
+from ..errors import ConfigError, one_line
 
 STATE_FILE = "ds_twophase.json"
 COMPLETE_FILE = "COMPLETE"

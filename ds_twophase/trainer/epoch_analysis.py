@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import dist
-from .config import RunConfig
+from .. import dist
+from ..config import RunConfig
+from ..probe import HessianProbe
+from ..probe.every import PeriodicProbe
+from ..probe.layer import preserve_rng_state
 from .epoch import cross_entropy
-from .probe import HessianProbe
-from .probe.every import PeriodicProbe
-from .probe.layer import preserve_rng_state
 
 
 class EpochAnalysis:
@@ -68,7 +68,7 @@ class EpochAnalysis:
         return seconds
 
     def _margins(self, engine: Any) -> dict[str, float]:
-        from .analysis.margins import margin_summary
+        from ..analysis.margins import margin_summary
 
         # The margin pass must not move the random streams training draws from next.
         with preserve_rng_state():

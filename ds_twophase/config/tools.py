@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, Problem, did_you_mean, is_int, is_number
+from ..errors import ConfigError, Problem, did_you_mean, is_int, is_number
 
 
 def load_json(path: str | Path) -> dict[str, Any]:

@@ -14,33 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config.free_keys import TRAINING_FREE_KEYS, training_leaves
+from ..errors import ConfigError
 from . import checkpoint
-from .config.free_keys import TRAINING_FREE_KEYS as RESUME_FREE_KEYS  # one list, see there
-from .errors import ConfigError
 from .metrics import MetricsLog
 
 Choice = tuple[int, str, dict[str, Any]]
 """``(epoch, checkpoint directory, saved state with its tensors under "tensors")``
-(:func:`ds_twophase.checkpoint.read`)."""
+(:func:`ds_twophase.trainer.checkpoint.read`)."""
 
 
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` for every leaf of a nested config."""
-    if isinstance(cfg, dict) and cfg:
-        out: dict[str, Any] = {}
-        for key, value in cfg.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): cfg}
+RESUME_FREE_KEYS = TRAINING_FREE_KEYS
+"""The keys a resumed run may change: the one list of keys that leave training unchanged."""
 
 
 def resume_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
     """The config leaves that must not change when a run is resumed."""
-    return {
-        key: value
-        for key, value in flatten(resolved).items()
-        if not any(key == free or key.startswith(free + ".") for free in RESUME_FREE_KEYS)
-    }
+    return training_leaves(resolved)
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
