@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ds_twophase import dist
-from ds_twophase.probe.hessian import HessianProbe, reading_of
+from ds_twophase.probe.hessian import HessianProbe, probe_columns
 
 
 class PeriodicProbe:
@@ -37,21 +37,13 @@ class PeriodicProbe:
         return not scheduled and epoch % self.every == 0
 
     def measure(self, engine: Any, epoch: int, columns: dict[str, Any], scheduled: bool) -> float:
-        """At a due epoch, probe on every rank and write ``hmax``, ``hmax_se``, ``probe_loss``,
-        ``probe_loss_se``, ``probe_error``, ``probe_hvps`` and ``probe_residual`` into
-        ``columns``; the probe's seconds (0 when not
-        due). A failed probe leaves ``hmax`` ``None`` and warns; the run goes on."""
+        """At a due epoch, probe on every rank and write the probe's columns
+        (:func:`~ds_twophase.probe.hessian.probe_columns`) into ``columns``; the probe's seconds
+        (0 when not due). A failed probe leaves ``hmax`` ``None`` and warns; the run goes on."""
         if not self.due(epoch, scheduled):
             return 0.0
         outcome = self.probe(engine.module, engine.device)
-        columns["hmax"] = outcome.value if outcome.ok else None
-        columns["probe_error"] = outcome.error
-        columns["probe_hvps"] = outcome.iterations
-        columns["probe_residual"] = outcome.residual if outcome.ok else None
-        reading = reading_of(outcome) if outcome.ok else None
-        columns["hmax_se"] = None if reading is None else reading.hmax_se
-        columns["probe_loss"] = None if reading is None else reading.loss
-        columns["probe_loss_se"] = None if reading is None else reading.loss_se
+        columns.update(probe_columns(outcome))
         if not outcome.ok:
             dist.warn_rank_zero(f"epoch {epoch}: probe.every failed: {outcome.error}")
         return outcome.seconds

@@ -25,6 +25,7 @@ from ..engine import initialize_run, load_checkpoint
 from ..errors import ConfigError
 from ..models import build_model
 from ..probe import HessianProbe
+from ..probe.hessian import probe_columns
 from ..schedulers import EpochScheduler
 from ..schedulers.end_of_epoch import RankDisagreement, epoch_end
 from . import checkpoint, preempt, summary
@@ -346,7 +347,9 @@ class Trainer:
         if rec.warning:
             dist.warn_rank_zero(rec.warning)
         columns = {
+            **probe_columns(end.probe),
             "phase": rec.phase,
+            # The decision's own readings (the probe's, as the schedule took them).
             "hmax": rec.hmax,
             "hmax_se": rec.hmax_se,
             "probe_loss": rec.probe_loss,
@@ -357,9 +360,6 @@ class Trainer:
             "plateau": rec.plateau,
             "switch_forced": rec.switch_forced,
             "warning": rec.warning,
-            "probe_error": None if end.probe is None else end.probe.error,
-            "probe_hvps": None if end.probe is None else end.probe.iterations,
-            "probe_residual": None if end.probe is None or not end.probe.ok else end.probe.residual,
         }
         if end.probe is None:
             return columns, 0.0, False
