@@ -1,5 +1,6 @@
-"""The package's layout rules: every module imports, no import cycles, and only dist.py knows
-launchers and torch.distributed (docs/architecture.md)."""
+"""The package's layout rules: every module imports, no import cycles, only dist.py knows
+launchers and torch.distributed, and no module takes another package's private names
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -30,13 +31,26 @@ def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
+def package_of(name: str, modules: dict[str, Path] = MODULES) -> str:
+    """The package a module belongs to (a package's ``__init__`` belongs to itself)."""
+    return name if modules[name].name == "__init__.py" else name.rpartition(".")[0]
+
+
+def imported_module(node: ast.ImportFrom, package: str) -> str:
+    """The module an ``ImportFrom`` in ``package`` reads from, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports_of(name: str) -> set[str]:
     """The package modules ``name`` imports anywhere in its code (also inside functions, where
     the lazy imports are), except under ``if TYPE_CHECKING``."""
     path = MODULES[name]
     tree = ast.parse(path.read_text())
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = package_of(name)
     out: set[str] = set()
     for node in ast.walk(tree):
         if _type_checking_only(node, parents):
@@ -44,11 +58,7 @@ def imports_of(name: str) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base_name = ".".join(base + ([node.module] if node.module else []))
-            else:
-                base_name = node.module or ""
+            base_name = imported_module(node, package)
             # ``from pkg import sub`` imports the submodule ``pkg.sub`` when there is one
             targets = [
                 f"{base_name}.{alias.name}" if f"{base_name}.{alias.name}" in MODULES else base_name
@@ -113,6 +123,68 @@ def test_only_dist_knows_launchers_and_torch_distributed():
         if "torch.distributed" in text or any(f'"{var}"' in text for var in LAUNCHER_VARS):
             offenders.append(name)
     assert offenders == []
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_imports_across_packages(name: str, modules: dict[str, Path] = MODULES) -> list[str]:
+    """``module._name`` for every private name of a package module that ``name`` takes from a
+    module of another package: ``from x import _name``, or ``x._name`` on a module it imported."""
+    tree = ast.parse(modules[name].read_text())
+    package = package_of(name, modules)
+    bound: dict[str, str] = {}  # local name -> the package module it is bound to
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            source = imported_module(node, package)
+            for alias in node.names:
+                if f"{source}.{alias.name}" in modules:
+                    bound[alias.asname or alias.name] = f"{source}.{alias.name}"
+                elif source in modules and _private(alias.name):
+                    if package_of(source, modules) != package:
+                        found.append(f"{source}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in modules:
+                    bound[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _private(node.attr)
+            and package_of(bound[node.value.id], modules) != package
+        ):
+            found.append(f"{bound[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_the_private_name_check_sees_both_forms(tmp_path):
+    pkg = tmp_path / "ds_twophase"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "b").mkdir()
+    (pkg / "a" / "x.py").write_text("_hidden = 1\nshown = 2\n")
+    (pkg / "b" / "y.py").write_text(
+        "from ..a.x import _hidden, shown\nfrom ..a import x\nprint(x._hidden, x.shown)\n"
+    )
+    (pkg / "a" / "z.py").write_text("from .x import _hidden\n")  # same package: allowed
+    modules = {
+        "ds_twophase.a.x": pkg / "a" / "x.py",
+        "ds_twophase.b.y": pkg / "b" / "y.py",
+        "ds_twophase.a.z": pkg / "a" / "z.py",
+    }
+    assert private_imports_across_packages("ds_twophase.b.y", modules) == [
+        "ds_twophase.a.x._hidden",
+        "ds_twophase.a.x._hidden",
+    ]
+    assert private_imports_across_packages("ds_twophase.a.z", modules) == []
+
+
+def test_no_module_takes_private_names_from_another_package():
+    offenders = {n: f for n in MODULES if (f := private_imports_across_packages(n))}
+    assert offenders == {}
 
 
 def test_the_probe_measures_and_the_schedule_decides():

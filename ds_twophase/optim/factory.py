@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..errors import ConfigError, did_you_mean
-from .lars import LARS, _check_hyperparameters
+from .lars import LARS, check_hyperparameters
 from .param_groups import split_param_groups
 
 __all__ = [
@@ -53,7 +53,7 @@ def check_zero_compatible(zero_stage: int, type_name: str = "LARS") -> None:
     """Refuse a layer-wise optimizer under ZeRO stage 3 (raise ``ConfigError``; 0-2 pass).
 
     Stages 1 and 2 hand the optimizer flat partitions that mix layers; LARS maps them back to
-    layers through DeepSpeed's fragment mapping (``zero_lars.py``). Stage 3 hands it sub-group
+    layers through DeepSpeed's fragment mapping (``zero.py``). Stage 3 hands it sub-group
     partitions without that mapping, so per-layer trust ratios would be wrong.
     """
     if zero_stage >= 3 and find_optimizer(type_name) is not None:
@@ -173,7 +173,7 @@ def build_optimizer_factory(
             n: kwargs.get(n, p.default) for n, p in signature.parameters.items() if n in accepted
         }
         try:
-            _check_hyperparameters(**merged, adapt=True)
+            check_hyperparameters(**merged, adapt=True)
         except ConfigError as exc:
             raise exc.under("optimizer.params.") from None
     return OptimizerFactory(cls, kwargs, options, model)
