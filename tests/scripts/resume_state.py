@@ -8,14 +8,12 @@ states (vectors as lists) and the mid-epoch progress to OUT_JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
-from ds_twophase import dist
-from ds_twophase.config import load_config, validate_config
+from one_trainer import build_trainer, parser
+
 from ds_twophase.dist import exit_process
-from ds_twophase.trainer import Trainer
 
 
 def plain(state: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -26,16 +24,8 @@ def plain(state: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("out")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[], dest="overrides")
-    p.add_argument("--resume", required=True)
-    args = p.parse_args()
-    dist.init_process_group(quiet=True)
-    dist.release_deepspeed_shm()
-    run = validate_config(load_config(args.config, args.overrides), world_size=1)
-    trainer = Trainer(run)
+    args = parser().parse_args()
+    trainer = build_trainer(args)
     epoch = trainer.resume(args.resume)
     parts = trainer.checkpoint_parts
     progress = parts["partial"].progress  # type: ignore[attr-defined]
