@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ds_twophase.probe.config import ProbeConfig
-from ds_twophase.probe.protocol import ProbeOutcome, measure_hmax, select_probe_indices
+from ds_twophase.probe.outcome import ProbeOutcome, select_probe_indices
+from ds_twophase.probe.protocol import measure_hmax
 from ds_twophase.schedulers.readings import Reading
 
 __all__ = ["HessianProbe", "reading_of"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ds_twophase import dist, faults
 from ds_twophase.probe.hessian import HessianProbe, reading_of
-from ds_twophase.probe.protocol import ProbeOutcome
+from ds_twophase.probe.outcome import ProbeOutcome
 from ds_twophase.schedulers.base import EpochScheduler
 from ds_twophase.schedulers.readings import Reading
 from ds_twophase.schedulers.two_phase import EpochRecord
