@@ -5,7 +5,8 @@ its ``train_epoch``, ``resume``, and the read-only ``config``, ``engine``, ``pro
 ``splits`` and ``checkpoint_parts``), :class:`RunResult`, :class:`TrainingStopped`,
 :class:`Preempted` with :data:`EXIT_RESUMABLE`, :class:`StopFlag` and :class:`WriteFailed`.
 
-Modules, one job each: ``trainer`` (build, fit), ``epoch`` (one training epoch), ``evaluate``,
+Modules, one job each: ``trainer`` (build, fit), ``epoch`` (one training epoch), ``decide`` (the
+epoch-end decision as metrics columns), ``evaluate``,
 ``epoch_analysis`` (``probe.every`` and margins), ``resume`` (which checkpoint, does the config
 still match), ``preempt`` (signals, mid-epoch progress), ``checkpoint`` (the files and the map
 of stateful parts), ``metrics`` and ``metrics_sink`` (``metrics.jsonl``, rank 0 only),

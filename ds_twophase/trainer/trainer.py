@@ -2,15 +2,14 @@
 
 The pieces live next door in this package: :mod:`.epoch` trains one epoch, :mod:`.evaluate`
 measures the validation split, :mod:`.resume` picks and checks the checkpoint to continue from,
-:mod:`.checkpoint` writes them, and :func:`ds_twophase.schedulers.end_of_epoch.epoch_end` makes
-the epoch-end decision.
+:mod:`.checkpoint` writes them, and :mod:`.decide` runs the epoch-end decision
+(:func:`ds_twophase.schedulers.end_of_epoch.epoch_end`) into the row's columns.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,10 +24,9 @@ from ..engine import initialize_run, load_checkpoint
 from ..errors import ConfigError
 from ..models import build_model
 from ..probe import HessianProbe
-from ..probe.hessian import probe_columns
 from ..schedulers import EpochScheduler
-from ..schedulers.end_of_epoch import RankDisagreement, epoch_end
 from . import checkpoint, preempt, summary
+from .decide import decide
 from .epoch import (
     EpochInterrupted,
     EpochProgress,
@@ -308,7 +306,7 @@ class Trainer:
                     f"epoch {epoch}: skipped {skipped} micro-batch(es) with a non-finite loss"
                 )
         with dist.collective_place(f"the end of epoch {epoch} (probe, decision, evaluation)"):
-            decision, probe_seconds, probed = self._decide(train_loss, se)
+            decision, probe_seconds, probed = decide(self._engine, self._probe, train_loss, se)
             row.update(decision)
             probe_seconds += self.analysis.measure(self._engine, epoch, last, row, scheduled=probed)
             row["lr"] = self._engine.get_lr()[0]
@@ -328,42 +326,6 @@ class Trainer:
         self.sink.write(row)
         dist.print_rank_zero(_epoch_line(row, last))
         return row
-
-    def _decide(
-        self, train_loss: float, train_loss_se: float | None
-    ) -> tuple[dict[str, Any], float, bool]:
-        """The epoch-end decision's metrics columns (all ``None`` for a per-step scheduler), the
-        seconds the probe took and whether the schedule's probe ran."""
-        if not isinstance(self.scheduler, EpochScheduler):
-            return {"phase": None, "hmax": None, "decision": None}, 0.0, False
-        with warnings.catch_warnings():
-            # The decision's warning is logged once below, by rank 0 only.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                end = epoch_end(self._engine, train_loss, self._probe, train_loss_se=train_loss_se)
-            except RankDisagreement as exc:
-                raise TrainingStopped(str(exc)) from None
-        rec = end.record
-        if rec.warning:
-            dist.warn_rank_zero(rec.warning)
-        columns = {
-            **probe_columns(end.probe),
-            "phase": rec.phase,
-            # The decision's own readings (the probe's, as the schedule took them).
-            "hmax": rec.hmax,
-            "hmax_se": rec.hmax_se,
-            "probe_loss": rec.probe_loss,
-            "probe_loss_se": rec.probe_loss_se,
-            "loss_rise_z": rec.loss_rise_z,
-            "hmax_rise_z": rec.hmax_rise_z,
-            "decision": rec.decision,
-            "plateau": rec.plateau,
-            "switch_forced": rec.switch_forced,
-            "warning": rec.warning,
-        }
-        if end.probe is None:
-            return columns, 0.0, False
-        return columns, end.probe.seconds, True
 
     def _preempted(self, epoch: int, progress: EpochProgress | None) -> NoReturn:
         """Save a complete checkpoint after ``epoch`` (and ``progress`` into the next) and
