@@ -1,6 +1,6 @@
 """Benchmark: training throughput of the ds_twophase trainer against a bare DeepSpeed loop.
 
-Times ``Trainer.train_epoch`` (ds_twophase/trainer.py: no probe, no evaluation) against the loop
+Times ``Trainer.train_epoch`` (ds_twophase/trainer/trainer.py: no probe, no evaluation) against the loop
 a DeepSpeed user writes over the same model, data and config::
 
     engine, _, loader, _ = deepspeed.initialize(model=model, training_data=train_set,
