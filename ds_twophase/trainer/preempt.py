@@ -5,8 +5,9 @@ A cluster stops a job with SIGTERM (SLURM also sends SIGUSR1 ahead of the time l
 (the handler does nothing else); the trainer asks :meth:`StopFlag.agreed` at every optimizer-step
 boundary, one all-reduce max of the flag over the ranks (``dist.any_rank``), so every rank stops
 after the same step even when only one got the signal. The trainer then saves a complete
-checkpoint (mid-epoch: :class:`~ds_twophase.trainer.epoch.EpochProgress` records the micro-batches done,
-each rank's loss sums and RNG state) and raises :class:`Preempted`; the command exits with
+checkpoint (mid-epoch: the checkpoint part :class:`MidEpoch` holds every rank's
+:class:`~ds_twophase.trainer.epoch.EpochProgress`, the micro-batches done, the loss sums and the
+RNG state) and raises :class:`Preempted`; the command exits with
 :data:`EXIT_RESUMABLE` and ``--resume auto`` continues exactly where it stopped.
 
 :class:`CheckpointTimer` is ``trainer.checkpoint_minutes``: rank 0's clock decides, at an epoch
