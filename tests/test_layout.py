@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,14 @@ def test_the_probe_measures_and_the_schedule_decides():
     assert ds_twophase.HessianProbe is probe.HessianProbe
     for name in ds_twophase.__all__:
         assert getattr(ds_twophase, name) is not None
+
+
+def test_the_trainer_package_surface_loads_on_first_use():
+    """Every public name of ds_twophase.trainer resolves; the own-loop checkpoints, which share
+    trainer/checkpoint.py's format, do not build the trainer (data sets, models) to get it."""
+    import ds_twophase.trainer as trainer
+
+    assert all(getattr(trainer, name) is not None for name in trainer.__all__)
+    code = "import sys, ds_twophase.loop_checkpoint; print('ds_twophase.trainer.trainer' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

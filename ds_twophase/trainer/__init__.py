@@ -15,10 +15,26 @@ of stateful parts), ``metrics`` and ``metrics_sink`` (``metrics.jsonl``, rank 0 
 
 from __future__ import annotations
 
-from .checkpoint import WriteFailed
-from .epoch import TrainingStopped
-from .preempt import EXIT_RESUMABLE, Preempted, StopFlag
-from .trainer import RunResult, Trainer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .checkpoint import WriteFailed
+    from .epoch import TrainingStopped
+    from .preempt import EXIT_RESUMABLE, Preempted, StopFlag
+    from .trainer import RunResult, Trainer
+
+# Loaded on first use: the own-loop checkpoints (ds_twophase.save_checkpoint) read and write
+# trainer/checkpoint.py's format without building a trainer (data sets, models).
+_LAZY = {
+    "EXIT_RESUMABLE": ".preempt",
+    "Preempted": ".preempt",
+    "RunResult": ".trainer",
+    "StopFlag": ".preempt",
+    "Trainer": ".trainer",
+    "TrainingStopped": ".epoch",
+    "WriteFailed": ".checkpoint",
+}
 
 __all__ = [
     "EXIT_RESUMABLE",
@@ -29,3 +45,9 @@ __all__ = [
     "TrainingStopped",
     "WriteFailed",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'ds_twophase.trainer' has no attribute {name!r}")
