@@ -63,27 +63,34 @@ class RunResult:
 
 
 class Trainer:
-    """Runs one validated config end to end on every rank: ``Trainer(run).fit(resume=...)``."""
+    """Runs one validated config end to end on every rank: ``Trainer(run).fit(resume=...)``.
+
+    Public surface (what the benches use): :meth:`fit`, :meth:`resume`, :meth:`train_epoch`; the
+    read-only ``config``, ``engine``, ``probe``, ``splits`` and ``checkpoint_parts``; and the
+    pieces built from the config: ``model``, ``sampler``, ``loader`` (a test may swap it for an
+    instrumented one), ``metrics`` (``metrics.jsonl``), ``train_batch``, ``micro`` (the
+    per-rank micro-batch) and ``steps_per_epoch``. Everything else is internal.
+    """
 
     def __init__(self, run: RunConfig):
         if run.trainer is None:
             raise ConfigError(
                 "trainer: the config has no trainer section; add one (dataset, model, epochs)"
             )
-        self.run = run
+        self._run = run
         self._tc = run.trainer
-        self.out = Path(self._tc.output_dir)
-        self.ckpt_dir = self.out / "checkpoints"
+        self._out = Path(self._tc.output_dir)
+        self._ckpt_dir = self._out / "checkpoints"
         world = dist.get_world_size()
         batch = run.check_world_size(world)
-        self.train_batch, self.micro, self.gas = batch.train, batch.micro, batch.gas
+        self.train_batch, self.micro, self._gas = batch.train, batch.micro, batch.gas
         seed_everything(self._tc.seed)
         self._splits = self._build_data()
         self.model = build_model(self._tc.model, self._splits.num_classes, self._splits.input_shape)
         if run.deepspeed.get("bf16", {}).get("enabled"):
             # DeepSpeed casts parameters but not buffers; BatchNorm on CPU needs both in bf16.
             self.model.to(torch.bfloat16)
-        self.batch = batch
+        self._batch = batch
         self.sampler = ResumableSampler(
             self._splits.train,
             num_replicas=world,
@@ -100,7 +107,7 @@ class Trainer:
             self._splits.train, self.sampler, self.micro, self._tc.num_workers
         )
         check_backends(run.deepspeed)  # a monitor package missing: one line, not a traceback
-        self._engine, _, _, self.scheduler = initialize_run(
+        self._engine, _, _, self._scheduler = initialize_run(
             run,
             model=self.model,
             total_epochs=self._tc.epochs,
@@ -117,25 +124,25 @@ class Trainer:
                 seed=self._tc.seed,
                 zero_stage=run.zero_stage,
             )
-        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.metrics = MetricsLog(self._out / "metrics.jsonl")
         # Rank 0 writes metrics.jsonl, config.json and DeepSpeed's monitor; other ranks nothing.
-        self.sink = metrics_sink(self.metrics, self._engine, self.ckpt_dir)
+        self._sink = metrics_sink(self.metrics, self._engine, self._ckpt_dir)
         # probe.every and trainer.margins_every.
-        self.analysis = EpochAnalysis(
+        self._analysis = EpochAnalysis(
             run, self._splits.train, batch_size=self.train_batch, micro_batch_size=self.micro
         )
         # Pre-emption: the stop flag while fit runs, and the mid-epoch progress to resume from.
         self._stop: preempt.StopFlag | None = None  # set while fit runs
-        self.mid_epoch = preempt.MidEpoch()
+        self._mid_epoch = preempt.MidEpoch()
         # What a checkpoint holds beside DeepSpeed's files, one stateful part per key, saved and
         # restored as one: a new part joins this map, not the save or resume code.
-        self._parts: dict[str, checkpoint.Stateful] = {"partial": self.mid_epoch}
-        if isinstance(self.scheduler, EpochScheduler):  # DeepSpeed's own: only in its files
-            self._parts["scheduler"] = self.scheduler
+        self._parts: dict[str, checkpoint.Stateful] = {"partial": self._mid_epoch}
+        if isinstance(self._scheduler, EpochScheduler):  # DeepSpeed's own: only in its files
+            self._parts["scheduler"] = self._scheduler
         if self._probe is not None:
             self._parts["probe"] = self._probe
-        if self.analysis.probe is not None:
-            self._parts["probe_every"] = self.analysis.probe
+        if self._analysis.probe is not None:
+            self._parts["probe_every"] = self._analysis.probe
 
     @property
     def config(self) -> TrainerConfig:
@@ -178,9 +185,9 @@ class Trainer:
         choice = dist.on_rank_zero(
             lambda: choose_checkpoint(
                 target,
-                self.ckpt_dir,
+                self._ckpt_dir,
                 self.metrics,
-                self.run.resolved,
+                self._run.resolved,
                 log=dist.print_rank_zero,
                 warn=dist.warn_rank_zero,
             )
@@ -189,16 +196,16 @@ class Trainer:
         if choice is not None:
             epoch, path, state = choice
             note = preempt.world_size_note(
-                state, path, zero_stage=self.run.zero_stage, batch=self.batch
+                state, path, zero_stage=self._run.zero_stage, batch=self._batch
             )
             path = Path(path)
             load_checkpoint(self._engine, path.parent, tag=path.name)
             checkpoint.load_parts(self._parts, state)
-            progress = self.mid_epoch.progress
+            progress = self._mid_epoch.progress
             if progress is not None:  # a mid-epoch checkpoint
                 note += f"{progress.micro_batches} micro-batch(es) into epoch {epoch + 1}; "
             dist.print_rank_zero(f"resume: {note}continuing after epoch {epoch} from {path}")
-        self.sink.resumed(epoch)  # epochs no checkpoint kept are trained again
+        self._sink.resumed(epoch)  # epochs no checkpoint kept are trained again
         return epoch
 
     def train_epoch(
@@ -210,19 +217,19 @@ class Trainer:
         the ranks agree after every optimizer step whether any got a stop signal and end the
         epoch early together (:class:`~ds_twophase.trainer.epoch.EpochInterrupted`)."""
         self.sampler.set_epoch(epoch)
-        start = self.mid_epoch.take()  # a mid-epoch checkpoint's epoch only
+        start = self._mid_epoch.take()  # a mid-epoch checkpoint's epoch only
         if start is not None:
             self.sampler.skip = start.micro_batches * self.micro
         return train_epoch(
             self._engine,
             self.loader,
             epoch,
-            micro_batches=self.steps_per_epoch * self.gas,
+            micro_batches=self.steps_per_epoch * self._gas,
             seed=self._tc.seed,
             skip_nonfinite=self._tc.on_nonfinite_loss == "skip",
             progress=self._tc.progress,
             start=start,
-            gas=self.gas,
+            gas=self._gas,
             should_stop=None if stop is None else stop.agreed,
         )
 
@@ -231,13 +238,15 @@ class Trainer:
         if resume:
             start = self.resume(resume)
         else:
-            dist.on_rank_zero(lambda: check_fresh_output_dir(self.out, self.metrics, self.ckpt_dir))
+            dist.on_rank_zero(
+                lambda: check_fresh_output_dir(self._out, self.metrics, self._ckpt_dir)
+            )
             start = 0
         # The code this session trains with, for summary.json (read now: the tree may change
         # while a long run trains).
-        self.commit = summary.commit_info(Path.cwd(), Path(__file__).parent)
+        self._commit = summary.commit_info(Path.cwd(), Path(__file__).parent)
         # Only once the checks passed: a refused run must not overwrite the existing run's file.
-        self.sink.start(start, self.run.resolved)
+        self._sink.start(start, self._run.resolved)
         last = self._tc.epochs
         end_at = last if stop_after is None else min(stop_after, last)
         val_acc = None
@@ -258,7 +267,7 @@ class Trainer:
         self._stop = None
         if end_at < last:
             dist.print_rank_zero(
-                f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self.out})"
+                f"stopped after epoch {end_at} of {last}; continue with --resume auto ({self._out})"
             )
         test_acc = None
         if end_at >= last:
@@ -266,28 +275,28 @@ class Trainer:
                 val_acc = evaluate(self._engine, self._splits.val, 4 * self.micro)[1]
             test_acc = dist.on_rank_zero(self._write_summary)["test_accuracy"]
             dist.print_rank_zero(
-                f"done: {last} epochs, final test accuracy {test_acc:.4f} ({self.out})"
+                f"done: {last} epochs, final test accuracy {test_acc:.4f} ({self._out})"
             )
         return RunResult(
             epochs=max(end_at, start),
             val_accuracy=val_acc,
-            output_dir=self.out,
+            output_dir=self._out,
             test_accuracy=test_acc,
         )
 
     def _write_summary(self) -> dict[str, Any]:
         """Write ``summary.json`` from ``metrics.jsonl`` (rank 0) and return it."""
-        commit, dirty = self.commit
+        commit, dirty = self._commit
         data = summary.build_summary(
             self.metrics.read(),
-            self.run.resolved,
-            resume_fingerprint(self.run.resolved),
+            self._run.resolved,
+            resume_fingerprint(self._run.resolved),
             commit=commit,
             commit_dirty=dirty,
             val_indices=self._splits.val_indices,
         )
-        path = self.out / summary.SUMMARY_NAME
-        with checkpoint.stop_on_write_error(str(path), self.ckpt_dir):
+        path = self._out / summary.SUMMARY_NAME
+        with checkpoint.stop_on_write_error(str(path), self._ckpt_dir):
             checkpoint.write_json_atomic(path, data)
         return data
 
@@ -296,7 +305,7 @@ class Trainer:
         t0 = time.perf_counter()
         with dist.collective_place(lambda: self._step_place(epoch)):
             train_loss, train_loss_se, skipped = self.train_epoch(epoch, stop=self._stop)
-        stop_if_nonfinite(epoch, train_loss, self.ckpt_dir)
+        stop_if_nonfinite(epoch, train_loss, self._ckpt_dir)
         se = train_loss_se if math.isfinite(train_loss_se) else None
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_loss_se": se}
         if self._tc.on_nonfinite_loss == "skip":
@@ -308,7 +317,9 @@ class Trainer:
         with dist.collective_place(f"the end of epoch {epoch} (probe, decision, evaluation)"):
             decision, probe_seconds, probed = decide(self._engine, self._probe, train_loss, se)
             row.update(decision)
-            probe_seconds += self.analysis.measure(self._engine, epoch, last, row, scheduled=probed)
+            probe_seconds += self._analysis.measure(
+                self._engine, epoch, last, row, scheduled=probed
+            )
             row["lr"] = self._engine.get_lr()[0]
             row["val_loss"] = row["val_accuracy"] = None
             if epoch % self._tc.eval_every == 0 or epoch == last:
@@ -323,7 +334,7 @@ class Trainer:
         row["probe_seconds"] = probe_seconds
         row["epoch_seconds"] = time.perf_counter() - t0
         epoch_row.check_row(row)  # every column is declared in the one schema
-        self.sink.write(row)
+        self._sink.write(row)
         dist.print_rank_zero(_epoch_line(row, last))
         return row
 
@@ -351,22 +362,22 @@ class Trainer:
             return self._save_checkpoint(epoch, progress)
 
     def _save_checkpoint(self, epoch: int, progress: EpochProgress | None) -> Path:
-        self.mid_epoch.progress = progress
+        self._mid_epoch.progress = progress
         try:
             return checkpoint.save(
                 self._engine,
-                self.ckpt_dir,
+                self._ckpt_dir,
                 epoch,
                 self._parts,
                 keep=self._tc.keep_checkpoints,
                 meta={
-                    "config": resume_fingerprint(self.run.resolved),
+                    "config": resume_fingerprint(self._run.resolved),
                     "world_size": dist.get_world_size(),
                 },
                 micro_batches=None if progress is None else progress.micro_batches,
             )
         finally:
-            self.mid_epoch.progress = None
+            self._mid_epoch.progress = None
 
 
 def _epoch_line(row: dict[str, Any], last: int) -> str:
