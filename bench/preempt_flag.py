@@ -6,7 +6,7 @@ Run on 2 ranks (gloo on CPU, or NCCL on GPUs)::
 
 Builds the trainer of ``configs/tiny/mnist1d_2rank.json`` (with ``--train-size`` samples, so
 an epoch has more steps) and times whole training epochs (``Trainer.train_epoch``) with the
-agreement asked after every optimizer step (``trainer.stop`` set: what ``fit`` does) and without
+agreement asked after every optimizer step (``train_epoch(stop=flag)``: what ``fit`` does) and without
 it, interleaved ABBA after one warmup epoch each; prints the median epoch times, their ratio and
 the mean time of one ``dist.any_rank`` call measured alone (1000 calls).
 """
@@ -19,8 +19,7 @@ import time
 
 from ds_twophase import dist
 from ds_twophase.config import load_config, validate_config
-from ds_twophase.preempt import StopFlag
-from ds_twophase.trainer import Trainer
+from ds_twophase.trainer import StopFlag, Trainer
 
 TINY = "configs/tiny/mnist1d_2rank.json"
 
@@ -47,16 +46,15 @@ def main() -> None:
     epoch = 0
     order = ["with agreement", "without"]
     for warm in order:  # one warmup epoch each
-        trainer.stop = flag if warm == "with agreement" else None
         epoch += 1
-        trainer.train_epoch(epoch)
+        trainer.train_epoch(epoch, stop=flag if warm == "with agreement" else None)
     for r in range(args.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
-            trainer.stop = flag if name == "with agreement" else None
+            stop = flag if name == "with agreement" else None
             epoch += 1
             dist.barrier()
             t0 = time.perf_counter()
-            trainer.train_epoch(epoch)
+            trainer.train_epoch(epoch, stop=stop)
             times[name].append(time.perf_counter() - t0)
     dist.barrier()
     t0 = time.perf_counter()

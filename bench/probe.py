@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (bench/ is sys.path[0] when a bench runs)
 
 from ds_twophase.probe import principal_eigenvalue, resolve_layer  # noqa: E402
+from ds_twophase.probe.memory import peak_bytes  # noqa: E402
 
 CE = nn.CrossEntropyLoss()
 CPU = torch.device("cpu")
@@ -137,36 +138,6 @@ def fwd_bwd(model: nn.Module, batches: list) -> None:
     n = sum(len(y) for _, y in batches)
     for x, y in batches:
         (CE(model(x), y) * (len(y) / n)).backward()
-
-
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes of the tensors ``fn`` allocates, above what was held before it ran.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` minus the bytes allocated before. CPU: the
-    profiler's allocation and free records replayed in order (tensor memory only, the same
-    accounting for the probe and the training step; allocator caches and RSS are not counted).
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    records = sorted(
-        (ev.start_ns(), ev.nbytes())
-        for ev in prof.profiler.kineto_results.events()
-        if ev.name() == "[memory]"
-    )
-    held = peak = 0
-    for _, nbytes in records:
-        held += nbytes
-        peak = max(peak, held)
-    return peak
 
 
 def memory_rows(model: nn.Module, batches: list, layer: list[str], iters: int) -> list:

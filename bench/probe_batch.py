@@ -139,8 +139,8 @@ def probe_batches(trainer: Any, sizes: list[int], micro: int) -> tuple[dict[int,
     """Per size, the micro-batches of ``select_probe_indices(len, size, seed)`` (the run's
     probe-batch rule: the first ``size`` of one seeded permutation, so the subsets are nested),
     on the engine's device; and whether the run's own probe batch is among them."""
-    from ds_twophase.epoch import to_engine
     from ds_twophase.probe import select_probe_indices
+    from ds_twophase.trainer.epoch import to_engine
 
     dataset, cfg = trainer.splits.train, trainer.probe.config
     out = {}
@@ -154,8 +154,8 @@ def probe_batches(trainer: Any, sizes: list[int], micro: int) -> tuple[dict[int,
 
 def measure(model: Any, batches: list[Any], layer: Any, seed: int) -> Measurement:
     """hmax of one probe batch, converged as far as ``MAX_ITERS`` / ``TOL`` allow."""
-    from ds_twophase.epoch import cross_entropy
     from ds_twophase.probe import principal_eigenvalue
+    from ds_twophase.trainer.epoch import cross_entropy
 
     c0 = cpu_seconds()
     res = principal_eigenvalue(
@@ -181,7 +181,7 @@ def run_study(args: argparse.Namespace, tmp: str) -> Study:
         trainer = Trainer(run)
     if trainer.probe is None:
         raise SystemExit(f"{args.config}: no Hessian probe configured (TwoPhaseLR needed)")
-    epochs = trainer.tc.epochs
+    epochs = trainer.config.epochs
     if not 1 <= args.from_epoch <= epochs - 1:
         raise SystemExit(f"--from-epoch must lie in 1..{epochs - 1} (the run has {epochs} epochs)")
     full = len(trainer.splits.train)

@@ -3,7 +3,7 @@ a two-at-a-time runner, reading run directories back, and bootstrap intervals.
 
 A run is a config file plus ``--set`` overrides trained into its own directory. Before a
 directory is reused its ``config.json`` is compared with the config the study would run now
-(both minus bookkeeping keys, ``ds_twophase.resume.resume_fingerprint``): a difference is refused, never
+(both minus bookkeeping keys, ``ds_twophase.trainer.resume.resume_fingerprint``): a difference is refused, never
 silently reused.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from common import ROOT, trainer_command, trainer_env
 
 from ds_twophase.config import load_config
-from ds_twophase.resume import config_changes, resume_fingerprint
+from ds_twophase.trainer.resume import config_changes, resume_fingerprint
 
 
 class StaleRun(RuntimeError):

@@ -1,6 +1,6 @@
 """Benchmark: training throughput of the ds_twophase trainer against a bare DeepSpeed loop.
 
-Times ``Trainer.train_epoch`` (ds_twophase/trainer.py: no probe, no evaluation) against the loop
+Times ``Trainer.train_epoch`` (ds_twophase/trainer/trainer.py: no probe, no evaluation) against the loop
 a DeepSpeed user writes over the same model, data and config::
 
     engine, _, loader, _ = deepspeed.initialize(model=model, training_data=train_set,
@@ -17,7 +17,7 @@ group of one rank). Whole epochs are timed after one warmup epoch each, the loop
 and collation, two worker processes, last partial micro-batch kept) does not give the same
 number of samples per epoch as the trainer's (whole steps only), so steps/s means samples/s
 divided by the train batch size, for every loop. A third loop, "bare loop, our loader", runs
-the bare loop body over the trainer's loader (``ds_twophase.epoch.make_loader``), separating
+the bare loop body over the trainer's loader (``ds_twophase.trainer.epoch.make_loader``), separating
 the loop's cost from the data pipeline's. Each epoch is also measured in CPU seconds (this
 process plus its reaped DataLoader workers).
 
@@ -185,9 +185,9 @@ def build_loops(
     import deepspeed
     from torch.utils.data import DistributedSampler
 
-    from ds_twophase.epoch import make_loader
     from ds_twophase.models import build_model
     from ds_twophase.trainer import Trainer
+    from ds_twophase.trainer.epoch import make_loader
 
     run = setting_config(config, setting, tmp)
     trainer = Trainer(run)  # seeds torch with trainer.seed before building its model

@@ -81,6 +81,22 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def unknown_keys(keys: Iterable[str], allowed: Iterable[str], *, owner: str = "") -> list[Problem]:
+    """The one key check: a :class:`Problem` keyed by each of ``keys`` not in ``allowed``,
+    ``unknown key[ for <owner>] (did you mean 'x'?); allowed: ...`` (put it under its section
+    with :meth:`Problem.under`)."""
+    allowed = list(allowed)
+    whose = f" for {owner}" if owner else ""
+    return [
+        Problem(
+            key,
+            f"unknown key{whose}{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
+        )
+        for key in keys
+        if key not in allowed
+    ]
+
+
 def is_number(value: object) -> TypeGuard[int | float]:
     """A JSON number: ``int`` or ``float`` but not ``bool`` (``True`` is an ``int`` in Python)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -14,14 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, dist
+from . import dist
 from .engine import load_checkpoint as load_engine_checkpoint
 from .probe import HessianProbe
+from .trainer import checkpoint
 
 EPOCH_KEY = "ds_twophase_epoch"
 """The key of the saved epoch in the ``client_state`` that :func:`load_checkpoint` returns."""
-
-PROBE_VECTOR = "probe_vector"
 
 
 def save_checkpoint(
@@ -34,14 +33,9 @@ def save_checkpoint(
 ) -> Path:
     """Save a complete checkpoint after ``epoch``; call on every rank. Returns its directory
     (``save_dir/epochNNNN``); older ones beyond the newest ``keep`` are deleted."""
-    state: dict[str, Any] = {"epoch": epoch, "probe": None}
-    tensors = {}
-    if probe is not None:
-        state["probe"] = probe.state_dict()
-        vector = state["probe"].pop("vector")
-        if vector is not None:  # rank 0's is written: it holds the vector in every probe mode
-            tensors[PROBE_VECTOR] = vector
-    return checkpoint.save(engine, Path(save_dir), epoch, state, keep=keep, tensors=tensors)
+    # Rank 0's probe state is written: it holds the vector in every probe mode.
+    parts: dict[str, checkpoint.Stateful] = {} if probe is None else {"probe": probe}
+    return checkpoint.save(engine, Path(save_dir), epoch, parts, keep=keep)
 
 
 def load_checkpoint(
@@ -71,14 +65,12 @@ def load_checkpoint(
             path = found[1]
         if not checkpoint.is_complete(path):
             return path.name, None
-        state = checkpoint.read_state(path)
-        state["tensors"] = checkpoint.read_tensors(path, state.get("tensors", []))
-        return path.name, state
+        return path.name, checkpoint.read(path)
 
     chosen, state = dist.on_rank_zero(choose)
     if chosen is None and tag is None and not (load_dir / "latest").is_file():
         return None, None  # nothing saved yet (DeepSpeed would warn about a missing file)
     result = load_engine_checkpoint(engine, load_dir, tag=chosen or tag, **kwargs)
-    if probe is not None and state is not None and state.get("probe") is not None:
-        probe.load_state_dict({**state["probe"], "vector": state["tensors"].get(PROBE_VECTOR)})
+    if probe is not None and state is not None:
+        checkpoint.load_parts({"probe": probe}, state)
     return result

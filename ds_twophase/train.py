@@ -102,7 +102,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
     select_cpu_accelerator()  # before validation imports DeepSpeed
     from .config import load_config, validate_config
-    from .trainer_config import prepare_output_dir
+    from .config.trainer import prepare_output_dir
 
     try:
         raw = load_config(args.config or default_config_path(), args.overrides)
@@ -121,9 +121,7 @@ def _run(argv: Sequence[str] | None) -> int:
             timeout_minutes=run.trainer.collective_timeout_minutes,
         )
         run.check_world_size(dist.get_world_size())  # a no-op when the launcher said it
-        from .checkpoint import WriteFailed
-        from .preempt import EXIT_RESUMABLE, Preempted
-        from .trainer import Trainer, TrainingStopped
+        from .trainer import EXIT_RESUMABLE, Preempted, Trainer, TrainingStopped, WriteFailed
 
         try:
             with dist.collective_place("start-up, resume or the end of the run"):

@@ -249,7 +249,7 @@ def test_report_reads_a_partial_last_line(tmp_path, capsys):
 def test_report_and_resume_share_one_list_of_training_free_keys():
     from ds_twophase.analysis.report import IGNORED_KEYS, group_key
     from ds_twophase.config.free_keys import TRAINING_FREE_KEYS
-    from ds_twophase.resume import RESUME_FREE_KEYS, resume_fingerprint
+    from ds_twophase.trainer.resume import RESUME_FREE_KEYS, resume_fingerprint
 
     assert RESUME_FREE_KEYS is TRAINING_FREE_KEYS
     assert IGNORED_KEYS == ("trainer.seed",)  # report's own addition: a group is all seeds

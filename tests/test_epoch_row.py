@@ -8,9 +8,10 @@ import json
 import pytest
 from _launch import run_plain
 
-from ds_twophase import epoch_row, monitor_events
+from ds_twophase import epoch_row
 from ds_twophase.analysis import runs
-from ds_twophase.summary import build_summary
+from ds_twophase.trainer import monitor_events
+from ds_twophase.trainer.summary import build_summary
 
 
 @pytest.mark.timeout(300)

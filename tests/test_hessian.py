@@ -21,6 +21,7 @@ from ds_twophase.probe import (
     start_vector,
 )
 from ds_twophase.probe.functional import InferenceBatchNormAsAffine
+from ds_twophase.probe.memory import peak_bytes
 
 CE = nn.CrossEntropyLoss()
 
@@ -554,25 +555,6 @@ def test_without_the_random_mix_a_second_eigenvector_start_would_stop_on_it():
 # Probe memory is bounded by the micro-batch
 
 
-def peak_tensor_bytes(fn) -> int:
-    """Peak of the bytes held by tensors allocated while ``fn`` runs (the profiler's allocation
-    records, replayed in order), i.e. the memory ``fn`` adds on top of what existed before."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    records = sorted(
-        (ev.start_ns(), ev.nbytes())
-        for ev in prof.profiler.kineto_results.events()
-        if ev.name() == "[memory]"
-    )
-    held = peak = 0
-    for _, nbytes in records:
-        held += nbytes
-        peak = max(peak, held)
-    return peak
-
-
 def test_probe_memory_is_one_micro_batch_plus_the_kept_graph():
     # Inputs dominate: 8 micro-batches of 64 samples x 4096 float32 features (1 MiB each on
     # the host) into a float64 model, so each micro-batch the probe uses costs 2 MiB in the
@@ -590,7 +572,7 @@ def test_probe_memory_is_one_micro_batch_plus_the_kept_graph():
     def probe():
         result["r"] = principal_eigenvalue(model, CE, batches, "2", max_iters=10, tol=0)
 
-    peak = peak_tensor_bytes(probe)
+    peak = peak_bytes(probe)
     kept = result["r"].graph_bytes
     assert 0 < kept < one_input  # the graphs of all 8 micro-batches are kept
     # Measured: peak = one micro-batch's cast input + its forward + the kept graphs + the

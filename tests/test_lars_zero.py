@@ -17,8 +17,8 @@ import torch
 from _launch import run_deepspeed
 
 from ds_twophase import LARS
-from ds_twophase.optim import zero_lars
-from ds_twophase.optim.lars_kernel import _kernel_module, kernel_available
+from ds_twophase.optim.lars import zero as zero_lars
+from ds_twophase.optim.lars.kernel import kernel_available, kernel_module
 
 SCRIPT = "tests/scripts/zero_lars_check.py"
 # LARS may differ from stage 0 by this many times SGD's own stage-k/stage-0 difference ...
@@ -286,7 +286,7 @@ def test_partition_update_matches_per_parameter_lars(momentum, nesterov, clip, p
         "clip": clip,
         "nesterov": nesterov,
     }
-    module = _kernel_module() if kernel else None
+    module = kernel_module() if kernel else None
     assert (module is not None) == kernel or not kernel_available()
     if path == "cuda":  # the layout's tensors on the GPU; results compared on the CPU
         layout.flat, layout.parts = flat.cuda(), None

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from ds_twophase.metrics import MetricsLog
-from ds_twophase.metrics_sink import RankZeroSink, metrics_sink
+from ds_twophase.trainer.metrics import MetricsLog
+from ds_twophase.trainer.metrics_sink import RankZeroSink, metrics_sink
 
 
 def test_rank_zero_gets_the_writing_sink(tmp_path):

@@ -13,7 +13,7 @@ from _launch import run_plain
 from _runs import TINY, RunDir
 
 from ds_twophase.config import validate_config
-from ds_twophase.monitor_events import (
+from ds_twophase.trainer.monitor_events import (
     DECISION_CODES,
     PHASE_CODES,
     TAGS,
@@ -246,7 +246,7 @@ def test_a_missing_monitor_package_is_one_line_naming_the_extra():
     import importlib.util
 
     from ds_twophase.errors import ConfigError
-    from ds_twophase.monitor_events import check_backends
+    from ds_twophase.trainer.monitor_events import check_backends
 
     check_backends({"csv_monitor": {"enabled": True}, "wandb": {"enabled": False}})  # no package
     cfg = {"tensorboard": {"enabled": True, "output_path": "x"}, "wandb": {"enabled": True}}

@@ -21,8 +21,8 @@ import torch
 from _launch import REPO, kill_group, run_deepspeed, run_plain, start_group
 from _runs import TINY, RunDir, without_timing
 
-from ds_twophase import checkpoint
-from ds_twophase.preempt import EXIT_RESUMABLE
+from ds_twophase.trainer import checkpoint
+from ds_twophase.trainer.preempt import EXIT_RESUMABLE
 
 TIMEOUT = 300
 pytestmark = pytest.mark.multiproc
@@ -175,7 +175,7 @@ def test_mid_epoch_checkpoint_refuses_another_world_size(tmp_path):
     number of ranks (checked on the saved state, without training)."""
     from ds_twophase.config.batch import Batch
     from ds_twophase.errors import ConfigError
-    from ds_twophase.preempt import world_size_note
+    from ds_twophase.trainer.preempt import world_size_note
 
     batch = Batch(train=200, micro=100, gas=2, world_size=1)
     state = {"world_size": 2, "partial": {"micro_batches": 3}}
@@ -225,7 +225,7 @@ def test_checkpoint_minutes_saves_at_epoch_ends(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_stop_signals_only_set_a_flag_while_installed(sig):
-    from ds_twophase.preempt import StopFlag
+    from ds_twophase.trainer.preempt import StopFlag
 
     before = signal.getsignal(sig)
     with StopFlag() as stop:

@@ -84,7 +84,9 @@ def test_invalid_values_name_the_field_in_one_line(field, value, expected):
 
 def test_from_dict_rejects_unknown_keys_with_a_hint():
     assert ProbeConfig.from_dict({"mode": "sharded"}).mode == "sharded"
-    with pytest.raises(ValueError, match=r"unknown key 'moed' \(did you mean 'mode'\?\)"):
+    with pytest.raises(
+        ValueError, match=r"^moed: unknown key \(did you mean 'mode'\?\); allowed: "
+    ):
         ProbeConfig.from_dict({"moed": "sharded"})
 
 

@@ -18,7 +18,7 @@ import torch
 from _launch import REPO, free_port, remove_shm_buffers, run_deepspeed, run_group
 from _runs import TINY, final_params, read_metrics, without_timing
 
-from ds_twophase import checkpoint
+from ds_twophase.trainer import checkpoint
 
 # Bigger epochs than the tiny default so a kill lands while training, 10 epochs, checkpoints
 # every 2.

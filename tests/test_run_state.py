@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ds_twophase import checkpoint
-from ds_twophase.metrics import MetricsLog
 from ds_twophase.probe import HessianProbe, ProbeConfig, principal_eigenvalue
-from ds_twophase.resume import config_changes, resume_fingerprint
+from ds_twophase.trainer import checkpoint
+from ds_twophase.trainer.metrics import MetricsLog
+from ds_twophase.trainer.resume import config_changes, resume_fingerprint
 
 
 def fake_checkpoint(root, epoch, complete=True):
@@ -34,6 +34,57 @@ def test_newest_complete_skips_interrupted_saves(tmp_path):
     assert epoch == 4 and path.name == "epoch0004"
     assert len(seen) == 1 and "epoch0006 is incomplete" in seen[0]
     assert checkpoint.newest_complete(tmp_path / "missing") is None
+
+
+def test_scan_says_which_newer_checkpoints_it_skipped_and_why(tmp_path):
+    for epoch, complete in [(2, True), (4, False), (6, False)]:
+        fake_checkpoint(tmp_path, epoch, complete)
+    found = checkpoint.scan(tmp_path)
+    assert found.newest == (2, tmp_path / "epoch0002")
+    assert [s.path.name for s in found.skipped] == ["epoch0006", "epoch0004"]
+    assert not any(s.damaged for s in found.skipped)
+    assert (
+        found.skipped[0]
+        .line()
+        .endswith("is incomplete (interrupted while saving); using an older one")
+    )
+    assert checkpoint.scan(tmp_path / "missing") == checkpoint.Scan(None, [])
+
+
+class Part:
+    """A stateful part that remembers what it was given."""
+
+    def __init__(self, state):
+        self.state, self.loaded = state, None
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_parts_round_trip_with_their_tensors_named_by_part():
+    v, w = torch.arange(3.0), torch.ones(2)
+    parts = {
+        "probe": Part({"draws": 1, "vector": v}),
+        "probe_every": Part({"draws": 2, "vector": w}),
+        "partial": Part(None),  # nothing to save at an epoch end
+    }
+    states, tensors = checkpoint.pack_parts(parts)
+    assert states == {"probe": {"draws": 1}, "probe_every": {"draws": 2}}
+    assert set(tensors) == {"probe_vector", "probe_every_vector"}
+    fresh = {name: Part(None) for name in parts}
+    checkpoint.load_parts(fresh, {"epoch": 3, **states, "tensors": tensors})
+    assert fresh["probe"].loaded == {"draws": 1, "vector": v}
+    assert fresh["probe_every"].loaded == {"draws": 2, "vector": w}
+    assert fresh["partial"].loaded is None  # not in the checkpoint: left fresh
+
+
+def test_parts_read_the_unprefixed_rng_states_of_older_checkpoints():
+    rng = torch.zeros(4, dtype=torch.uint8)
+    saved = {"epoch": 5, "partial": {"micro_batches": 2}, "tensors": {"rng_rank0": rng}}
+    assert checkpoint.part_states(saved) == {"partial": {"micro_batches": 2, "rng_rank0": rng}}
 
 
 def test_prune_keeps_the_newest_complete_ones(tmp_path):

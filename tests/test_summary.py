@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ds_twophase.schedulers import TwoPhaseDecision
-from ds_twophase.summary import build_summary, config_fingerprint
+from ds_twophase.trainer.summary import build_summary, config_fingerprint
 
 
 def row(epoch, decision, phase="exploration", **kw):

@@ -10,7 +10,7 @@ from _launch import run_plain
 from _runs import TINY, RunDir
 
 from ds_twophase.faults import CRASH_IN_SAVE_ENV
-from ds_twophase.monitor_events import row_events
+from ds_twophase.trainer.monitor_events import row_events
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

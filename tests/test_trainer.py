@@ -20,7 +20,7 @@ VAL_SETS = ("--set", "trainer.dataset.train_size=1200", "--set", "trainer.datase
 def expected_val_digest() -> str:
     """The held-out indices' digest, computed here in one process without the trainer."""
     from ds_twophase.data import DatasetConfig, build_datasets
-    from ds_twophase.summary import indices_digest
+    from ds_twophase.trainer.summary import indices_digest
 
     cfg = DatasetConfig(name="mnist1d", train_size=1200, test_size=200, val_size=200)
     return indices_digest(build_datasets(cfg).val_indices)

@@ -15,9 +15,9 @@ import pytest
 from _launch import REPO
 from _runs import TINY, read_metrics, without_timing
 
-from ds_twophase import checkpoint
 from ds_twophase.faults import DISK_FULL_ENV
 from ds_twophase.train import main as train_main
+from ds_twophase.trainer import checkpoint
 
 # Six epochs, a checkpoint every two, all of them kept.
 SETS = ["--set", "trainer.epochs=6", "--set", "trainer.checkpoint_every=2"]

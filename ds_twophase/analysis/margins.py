@@ -145,7 +145,7 @@ def margin_summary(
 
 def _checkpoint_file(path: Path) -> tuple[Path, Path]:
     """``(run directory, mp_rank_00_model_states.pt)`` for a run directory or a checkpoint."""
-    from .. import checkpoint
+    from ..trainer import checkpoint
 
     name = "mp_rank_00_model_states.pt"
     if (path / name).is_file():  # a checkpoint tag directory: run/checkpoints/epochNNNN
@@ -173,7 +173,7 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Any, Any]:
     from ..config import validate_config
     from ..data import build_datasets
     from ..models import build_model
-    from .runs import _read_json
+    from .runs import read_json
 
     path = Path(path)
     if not path.is_dir():
@@ -184,7 +184,7 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Any, Any]:
         raise ConfigError(
             f"{run_dir}: no config.json; give the trainer's output_dir or a checkpoint in it"
         )
-    run = validate_config(_read_json(config_path))
+    run = validate_config(read_json(config_path))
     if run.trainer is None:
         raise ConfigError(f"{config_path}: no trainer section to build the data and model from")
     splits = build_datasets(run.trainer.dataset)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.free_keys import is_training_free
+from ..config.free_keys import flatten, training_leaves
 from .runs import Run
 from .stats import format_mean_std, mean_std
 
@@ -27,25 +27,9 @@ IGNORED_KEYS = ("trainer.seed",)
 since a group is all seeds of one setting."""
 
 
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept whole."""
-    if not isinstance(cfg, dict):
-        return {prefix: cfg}
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        out.update(
-            flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
-        )
-    return out
-
-
 def group_key(config: dict[str, Any]) -> str:
     """The part of a config that defines a setting, as a canonical JSON string."""
-    flat = {
-        k: v
-        for k, v in flatten(config).items()
-        if k not in IGNORED_KEYS and not is_training_free(k)
-    }
+    flat = {k: v for k, v in training_leaves(config).items() if k not in IGNORED_KEYS}
     return json.dumps(flat, sort_keys=True, default=str)
 
 

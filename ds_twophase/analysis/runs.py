@@ -68,7 +68,8 @@ events_of = schedule_events
 """The schedule's marks in rows (:func:`ds_twophase.epoch_row.schedule_events`)."""
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON file ``path`` of a run; invalid JSON is one :class:`ConfigError` line."""
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -95,7 +96,7 @@ def load_run(path: str | Path) -> Run:
             if number < len(lines):
                 raise ConfigError(f"{metrics}: line {number} is not valid JSON") from None
     config_path = path / "config.json"
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = read_json(config_path) if config_path.is_file() else {}
     summary_path = path / "summary.json"
-    summary = _read_json(summary_path) if summary_path.is_file() else None
+    summary = read_json(summary_path) if summary_path.is_file() else None
     return Run(path=path, config=config, rows=rows, summary=summary)

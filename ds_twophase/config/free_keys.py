@@ -4,6 +4,8 @@ only in these are one setting)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 TRAINING_FREE_KEYS = (
     "trainer.output_dir",
     "trainer.checkpoint_every",
@@ -33,3 +35,20 @@ def is_training_free(key: str) -> bool:
     """Whether the flattened config key ``key`` is, or lies under, one of
     :data:`TRAINING_FREE_KEYS`."""
     return any(key == free or key.startswith(free + ".") for free in TRAINING_FREE_KEYS)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a nested config (lists and empty objects are
+    leaves, kept whole)."""
+    if isinstance(cfg, dict) and cfg:
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): cfg}
+
+
+def training_leaves(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config's leaves that define what is trained (all but the
+    :data:`TRAINING_FREE_KEYS`): what a resume compares and what groups runs in a report."""
+    return {key: value for key, value in flatten(resolved).items() if not is_training_free(key)}

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import config_tools
 from ..errors import ConfigError, Problem, did_you_mean, is_number
+from . import tools
 from .sections import DEEPSPEED_OPTIMIZERS, ComponentSpec, split_section
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def _check_torch_optimizer(
     if errors:
         return errors
     try:
-        config_tools.call_checked(build, params, "optimizer.params.")
+        tools.call_checked(build, params, "optimizer.params.")
     except ConfigError as exc:
         return [_name_torch_param(p, params) for p in exc.problems]
     # DeepSpeed asserts (deepspeed/runtime/zero/utils.py: ZERO_SUPPORTED_OPTIMIZERS): of the

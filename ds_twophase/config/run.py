@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import config_tools
 from ..errors import ConfigError, Problem
+from . import tools
 from .batch import Batch, check_batch, no_step_problem, resolve_batch
 from .optimizer import optimizer_section, zero_switches
 from .schedule import scheduler_section, trainer_section
@@ -24,7 +24,7 @@ from .sections import ComponentSpec, check_precision, check_top_level, zero_stag
 if TYPE_CHECKING:
     from ..optim import OptimizerFactory
     from ..probe import ProbeConfig
-    from ..trainer_config import TrainerConfig
+    from .trainer import TrainerConfig
 
 
 @dataclass
@@ -84,7 +84,7 @@ def load_config(
     source: str | Path | dict[str, Any], overrides: list[str] | None = None
 ) -> dict[str, Any]:
     """The config as a dict (a deep copy when given a dict), with ``--set`` overrides applied."""
-    cfg = copy.deepcopy(source) if isinstance(source, dict) else config_tools.load_json(source)
+    cfg = copy.deepcopy(source) if isinstance(source, dict) else tools.load_json(source)
     for item in overrides or []:
         apply_override(cfg, item)
     return cfg

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import config_tools
 from ..errors import ConfigError, Problem, did_you_mean, is_number
 from ..schedulers import SCHEDULERS
+from . import tools
 from .sections import DEEPSPEED_SCHEDULERS, METRIC_SCHEDULERS, ComponentSpec, split_section
 
 if TYPE_CHECKING:
     from ..probe import ProbeConfig
-    from ..trainer_config import TrainerConfig
+    from .trainer import TrainerConfig
 
 
 def scheduler_section(
@@ -163,7 +163,7 @@ def _construct(cls: type, optimizer: torch.optim.Optimizer, kwargs: dict[str, An
         return cls(optimizer, **kw)
 
     build.__signature__ = _signature_without_optimizer(cls)  # type: ignore[attr-defined]
-    return config_tools.call_checked(build, kwargs, "scheduler.params.")
+    return tools.call_checked(build, kwargs, "scheduler.params.")
 
 
 def _signature_without_optimizer(cls: type) -> Any:
@@ -175,7 +175,7 @@ def _probe(raw: Any, zero_stage: int) -> tuple[ProbeConfig | None, list[Problem]
     from ..probe import ProbeConfig
 
     try:
-        probe = config_tools.build_dataclass(ProbeConfig, raw or {}, "scheduler.params.probe.")
+        probe = tools.build_dataclass(ProbeConfig, raw or {}, "scheduler.params.probe.")
     except ConfigError as exc:
         return None, exc.problems
     if zero_stage == 3 and probe.mode == "rank0":
@@ -201,10 +201,10 @@ def trainer_section(
         return None, []  # reported by check_top_level
     from ..data import describe_dataset
     from ..models import check_model
-    from ..trainer_config import TrainerConfig
+    from .trainer import TrainerConfig
 
     try:
-        trainer = config_tools.build_dataclass(TrainerConfig, raw, "trainer.")
+        trainer = tools.build_dataclass(TrainerConfig, raw, "trainer.")
         num_classes, shape = describe_dataset(trainer.dataset)
         check_model(trainer.model, num_classes, shape, dataset_name=trainer.dataset.name)
     except ConfigError as exc:

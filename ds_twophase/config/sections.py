@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from .. import config_tools
-from ..errors import Problem, did_you_mean
+from ..errors import Problem, did_you_mean, unknown_keys
 
 # DeepSpeed's own optimizer names (deepspeed/runtime/config.py, matched case-insensitively);
 # anything else DeepSpeed looks up as torch.optim.<name>.
@@ -152,7 +151,7 @@ def split_section(
     section = cfg.get(name)
     if not isinstance(section, dict):
         return None, {}, []
-    errors = config_tools.check_keys(section, ("type", "params"), f"{name}.")
+    errors = [p.under(f"{name}.") for p in unknown_keys(section, ("type", "params"))]
     type_name = section.get("type")
     if not isinstance(type_name, str) or not type_name:
         errors.append(Problem(f"{name}.type", f"required, a string naming the {name}"))

@@ -10,14 +10,15 @@ key.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..errors import ConfigError, did_you_mean
-from .lars import LARS, _check_hyperparameters
+from ..errors import ConfigError, did_you_mean, unknown_keys
+from .lars import LARS, check_hyperparameters
 from .param_groups import split_param_groups
 
 __all__ = [
@@ -31,6 +32,12 @@ __all__ = [
 
 #: Optimizer classes the JSON ``optimizer.type`` may name (matched case-insensitively).
 OPTIMIZERS: dict[str, type[Optimizer]] = {"LARS": LARS}
+
+#: The range check of each registered optimizer's constructor arguments (defaults filled in),
+#: run when its factory is built: one entry per optimizer, no special case in the factory.
+ARGUMENT_CHECKS: dict[type[Optimizer], Callable[..., None]] = {
+    LARS: partial(check_hyperparameters, adapt=True),  # adapt is a group option, true by default
+}
 
 #: ``optimizer.params`` keys that build parameter groups instead of going to the constructor:
 #: ``exclude_bias_and_norm`` (bool, default true) and ``exclude`` (list of name patterns).
@@ -53,7 +60,7 @@ def check_zero_compatible(zero_stage: int, type_name: str = "LARS") -> None:
     """Refuse a layer-wise optimizer under ZeRO stage 3 (raise ``ConfigError``; 0-2 pass).
 
     Stages 1 and 2 hand the optimizer flat partitions that mix layers; LARS maps them back to
-    layers through DeepSpeed's fragment mapping (``zero_lars.py``). Stage 3 hands it sub-group
+    layers through DeepSpeed's fragment mapping (``zero.py``). Stage 3 hands it sub-group
     partitions without that mapping, so per-layer trust ratios would be wrong.
     """
     if zero_stage >= 3 and find_optimizer(type_name) is not None:
@@ -150,11 +157,8 @@ def build_optimizer_factory(
     params = dict(params or {})
     signature = inspect.signature(cls.__init__)
     accepted = [n for n in signature.parameters if n not in ("self", "params")]
-    errors = []
-    for key in params:
-        if key not in accepted and key not in GROUP_OPTIONS:
-            hint = did_you_mean(key, [*accepted, *GROUP_OPTIONS])
-            errors.append(f"optimizer.params.{key}: unknown key for {cls.__name__}{hint}")
+    unknown = unknown_keys(params, [*accepted, *GROUP_OPTIONS], owner=cls.__name__)
+    errors = [str(p.under("optimizer.params.")) for p in unknown]
     required = [
         n
         for n, p in signature.parameters.items()
@@ -168,12 +172,13 @@ def build_optimizer_factory(
     kwargs = {k: v for k, v in params.items() if k in accepted}
     options = {k: params.get(k, default) for k, default in GROUP_OPTIONS.items()}
     _check_options(options)
-    if cls is LARS:
+    check = ARGUMENT_CHECKS.get(cls)
+    if check is not None:
         merged = {
             n: kwargs.get(n, p.default) for n, p in signature.parameters.items() if n in accepted
         }
         try:
-            _check_hyperparameters(**merged, adapt=True)
+            check(**merged)
         except ConfigError as exc:
             raise exc.under("optimizer.params.") from None
     return OptimizerFactory(cls, kwargs, options, model)

@@ -32,13 +32,8 @@ from ds_twophase.probe.layer import (
     probe_modes,
     resolve_layer,
 )
-from ds_twophase.probe.protocol import (
-    ProbeOutcome,
-    ProbePeerFailure,
-    check_probe_model,
-    measure_hmax,
-    select_probe_indices,
-)
+from ds_twophase.probe.outcome import ProbeOutcome, select_probe_indices
+from ds_twophase.probe.protocol import ProbePeerFailure, check_probe_model, measure_hmax
 
 __all__ = [
     "BN_MODES",

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from ds_twophase.errors import ConfigError, check_number, did_you_mean
+from ds_twophase.errors import ConfigError, check_number, unknown_keys
 
 MODES = ("rank0", "sharded")
 METHODS = ("exact", "finite_difference")
@@ -90,16 +90,13 @@ class ProbeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
-        """Build from a JSON object; an unknown key raises one ``ValueError`` line with a hint."""
+        """Build from a JSON object; unknown keys raise one :class:`ConfigError` (a
+        ``ValueError``) line each, with a hint."""
         if not isinstance(d, dict):
             raise ValueError(f"probe must be a JSON object, got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in known:
-                raise ValueError(
-                    f"probe: unknown key {key!r}{did_you_mean(key, known)}; "
-                    f"known keys: {', '.join(known)}"
-                )
+        unknown = unknown_keys(d, [f.name for f in dataclasses.fields(cls)])
+        if unknown:
+            raise ConfigError(unknown)
         return cls(**d)
 
 

@@ -6,7 +6,7 @@ vector the schedule's next probe starts from, so the schedule's hmax, and with i
 could differ from a run without ``every``. It runs after the epoch's decision (the decision
 cannot see it), at epochs N, 2N, ... where the schedule did not probe itself (the caller says
 so: that row already holds the schedule's hmax), on every rank in the probe's own mode (``rank0`` or ``sharded``).
-Its warm-start state is saved in checkpoints next to the schedule probe's, so a resumed run
+Its warm-start state is a checkpoint part (``probe_every``) next to the schedule probe's, so a resumed run
 measures as an uninterrupted one.
 """
 
@@ -14,15 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ds_twophase import dist
-from ds_twophase.probe.hessian import HessianProbe, reading_of
-
-STATE_KEY = "probe_every"
-"""Key of the analysis probe's JSON state in a checkpoint's state file."""
-VECTOR_NAME = "probe_every_vector"
-"""Name of its warm-start vector among a checkpoint's tensors."""
+from ds_twophase.probe.hessian import HessianProbe, probe_columns
 
 
 class PeriodicProbe:
@@ -44,30 +37,21 @@ class PeriodicProbe:
         return not scheduled and epoch % self.every == 0
 
     def measure(self, engine: Any, epoch: int, columns: dict[str, Any], scheduled: bool) -> float:
-        """At a due epoch, probe on every rank and write ``hmax``, ``hmax_se``, ``probe_loss``,
-        ``probe_loss_se``, ``probe_error``, ``probe_hvps`` and ``probe_residual`` into
-        ``columns``; the probe's seconds (0 when not
-        due). A failed probe leaves ``hmax`` ``None`` and warns; the run goes on."""
+        """At a due epoch, probe on every rank and write the probe's columns
+        (:func:`~ds_twophase.probe.hessian.probe_columns`) into ``columns``; the probe's seconds
+        (0 when not due). A failed probe leaves ``hmax`` ``None`` and warns; the run goes on."""
         if not self.due(epoch, scheduled):
             return 0.0
         outcome = self.probe(engine.module, engine.device)
-        columns["hmax"] = outcome.value if outcome.ok else None
-        columns["probe_error"] = outcome.error
-        columns["probe_hvps"] = outcome.iterations
-        columns["probe_residual"] = outcome.residual if outcome.ok else None
-        reading = reading_of(outcome) if outcome.ok else None
-        columns["hmax_se"] = None if reading is None else reading.hmax_se
-        columns["probe_loss"] = None if reading is None else reading.loss
-        columns["probe_loss_se"] = None if reading is None else reading.loss_se
+        columns.update(probe_columns(outcome))
         if not outcome.ok:
             dist.warn_rank_zero(f"epoch {epoch}: probe.every failed: {outcome.error}")
         return outcome.seconds
 
-    def state_dict(self) -> tuple[dict[str, Any], torch.Tensor | None]:
-        """``(JSON state, warm-start vector or None)`` for a checkpoint."""
-        state = self.probe.state_dict()
-        return state, state.pop("vector")
+    def state_dict(self) -> dict[str, Any]:
+        """Its probe's state (indices, draws and its own warm-start vector) for a checkpoint."""
+        return self.probe.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any], vector: Any = None) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
-        self.probe.load_state_dict({**state, "vector": vector})
+        self.probe.load_state_dict(state)

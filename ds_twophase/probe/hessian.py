@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ds_twophase.probe.config import ProbeConfig
-from ds_twophase.probe.protocol import ProbeOutcome, measure_hmax, select_probe_indices
+from ds_twophase.probe.outcome import ProbeOutcome, select_probe_indices
+from ds_twophase.probe.protocol import measure_hmax
 from ds_twophase.schedulers.readings import Reading
 
 __all__ = ["HessianProbe", "reading_of"]
@@ -123,6 +124,18 @@ class HessianProbe:
         self.vector = None if vector is None else torch.as_tensor(vector).clone()
 
 
+PROBE_COLUMNS = (
+    "hmax",
+    "hmax_se",
+    "probe_loss",
+    "probe_loss_se",
+    "probe_error",
+    "probe_hvps",
+    "probe_residual",
+)
+"""The metrics-row columns :func:`probe_columns` fills."""
+
+
 def reading_of(outcome: ProbeOutcome) -> Reading:
     """A successful probe's outcome as the schedule's :class:`Reading` (``nan`` -> ``None``)."""
 
@@ -132,3 +145,24 @@ def reading_of(outcome: ProbeOutcome) -> Reading:
     return Reading(
         outcome.value, known(outcome.hmax_se), known(outcome.loss), known(outcome.loss_se)
     )
+
+
+def probe_columns(outcome: ProbeOutcome | None) -> dict[str, Any]:
+    """A probe's columns of the epoch's metrics row (``hmax``, ``hmax_se``, ``probe_loss``,
+    ``probe_loss_se``, ``probe_error``, ``probe_hvps``, ``probe_residual``; see
+    :mod:`ds_twophase.epoch_row`): all ``None`` when no probe ran, the readings ``None`` when it
+    failed."""
+    columns: dict[str, Any] = dict.fromkeys(PROBE_COLUMNS)
+    if outcome is None:
+        return columns
+    columns.update(probe_error=outcome.error, probe_hvps=outcome.iterations)
+    if outcome.ok:
+        reading = reading_of(outcome)
+        columns.update(
+            hmax=reading.hmax,
+            hmax_se=reading.hmax_se,
+            probe_loss=reading.loss,
+            probe_loss_se=reading.loss_se,
+            probe_residual=outcome.residual,
+        )
+    return columns

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, Problem, check_number, did_you_mean, is_int
+from ..errors import ConfigError, Problem, check_number, is_int, unknown_keys
 
 __all__ = ["EpochScheduler", "linear_warmup_factor"]
 
@@ -67,14 +67,7 @@ class EpochScheduler:
         """
         sig = inspect.signature(cls.__init__)
         names = [n for n in sig.parameters if n not in ("self", "optimizer")]
-        unknown = [
-            Problem(
-                key,
-                f"unknown key{did_you_mean(key, names)}; allowed: {', '.join(sorted(names))}",
-            )
-            for key in params
-            if key not in names
-        ]
+        unknown = unknown_keys(params, names)
         if unknown:
             return unknown
         args = {

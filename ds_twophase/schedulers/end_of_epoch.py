@@ -14,7 +14,7 @@ from typing import Any
 
 from ds_twophase import dist, faults
 from ds_twophase.probe.hessian import HessianProbe, reading_of
-from ds_twophase.probe.protocol import ProbeOutcome
+from ds_twophase.probe.outcome import ProbeOutcome
 from ds_twophase.schedulers.base import EpochScheduler
 from ds_twophase.schedulers.readings import Reading
 from ds_twophase.schedulers.two_phase import EpochRecord
@@ -48,7 +48,7 @@ def epoch_end(
 
     ``train_loss`` must be the epoch's mean training loss over all ranks and samples (e.g. from
     ``ds_twophase.dist.all_reduce_sums([loss_sum, count])``), ``train_loss_se`` its standard
-    error (:func:`ds_twophase.epoch.loss_standard_error`; needed by ``rise: "significant"``
+    error (:func:`ds_twophase.trainer.epoch.loss_standard_error`; needed by ``rise: "significant"``
     with ``rise_loss: "epoch"``). The probe runs only when the
     schedule needs hmax; a failed probe makes no decision that epoch (the scheduler warns). After
     the decision every rank checks that all ranks hold the same LR and scheduler state and raises

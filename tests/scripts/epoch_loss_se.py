@@ -1,6 +1,6 @@
 """Run under the deepspeed launcher: ``train_epoch``'s loss and standard error on 2 ranks.
 
-Each rank trains one epoch of a tiny model through ``ds_twophase.epoch.train_epoch`` with
+Each rank trains one epoch of a tiny model through ``ds_twophase.trainer.epoch.train_epoch`` with
 ``skip_nonfinite`` while ``DS_TWOPHASE_NAN_LOSS`` (set by the test) poisons one micro-batch of
 rank 1, so the ranks contribute different numbers of finite losses. The engine is wrapped so that
 every micro-batch's loss is also recorded here, computed from the same forward output; each rank
@@ -18,7 +18,7 @@ import torch
 import ds_twophase
 from ds_twophase import dist
 from ds_twophase.dist import exit_process
-from ds_twophase.epoch import cross_entropy, train_epoch
+from ds_twophase.trainer.epoch import cross_entropy, train_epoch
 
 
 class Recording:

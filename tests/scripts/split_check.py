@@ -9,17 +9,15 @@ as digests of their bytes) to OUT_JSON.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 
+from one_trainer import build_trainer, parser
 from torch.utils.data import Dataset, TensorDataset
 
-from ds_twophase import dist
-from ds_twophase.config import load_config, validate_config
 from ds_twophase.dist import exit_process
-from ds_twophase.epoch import make_loader
 from ds_twophase.trainer import Trainer
+from ds_twophase.trainer.epoch import make_loader
 
 
 def digest(x, y) -> str:
@@ -53,17 +51,10 @@ class RecordingTensorDataset(TensorDataset):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("out")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[], dest="overrides")
+    p = parser()
     p.add_argument("--stop-after", type=int)
-    p.add_argument("--resume")
     args = p.parse_args()
-    dist.init_process_group(quiet=True)
-    dist.release_deepspeed_shm()
-    run = validate_config(load_config(args.config, args.overrides), world_size=1)
-    trainer = Trainer(run)
+    trainer = build_trainer(args)
     splits = trainer.splits
     train = RecordingTensorDataset(*splits.train.tensors)
     trainer.loader = make_loader(train, trainer.sampler, trainer.micro, 0)

@@ -17,7 +17,7 @@ import torch
 import ds_twophase
 from ds_twophase import dist
 from ds_twophase.dist import exit_process
-from ds_twophase.optim import zero_lars
+from ds_twophase.optim.lars import zero as zero_lars
 
 
 class TwoWeights(torch.nn.Module):

@@ -29,8 +29,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, epoch_row
-from .errors import ConfigError, Problem
+from .. import epoch_row
+from ..errors import ConfigError, Problem
+from . import checkpoint
 
 TAG_PREFIX = "ds_twophase/"
 """Prefix of every tag we write."""
@@ -135,7 +136,7 @@ def trim_csv(path: Path, last_step: float) -> bool:
 
 class MonitorEvents:
     """Writes metrics rows to ``engine.monitor`` (a no-op when no backend is on). Rank 0 only:
-    the trainer's :func:`~ds_twophase.metrics_sink.metrics_sink` builds one there alone."""
+    the trainer's :func:`~ds_twophase.trainer.metrics_sink.metrics_sink` builds one there alone."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine

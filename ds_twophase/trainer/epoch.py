@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
-from . import checkpoint, dist, faults
-from .analysis.stats import standard_error_from_sums
+from .. import dist, faults
+from ..analysis.stats import standard_error_from_sums
+from . import checkpoint
 
 
 class TrainingStopped(RuntimeError):

@@ -5,8 +5,9 @@ A cluster stops a job with SIGTERM (SLURM also sends SIGUSR1 ahead of the time l
 (the handler does nothing else); the trainer asks :meth:`StopFlag.agreed` at every optimizer-step
 boundary, one all-reduce max of the flag over the ranks (``dist.any_rank``), so every rank stops
 after the same step even when only one got the signal. The trainer then saves a complete
-checkpoint (mid-epoch: :class:`~ds_twophase.epoch.EpochProgress` records the micro-batches done,
-each rank's loss sums and RNG state) and raises :class:`Preempted`; the command exits with
+checkpoint (mid-epoch: the checkpoint part :class:`MidEpoch` holds every rank's
+:class:`~ds_twophase.trainer.epoch.EpochProgress`, the micro-batches done, the loss sums and the
+RNG state) and raises :class:`Preempted`; the command exits with
 :data:`EXIT_RESUMABLE` and ``--resume auto`` continues exactly where it stopped.
 
 :class:`CheckpointTimer` is ``trainer.checkpoint_minutes``: rank 0's clock decides, at an epoch
@@ -24,10 +25,10 @@ from typing import Any
 
 import torch
 
-from . import dist
-from .config.batch import Batch
+from .. import dist
+from ..config.batch import Batch
+from ..errors import ConfigError
 from .epoch import EpochProgress
-from .errors import ConfigError
 
 EXIT_RESUMABLE = 75
 """Exit status of a run stopped by a signal after saving a checkpoint (``EX_TEMPFAIL``: "try
@@ -101,46 +102,56 @@ class CheckpointTimer:
         self.last = time.monotonic()
 
 
-def pack_progress(progress: EpochProgress) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Every rank's :class:`EpochProgress` as a mid-epoch checkpoint's JSON state and tensors
-    (a collective; rank 0's return value is what gets written)."""
-    gathered = dist.all_gather_object(
-        (
-            progress.micro_batches,
-            progress.loss_sum,
-            progress.finite,
-            progress.rng_state,
-            progress.loss_squares,
+class MidEpoch:
+    """The checkpoint part ``partial``: where a run stopped inside an epoch, every rank's
+    :class:`EpochProgress` (``None``: at an epoch end, nothing to save)."""
+
+    def __init__(self) -> None:
+        self.progress: EpochProgress | None = None
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Every rank's progress, gathered (a collective when there is progress: the ranks stop
+        together); rank 0's return value is what gets written. Each rank's RNG state is the
+        tensor ``rng_rank<r>``."""
+        progress = self.progress
+        if progress is None:
+            return None
+        gathered = dist.all_gather_object(
+            (
+                progress.micro_batches,
+                progress.loss_sum,
+                progress.finite,
+                progress.rng_state,
+                progress.loss_squares,
+            )
         )
-    )
-    state = {
-        "micro_batches": progress.micro_batches,
-        "world_size": len(gathered),
-        "loss_sums": [g[1] for g in gathered],  # JSON floats round-trip float64 exactly
-        "finite": [g[2] for g in gathered],
-        "loss_squares": [g[4] for g in gathered],
-    }
-    tensors = {f"rng_rank{r}": g[3] for r, g in enumerate(gathered)}
-    return state, tensors
+        return {
+            "micro_batches": progress.micro_batches,
+            "world_size": len(gathered),
+            "loss_sums": [g[1] for g in gathered],  # JSON floats round-trip float64 exactly
+            "finite": [g[2] for g in gathered],
+            "loss_squares": [g[4] for g in gathered],
+            **{f"rng_rank{r}": g[3] for r, g in enumerate(gathered)},
+        }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """This rank's progress from :meth:`state_dict` output."""
+        rank = dist.get_rank()
+        self.progress = EpochProgress(
+            micro_batches=int(state["micro_batches"]),
+            loss_sum=float(state["loss_sums"][rank]),
+            finite=int(state["finite"][rank]),
+            rng_state=torch.as_tensor(state[f"rng_rank{rank}"]).to(torch.uint8),
+            # A checkpoint from before the standard error: that epoch's is unknown (NaN).
+            loss_squares=float(state["loss_squares"][rank])
+            if "loss_squares" in state
+            else math.nan,
+        )
 
-def unpack_progress(state: dict[str, Any]) -> EpochProgress | None:
-    """This rank's :class:`EpochProgress` from a checkpoint's state (with its ``tensors``);
-    ``None`` for a checkpoint taken at an epoch end."""
-    partial = state.get("partial")
-    if partial is None:
-        return None
-    rank = dist.get_rank()
-    return EpochProgress(
-        micro_batches=int(partial["micro_batches"]),
-        loss_sum=float(partial["loss_sums"][rank]),
-        finite=int(partial["finite"][rank]),
-        rng_state=state["tensors"][f"rng_rank{rank}"].to(torch.uint8),
-        # A checkpoint from before the standard error: that epoch's is unknown (NaN).
-        loss_squares=float(partial["loss_squares"][rank])
-        if "loss_squares" in partial
-        else math.nan,
-    )
+    def take(self) -> EpochProgress | None:
+        """The progress to continue from, once: the epoch after it starts from its beginning."""
+        progress, self.progress = self.progress, None
+        return progress
 
 
 def world_size_note(state: dict[str, Any], path: str, *, zero_stage: int, batch: Batch) -> str:

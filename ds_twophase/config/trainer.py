@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .data import DatasetConfig
-from .errors import ConfigError, check_number
-from .models import ModelConfig
+from ..data import DatasetConfig
+from ..errors import ConfigError, check_number
+from ..models import ModelConfig
 
 
 @dataclass
@@ -56,7 +56,7 @@ class TrainerConfig:
     """Record the normalised output margins of the training split (``margin_q1``,
     ``margin_median``, ``margin_q3``, ``margin_iqr``, ...) in ``metrics.jsonl`` every N epochs
     and after the last (0: never). Measured on rank 0 over the whole training split, about the
-    cost of one training epoch each time (see ``ds_twophase.epoch_analysis``)."""
+    cost of one training epoch each time (see ``ds_twophase.trainer.epoch_analysis``)."""
 
     def __post_init__(self) -> None:
         for name, low in (

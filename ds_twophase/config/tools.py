@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, Problem, did_you_mean, is_int, is_number
+from ..errors import ConfigError, Problem, did_you_mean, is_int, is_number, unknown_keys
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -47,19 +47,6 @@ def load_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def check_keys(data: dict[str, Any], allowed: Iterable[str], prefix: str) -> list[Problem]:
-    """One problem per key of ``data`` not in ``allowed`` (with a did-you-mean)."""
-    allowed = list(allowed)
-    return [
-        Problem(
-            f"{prefix}{key}",
-            f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
-        )
-        for key in data
-        if key not in allowed
-    ]
-
-
 def call_checked(
     fn: Callable[..., Any], kwargs: dict[str, Any], prefix: str, *, skip: Iterable[str] = ()
 ) -> Any:
@@ -74,7 +61,7 @@ def call_checked(
         for name, p in inspect.signature(fn).parameters.items()
         if name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
-    errors = check_keys(kwargs, params, prefix)
+    errors = [p.under(prefix) for p in unknown_keys(kwargs, params)]
     errors += [
         Problem(f"{prefix}{name}", "required key is missing")
         for name, p in params.items()
@@ -121,7 +108,7 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
         )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
-    errors = check_keys(data, fields, prefix)
+    errors = [p.under(prefix) for p in unknown_keys(data, fields)]
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         if name not in fields:

@@ -1,11 +1,12 @@
 """Checkpoints of a trainer run: DeepSpeed's files plus our JSON state, marked complete last.
 
 Layout under ``<output_dir>/checkpoints``: one DeepSpeed tag directory per saved epoch
-(``epoch0007/``). After DeepSpeed wrote its files and every rank passed a barrier, rank 0 writes
-``epoch0007/ds_twophase.json`` (our state: epoch, scheduler, probe indices, metrics line count),
-before it any tensors of our state as ``<name>.npy`` (numpy format, loaded without pickle; the
-probe's warm-start vector), and then ``epoch0007/COMPLETE``, all atomically (temp file +
-rename). Resume only considers tags with ``COMPLETE``, so a crash at any moment of saving (DeepSpeed writes its ``latest`` file before
+(``epoch0007/``). After DeepSpeed wrote its files (model, optimizer, LR scheduler and the engine's
+client state) and every rank passed a barrier, rank 0 writes ``epoch0007/ds_twophase.json``: the
+checkpoint's metadata (epoch, config fingerprint, world size) and one key per stateful part
+(:class:`Stateful`: scheduler, probes, mid-epoch progress), the parts' tensors before it as
+``<part>_<key>.npy`` (numpy format, loaded without pickle; a probe's warm-start vector), and then
+``epoch0007/COMPLETE``, all atomically (temp file + rename). Resume only considers tags with ``COMPLETE``, so a crash at any moment of saving (DeepSpeed writes its ``latest`` file before
 the other ranks finish) never makes the run resume from a partial checkpoint.
 """
 
@@ -17,19 +18,35 @@ import os
 import re
 import shutil
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
 
-from . import dist, faults
-from .errors import ConfigError, one_line
+from .. import dist, faults
+from ..errors import ConfigError, one_line
 
 STATE_FILE = "ds_twophase.json"
 COMPLETE_FILE = "COMPLETE"
 TAG_PATTERN = re.compile(r"epoch(\d{4,})(?:\+mb(\d+))?")
+META_KEYS = ("epoch", "config", "world_size", "tensors")
+"""Keys of the state file that describe the checkpoint; every other key is a part's state."""
+# Checkpoints written before the parts map stored each rank's mid-epoch RNG state as
+# ``rng_rank<r>.npy``, without its part's name in front (today: ``partial_rng_rank<r>.npy``).
+_UNPREFIXED_TENSORS = {"rng_rank": "partial"}
+
+
+class Stateful(Protocol):
+    """A part of a checkpoint: :meth:`state_dict` is its state, JSON values with tensors as
+    top-level values (``None``: nothing to save this time), :meth:`load_state_dict` restores
+    it. A new part joins the map the trainer saves, not the save code."""
+
+    def state_dict(self) -> dict[str, Any] | None: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def tag_for(epoch: int, micro_batches: int | None = None) -> str:
@@ -67,23 +84,76 @@ def write_array_atomic(path: Path, tensor: torch.Tensor) -> None:
     _write_atomic(path, "wb", lambda f: np.save(f, array, allow_pickle=False))
 
 
+def pack_parts(
+    parts: Mapping[str, Stateful],
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Every part's state (call on every rank: a part may gather from all of them) as the state
+    file's JSON, one key per part, and the parts' tensors, named ``<part>_<key>``."""
+    states: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, part in parts.items():
+        state = part.state_dict()
+        if state is None:
+            continue
+        states[name] = {}
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{name}_{key}"] = value
+            else:
+                states[name][key] = value
+    return states, tensors
+
+
+def part_states(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each part's saved state with its tensors back in place, from a state as the readers of a
+    checkpoint hold it (:func:`read_state` with the :func:`read_tensors` under ``"tensors"``)."""
+    parts = {
+        name: dict(value)
+        for name, value in state.items()
+        if name not in META_KEYS and isinstance(value, dict)
+    }
+    for file, tensor in state.get("tensors", {}).items():
+        # The longest part name that prefixes the file: "probe_every_vector" is probe_every's.
+        owner = max((name for name in parts if file.startswith(name + "_")), key=len, default="")
+        if owner:
+            parts[owner][file[len(owner) + 1 :]] = tensor
+            continue
+        for prefix, name in _UNPREFIXED_TENSORS.items():
+            if file.startswith(prefix) and name in parts:
+                parts[name][file] = tensor
+    return parts
+
+
+def load_parts(parts: Mapping[str, Stateful], state: dict[str, Any]) -> None:
+    """Restore every part of ``parts`` that the checkpoint's ``state`` holds (as
+    :func:`part_states` reads it); a part it does not hold keeps its fresh state."""
+    saved = part_states(state)
+    for name, part in parts.items():
+        if name in saved:
+            part.load_state_dict(saved[name])
+
+
 def save(
     engine: Any,
     ckpt_dir: Path,
     epoch: int,
-    state: dict[str, Any],
+    parts: Mapping[str, Stateful],
     *,
     keep: int,
-    tensors: dict[str, torch.Tensor] | None = None,
+    meta: dict[str, Any] | None = None,
     micro_batches: int | None = None,
 ) -> Path:
     """Save a complete checkpoint after ``epoch`` on every rank; returns its directory.
 
-    ``state`` is our JSON state and ``tensors`` our tensors (rank 0's are written; read them
-    back with :func:`read_tensors`). Keeps the newest ``keep`` complete checkpoints and deletes
-    older ones. ``micro_batches`` makes it a mid-epoch checkpoint (:func:`tag_for`).
+    DeepSpeed's files hold the engine (model, optimizer, LR scheduler, the epoch in its client
+    state); our state file holds ``meta`` (JSON, beside ``epoch``) and every part of ``parts``
+    (:func:`pack_parts`; rank 0's are written; read them back with :func:`read_state`,
+    :func:`read_tensors` and :func:`load_parts`). Keeps the newest ``keep`` complete
+    checkpoints and deletes older ones. ``micro_batches`` makes it a mid-epoch checkpoint
+    (:func:`tag_for`).
     """
-    tensors = tensors or {}
+    states, tensors = pack_parts(parts)
+    state = {"epoch": epoch, **(meta or {}), **states}
     tag = tag_for(epoch, micro_batches)
     path = ckpt_dir / tag
     with stop_on_write_error(f"checkpoint {path}", ckpt_dir, discard=path):
@@ -190,23 +260,59 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE_FILE).is_file() and (path / STATE_FILE).is_file()
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A checkpoint newer than the one chosen that cannot be resumed from."""
+
+    path: Path
+    """Its directory."""
+    problem: str
+    """Why, as words after its path: ``is incomplete (...)`` or ``is unreadable (...)``."""
+    damaged: bool
+    """True when a file of the complete checkpoint is unreadable (restoring the file would fix
+    it), False when the save was interrupted."""
+
+    def line(self) -> str:
+        """The one-line warning about it."""
+        return f"checkpoint {self.path} {self.problem}; using an older one"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What :func:`scan` found in a checkpoint directory."""
+
+    newest: tuple[int, Path] | None
+    """``(epoch, path)`` of the newest complete checkpoint, or ``None``."""
+    skipped: list[Skipped] = field(default_factory=list)
+    """Newer checkpoints passed over, newest first."""
+
+
+def scan(ckpt_dir: Path, *, verify: bool = False) -> Scan:
+    """The newest complete checkpoint and the newer ones skipped: incomplete (interrupted while
+    saving) or, with ``verify``, :func:`unreadable` (truncated or corrupted since; this reads
+    every file of the checkpoints it looks at)."""
+    skipped = []
+    for epoch, path in reversed(checkpoint_dirs(ckpt_dir)):
+        if not is_complete(path):
+            skipped.append(Skipped(path, "is incomplete (interrupted while saving)", False))
+            continue
+        unread = unreadable(path) if verify else None
+        if unread is None:
+            return Scan((epoch, path), skipped)
+        skipped.append(Skipped(path, f"is unreadable ({unread})", True))
+    return Scan(None, skipped)
+
+
 def newest_complete(
     ckpt_dir: Path, warn: Callable[[str], None] | None = None, *, verify: bool = False
 ) -> tuple[int, Path] | None:
-    """The newest complete checkpoint; ``warn`` is told (one line each) about newer ones
-    skipped: incomplete (interrupted while saving) or, with ``verify``, :func:`unreadable`
-    (truncated or corrupted since; this reads every file of the checkpoints it looks at)."""
-    for epoch, path in reversed(checkpoint_dirs(ckpt_dir)):
-        if not is_complete(path):
-            problem = "is incomplete (interrupted while saving)"
-        else:
-            unread = unreadable(path) if verify else None
-            if unread is None:
-                return epoch, path
-            problem = f"is unreadable ({unread})"
-        if warn is not None:
-            warn(f"checkpoint {path} {problem}; using an older one")
-    return None
+    """``(epoch, path)`` of the newest complete checkpoint (:func:`scan`); ``warn`` is told,
+    one line each, about newer ones skipped."""
+    found = scan(ckpt_dir, verify=verify)
+    if warn is not None:
+        for skipped in found.skipped:
+            warn(skipped.line())
+    return found.newest
 
 
 def prune(ckpt_dir: Path, keep: int) -> None:
@@ -227,6 +333,14 @@ def prune(ckpt_dir: Path, keep: int) -> None:
 def read_state(path: Path) -> dict[str, Any]:
     """Our JSON state of a complete checkpoint."""
     return json.loads((path / STATE_FILE).read_text())
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The state of the complete checkpoint ``path`` with its tensors, by name, under
+    ``"tensors"`` (what :func:`part_states` and :func:`load_parts` take)."""
+    state = read_state(path)
+    state["tensors"] = read_tensors(path, state.get("tensors", []))
+    return state
 
 
 def read_tensors(path: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:

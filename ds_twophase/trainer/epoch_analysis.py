@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from . import dist
-from .config import RunConfig
+from .. import dist
+from ..config import RunConfig
+from ..probe import HessianProbe
+from ..probe.every import PeriodicProbe
+from ..probe.layer import preserve_rng_state
 from .epoch import cross_entropy
-from .probe import HessianProbe
-from .probe.every import STATE_KEY, VECTOR_NAME, PeriodicProbe
-from .probe.layer import preserve_rng_state
 
 
 class EpochAnalysis:
@@ -70,23 +68,8 @@ class EpochAnalysis:
         return seconds
 
     def _margins(self, engine: Any) -> dict[str, float]:
-        from .analysis.margins import margin_summary
+        from ..analysis.margins import margin_summary
 
         # The margin pass must not move the random streams training draws from next.
         with preserve_rng_state():
             return margin_summary(engine.module, self.train_set, engine.device, self.margin_batch)
-
-    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """``({STATE_KEY: json}, {VECTOR_NAME: vector})`` to merge into a checkpoint's state and
-        tensors (empty without ``probe.every``)."""
-        if self.probe is None:
-            return {}, {}
-        state, vector = self.probe.state_dict()
-        return {STATE_KEY: state}, ({} if vector is None else {VECTOR_NAME: vector})
-
-    def load(self, state: dict[str, Any]) -> None:
-        """Restore from a checkpoint's state (as ``resume`` reads it: tensors under
-        ``"tensors"``); a checkpoint from a run without ``probe.every`` leaves a fresh probe."""
-        if self.probe is not None and state.get(STATE_KEY) is not None:
-            vector = state.get("tensors", {}).get(VECTOR_NAME)
-            self.probe.load_state_dict(state[STATE_KEY], vector)

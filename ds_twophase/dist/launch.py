@@ -1,15 +1,8 @@
-"""The only module in ds_twophase that knows ranks, launchers and collectives.
-
-Every function works in a single process (no process group initialised, or world size 1) and
-is then a no-op or an identity, so library code can call these unconditionally instead of
-sprinkling rank checks. ``group`` is the data-parallel process group (``None`` = the default
-group, which is the data-parallel group for plain DeepSpeed data parallelism).
-
-Three parts: before the process group exists, what the launcher announces in environment
-variables (:func:`launcher_rank`, :func:`launch_world_size`, :func:`set_threads`); starting the
-group (:func:`init_process_group`, also for a plain ``python script.py`` without a launcher);
-and, once it runs, ranks, rank-0 output (:func:`print_rank_zero`, :func:`on_rank_zero`) and
-collectives.
+"""The process group's life (part of :mod:`ds_twophase.dist`): before it exists, what the
+launcher announces in environment variables (:func:`launcher_rank`, :func:`launch_world_size`,
+:func:`set_threads`); starting it (:func:`init_process_group`, also for a plain
+``python script.py`` without a launcher); a failed collective (:func:`collective_place`); and
+ending it (:func:`shutdown`, :func:`exit_process`, :func:`settle`).
 """
 
 from __future__ import annotations
@@ -28,7 +21,8 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as tdist
 
-from .errors import ConfigError, one_line
+from ..errors import ConfigError, one_line
+from .group import get_rank, release_deepspeed_shm
 
 # Where launchers put this process's global rank: torchrun/deepspeed, Open MPI, MPICH/Intel
 # MPI, Slurm tasks (first match wins).
@@ -104,7 +98,7 @@ def init_process_group(
     ``DEEPSPEED_TIMEOUT``). Afterwards the name of DeepSpeed's CPU shared-memory buffer is
     released (:func:`release_deepspeed_shm`). End the group with :func:`shutdown`.
     """
-    from .accelerator import select_cpu_accelerator, without_op_build_lines
+    from ..accelerator import select_cpu_accelerator, without_op_build_lines
 
     select_cpu_accelerator()  # a no-op when DeepSpeed is already imported
     import deepspeed
@@ -262,196 +256,3 @@ def collective_place(where: str | Callable[[], str]) -> Iterator[None]:
             f"rank {get_rank()}: a collective failed at {place} ({detail}); another rank stopped "
             "answering or died"
         ) from None
-
-
-# -- the running group -----------------------------------------------------------------------
-
-
-def is_distributed() -> bool:
-    """True when a process group is initialised and has more than one rank."""
-    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
-
-
-def get_world_size(group: Any = None) -> int:
-    """Number of ranks in ``group`` (1 without a process group)."""
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return 1
-    return tdist.get_world_size(group)
-
-
-def get_rank(group: Any = None) -> int:
-    """This process's rank in ``group`` (0 without a process group)."""
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return 0
-    return tdist.get_rank(group)
-
-
-def is_rank_zero(group: Any = None) -> bool:
-    """True on the rank that logs and writes files."""
-    return get_rank(group) == 0
-
-
-def print_rank_zero(message: str) -> None:
-    """Print ``message`` on stdout, on rank 0 only."""
-    if is_rank_zero():
-        print(message, flush=True)
-
-
-def warn_rank_zero(message: str) -> None:
-    """Print a ``warning:`` line on stderr, on rank 0 only."""
-    if is_rank_zero():
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def on_rank_zero(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 only and return its result on every rank; a :class:`ConfigError` it
-    raises is raised on every rank (decisions from files that only rank 0 may see)."""
-    outcome: tuple[str, Any] | None = None
-    if is_rank_zero():
-        try:
-            outcome = ("ok", fn())
-        except ConfigError as exc:
-            outcome = ("error", exc.problems)  # Problems pickle: keys survive the broadcast
-    outcome = broadcast_object(outcome)
-    assert outcome is not None  # rank 0 always sets it
-    if outcome[0] == "error":
-        raise ConfigError(outcome[1])
-    return outcome[1]
-
-
-def barrier(group: Any = None) -> None:
-    """Wait for every rank of ``group``."""
-    if is_distributed():
-        tdist.barrier(group=group)
-
-
-def release_deepspeed_shm() -> None:
-    """Remove the name of this rank's DeepSpeed shared-memory all-reduce buffer.
-
-    On CPU, DeepSpeed creates one ``/dev/shm/deepspeed_allreduce_buffer_*`` file per rank (tens of
-    MiB) and never removes it, so every job leaves them behind until RAM runs out. Each rank maps
-    every buffer while the process group starts, so once all ranks passed a barrier the names can
-    go; the memory lives on until the processes exit, even when they are killed.
-    """
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return
-    barrier()
-    name = "_".join(
-        [
-            "/dev/shm/deepspeed_allreduce_buffer",
-            str(os.getuid()),
-            os.environ.get("MASTER_ADDR", ""),
-            os.environ.get("MASTER_PORT", ""),
-            str(get_rank()),
-        ]
-    )
-    try:
-        os.unlink(name)
-    except OSError:
-        pass
-
-
-def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
-    """Return rank ``src``'s ``obj`` on every rank (pickled; keep it small)."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=_global_rank(src, group), group=group)
-    return box[0]
-
-
-def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * get_world_size(group)
-    tdist.all_gather_object(out, obj, group=group)
-    return out
-
-
-def all_reduce_sum_(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place and return it.
-
-    Collectives on gloo need CPU tensors and on nccl device tensors; the tensor is moved to the
-    backend's device for the reduction and the result copied back.
-    """
-    return all_reduce_sum_start(tensor, group)()
-
-
-def all_reduce_sum_start(tensor: torch.Tensor, group: Any = None) -> Callable[[], torch.Tensor]:
-    """Start summing ``tensor`` over ranks in place (moved to the backend's device and back, as
-    :func:`all_reduce_sum_` does); the returned function waits for the sum and returns
-    ``tensor``. Work that does not need the sum can run in between, hiding the
-    collective's latency (on gloo a small all-reduce costs far more than the arithmetic
-    around it)."""
-    if not is_distributed():
-        return lambda: tensor
-    device = _backend_device(group)
-    moved = tensor if tensor.device == device else tensor.to(device)
-    work = tdist.all_reduce(moved, op=tdist.ReduceOp.SUM, group=group, async_op=True)
-
-    def wait() -> torch.Tensor:
-        work.wait()
-        if moved is not tensor:
-            tensor.copy_(moved)
-        return tensor
-
-    return wait
-
-
-def broadcast_tensors_(tensors: Iterable[torch.Tensor], src: int = 0, group: Any = None) -> None:
-    """Overwrite every tensor in place with rank ``src``'s values."""
-    if not is_distributed():
-        return
-    device = _backend_device(group)
-    for tensor in tensors:
-        moved = tensor if tensor.device == device else tensor.to(device)
-        tdist.broadcast(moved, src=_global_rank(src, group), group=group)
-        if moved is not tensor:
-            tensor.copy_(moved)
-
-
-def all_reduce_sums(values: list[float], group: Any = None) -> list[float]:
-    """Sum a short list of floats over ranks (float64) and return the sums."""
-    t = torch.tensor(values, dtype=torch.float64)
-    return all_reduce_sum_(t, group).tolist()
-
-
-def all_reduce_max(value: float, group: Any = None) -> float:
-    """The maximum of a float over ranks."""
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_backend_device(group))
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=group)
-    return float(t.item())
-
-
-def any_rank(flag: bool, group: Any = None) -> bool:
-    """True on every rank when ``flag`` is True on any rank (one all-reduce max of one number;
-    how the ranks agree to stop after a signal reached some of them)."""
-    return all_reduce_max(1.0 if flag else 0.0, group) > 0.0
-
-
-@contextlib.contextmanager
-def gathered_parameters(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
-    """Full values of ZeRO stage 3 partitioned ``params`` on every rank inside the block,
-    partitioned again on exit. A collective: every rank of the data-parallel group must enter.
-    Only for parameters that ZeRO-3 manages; the values must not be modified inside."""
-    import deepspeed  # only ZeRO-3 callers need it
-
-    # modifier_rank=0 makes DeepSpeed free the gathered memory on exit (None would keep it).
-    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0):
-        yield
-
-
-def _global_rank(group_rank: int, group: Any) -> int:
-    if group is None:
-        return group_rank
-    return tdist.get_global_rank(group, group_rank)
-
-
-def _backend_device(group: Any) -> torch.device:
-    backend = tdist.get_backend(group)
-    if backend == "nccl" and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -1,9 +1,9 @@
-"""Loader of the fused CPU kernel of LARS (``lars_kernel.cpp``; the design is described in
-``lars.py`` and ``docs/lars.md``).
+"""Loader of the fused CPU kernel of LARS (``kernel.cpp``; the design is described in
+``optimizer.py`` and ``docs/lars.md``).
 
 The kernel is compiled at the first step that needs it and cached under
 ``TORCH_EXTENSIONS_DIR``; ``DS_TWOPHASE_LARS_KERNEL=0`` disables it, and a failed build warns
-once per process, after which LARS uses its PyTorch implementation (``lars_update.py``).
+once per process, after which LARS uses its PyTorch implementation (``update.py``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from types import FrameType, ModuleType
 
 import torch
 
-from ..accelerator import import_cpp_extension_quietly
+from ...accelerator import import_cpp_extension_quietly
 
-_KERNEL_ENV = "DS_TWOPHASE_LARS_KERNEL"
-_KERNEL_SOURCE = Path(__file__).with_name("lars_kernel.cpp")
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+KERNEL_ENV = "DS_TWOPHASE_LARS_KERNEL"
+_KERNEL_SOURCE = Path(__file__).with_name("kernel.cpp")
+KERNEL_DTYPES = (torch.float32, torch.float64)
 # -ffp-contract=off: the compiler adds no fused multiply-adds of its own, so the kernel rounds
-# where its source says (like PyTorch's CPU ops, see lars_kernel.cpp). No -march=native: the
+# where its source says (like PyTorch's CPU ops, see kernel.cpp). No -march=native: the
 # cache directory may be shared by machines with different CPUs (the kernel picks its AVX2 or
 # baseline loops at run time).
 _KERNEL_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
@@ -34,11 +34,11 @@ _kernel_lock = threading.Lock()
 # None: not tried yet; False: disabled or failed (warned once); else the loaded module
 _kernel: ModuleType | bool | None = None
 
-# the logger of lars.py, where this loader used to live (docs/lars.md names it)
-_log = logging.getLogger(__name__.rpartition(".")[0] + ".lars")
+# the package's logger, ds_twophase.optim.lars (docs/lars.md names it)
+_log = logging.getLogger(__name__.rpartition(".")[0])
 
 
-def _kernel_module() -> ModuleType | None:
+def kernel_module() -> ModuleType | None:
     """The fused CPU kernel, built or loaded on the first call; None if it is unavailable."""
     global _kernel
     if _kernel is None:
@@ -50,12 +50,12 @@ def _kernel_module() -> ModuleType | None:
 
 def kernel_available() -> bool:
     """Whether the fused CPU kernel can be used here (builds or loads it on the first call)."""
-    return _kernel_module() is not None
+    return kernel_module() is not None
 
 
 def _load_kernel() -> ModuleType | bool:
     """Compile (once per machine and source version) and import the kernel, or warn once."""
-    if os.environ.get(_KERNEL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get(KERNEL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
         source = _KERNEL_SOURCE.read_bytes()
@@ -83,7 +83,7 @@ def _load_kernel() -> ModuleType | bool:
         _log.debug("LARS: the fused CPU kernel failed to build or load", exc_info=True)
         warnings.warn(
             f"LARS: the fused CPU kernel is unavailable, using the slower PyTorch "
-            f"implementation ({type(exc).__name__}: {first}); set {_KERNEL_ENV}=0 to skip "
+            f"implementation ({type(exc).__name__}: {first}); set {KERNEL_ENV}=0 to skip "
             f"the attempt",
             RuntimeWarning,
             stacklevel=_caller_stacklevel(),

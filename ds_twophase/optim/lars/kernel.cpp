@@ -1,7 +1,7 @@
 // Fused LARS / LARC step for a list of CPU tensors: one call per parameter group (and, for
 // ZeRO-1/2, for fragments of one flat partition: lars_step_fragments, fragment_sum_squares).
 //
-// Built at first use by ds_twophase/optim/lars.py (torch.utils.cpp_extension.load); the update
+// Built at first use by ds_twophase/optim/lars/kernel.py (torch.utils.cpp_extension.load); the update
 // and its edge cases are documented there. For each tensor, in one pass each: the squared norms
 // of p and g, then the trust ratio on the host, then d, the momentum buffer and p. A tensor
 // whose norms and update run back to back is still in cache for the second pass, and one call
@@ -11,7 +11,7 @@
 // Determinism: the squared norms are summed in fixed chunks of kChunk elements, each in a fixed
 // order (SumShape), and the chunk sums are added in order, in double. Neither depends on the
 // number of threads, and the compiler may not contract a * b + c into a fused multiply-add on
-// its own (-ffp-contract=off, see lars.py). So the result is the same for every thread count
+// its own (-ffp-contract=off, see kernel.py). So the result is the same for every thread count
 // and run.
 //
 // Instruction sets: the loops are compiled twice, for the x86-64 baseline (SSE2) and for
@@ -266,7 +266,7 @@ struct Options {
   bool adapt;
 };
 
-// The trust ratio from the two norms (lars.py's formula and edge cases).
+// The trust ratio from the two norms (update.py's formula and edge cases).
 double trust_ratio(double w_norm, double g_norm, const Options& o) {
   double ratio = 1.0;
   // 1 where either norm is 0 (or NaN, as torch.where(w > 0 & g > 0, ...) gives)

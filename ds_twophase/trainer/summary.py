@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .epoch_row import schedule_events
+from ..epoch_row import schedule_events
 
 __all__ = ["build_summary", "commit_info", "config_fingerprint", "indices_digest"]
 

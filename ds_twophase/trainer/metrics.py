@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import faults
+from .. import faults
 
 
 def _clean(value: Any) -> Any:

@@ -33,13 +33,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from .. import dist
-from .lars_kernel import _KERNEL_DTYPES
-from .lars_update import (
-    _CPU_LARGE_NUMEL,
-    _FUSED_DEVICES,
-    _lars_foreach,
-    _lars_large_cpu,
+from ... import dist
+from .kernel import KERNEL_DTYPES
+from .update import (
+    CPU_LARGE_NUMEL,
+    FUSED_DEVICES,
+    lars_foreach,
+    lars_large_cpu,
     momentum_sgd,
     trust_ratios_from_norms,
 )
@@ -252,7 +252,7 @@ def step_partition(
     """
     local, excluded, cut = layout.split()
     flat = layout.flat
-    if kernel is not None and (flat.device.type != "cpu" or flat.dtype not in _KERNEL_DTYPES):
+    if kernel is not None and (flat.device.type != "cpu" or flat.dtype not in KERNEL_DTYPES):
         kernel = None
     if kernel is None:
         _step_partition_pytorch(layout, grad, buf, group)
@@ -308,7 +308,7 @@ def _step_partition_pytorch(
         w_norm, g_norm = norms[:n].to(torch.float64), norms[n:].to(torch.float64)
         _update(views, local, trust_ratios_from_norms(w_norm, g_norm, group), group)
     if excluded.positions:
-        fused = flat.device.type in _FUSED_DEVICES
+        fused = flat.device.type in FUSED_DEVICES
         params, grads = views.params(excluded), views.grads(excluded)
         momentum_sgd(params, grads, views.bufs(excluded), group, 0.0, fused)
     if wait is not None:
@@ -341,7 +341,7 @@ class _Views:
 
 def _update(views: _Views, part: Fragments, ratios: Tensor, group: dict[str, Any]) -> None:
     """``d = ratio * (g + wd * p)`` and momentum SGD for the fragments of ``part``, one ratio
-    each, by the stage-0 PyTorch implementation's two routes (``lars_update``): on CPU a large
+    each, by the stage-0 PyTorch implementation's two routes (``update.py``): on CPU a large
     fragment goes slice by slice (``d`` stays in cache), the rest is multi-tensor ops with the
     ratios kept on the device."""
     flat = views.flat
@@ -357,9 +357,9 @@ def _update(views: _Views, part: Fragments, ratios: Tensor, group: dict[str, Any
 
     small = list(range(len(params)))
     if flat.device.type == "cpu":
-        small = [k for k in small if params[k].numel() < _CPU_LARGE_NUMEL]
+        small = [k for k in small if params[k].numel() < CPU_LARGE_NUMEL]
         large = [k for k in range(len(params)) if k not in small]
         if large:
-            _lars_large_cpu(*take(large), group, ratios[large])
+            lars_large_cpu(*take(large), group, ratios[large])
     if small:
-        _lars_foreach(*take(small), group, flat.device.type in _FUSED_DEVICES, ratios[small])
+        lars_foreach(*take(small), group, flat.device.type in FUSED_DEVICES, ratios[small])

@@ -16,7 +16,7 @@ group with ``adapt=False`` skips the trust ratio and is plain momentum SGD with 
 ``p.grad`` is never modified.
 
 Speed (measured by ``bench/lars.py``, see ``docs/lars.md``): on CPU, float32 and float64
-tensors go through a small C++ kernel (``lars_kernel.cpp``) that does the whole update of a
+tensors go through a small C++ kernel (``kernel.cpp``) that does the whole update of a
 parameter group in one call, tensor by tensor: both norms in one pass, then ``d``, the buffer
 and ``p`` in a second pass while the tensor is still in cache. It is compiled at the first step
 that needs it (10-15 s with g++, once: cached under ``TORCH_EXTENSIONS_DIR``, by default
@@ -34,12 +34,12 @@ evicts each tensor from the cache before the next op reads it, so tensors go in 
 buckets: small tensors share a bucket (few dispatches), and large tensors are updated slice by
 slice so that ``d`` is never written out to memory.
 
-The kernel's loader is ``lars_kernel.py``; the PyTorch implementation is
-``lars_update.py``.
+The kernel's loader is ``kernel.py``; the PyTorch implementation is
+``update.py``.
 
 Under DeepSpeed ZeRO-1/2 a group arrives as one flat partition of this rank; the trust ratios
 are then those of whole parameters, with the norms of parameters cut by a partition boundary
-summed over the ranks (``zero_lars.py``).
+summed over the ranks (``zero.py``).
 """
 
 from __future__ import annotations
@@ -52,51 +52,21 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..errors import ConfigError, check_number
-from . import zero_lars
-from .lars_kernel import _kernel_module, kernel_available
-from .lars_update import (
-    _Bucket,
-    _lars_compiled,
-    _lars_foreach,
-    _lars_large_cpu,
-    _plan,
-    _same_strides,
+from ...errors import ConfigError
+from . import zero
+from .hyperparameters import check_hyperparameters
+from .kernel import kernel_module
+from .update import (
+    Bucket,
+    lars_compiled,
+    lars_foreach,
+    lars_large_cpu,
     momentum_sgd,
+    plan_buckets,
+    same_strides,
 )
 
-__all__ = ["LARS", "kernel_available"]
-
-
-def _check_hyperparameters(
-    *,
-    lr: Any,
-    momentum: Any,
-    weight_decay: Any,
-    trust_coefficient: Any,
-    eps: Any,
-    nesterov: Any,
-    clip: Any,
-    adapt: Any,
-    compile: Any = False,
-    where: str = "",
-) -> None:
-    """Raise :class:`ConfigError` (a ``ValueError``) keyed ``where + name`` for the first
-    out-of-range hyperparameter (the shared number check)."""
-    try:
-        check_number("lr", lr, low=0)
-        check_number("momentum", momentum, low=0, high=1, high_open=True)
-        check_number("weight_decay", weight_decay, low=0)
-        check_number("trust_coefficient", trust_coefficient, low=0, low_open=True)
-        check_number("eps", eps, low=0)
-        flags = (("nesterov", nesterov), ("clip", clip), ("adapt", adapt), ("compile", compile))
-        for name, value in flags:
-            if not isinstance(value, bool):
-                raise ConfigError(key=name, problem=f"expected true or false, got {value!r}")
-        if nesterov and momentum == 0:
-            raise ConfigError(key="nesterov", problem="Nesterov momentum needs momentum > 0")
-    except ConfigError as exc:
-        raise exc.under(where) from None
+__all__ = ["LARS"]
 
 
 class LARS(Optimizer):
@@ -158,17 +128,17 @@ class LARS(Optimizer):
             clip=clip,
             adapt=True,
         )
-        _check_hyperparameters(**defaults, compile=compile)
+        check_hyperparameters(**defaults, compile=compile)
         self._compile = compile
         self._kernel = True  # off with disable_kernel()
-        self._plans: dict[tuple[int, int], tuple[list[Tensor], list[_Bucket]]] = {}
+        self._plans: dict[tuple[int, int], tuple[list[Tensor], list[Bucket]]] = {}
         # the parameters of each group as given (model parameters); under ZeRO-1/2 DeepSpeed
-        # replaces a group's params by one flat partition, mapped back to these (zero_lars.py)
+        # replaces a group's params by one flat partition, mapped back to these (zero.py)
         self._lp_groups: list[list[Tensor]] = []
         # per group and parameter: excluded (no trust ratio, no weight decay); see "excluded"
         self._lp_excluded: list[list[bool]] = []
         self._lp_ids: set[int] = set()
-        self._layouts: dict[int, zero_lars.PartitionLayout] = {}
+        self._layouts: dict[int, zero.PartitionLayout] = {}
         # False until the first step that changed something (see _is_setup_step)
         self._started = False
         super().__init__(params, defaults)
@@ -195,7 +165,7 @@ class LARS(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
-        _check_hyperparameters(
+        check_hyperparameters(
             **{k: group[k] for k in self.defaults}, where=f"param_groups[{index}]."
         )
         excluded = group.get("excluded")
@@ -269,17 +239,17 @@ class LARS(Optimizer):
         if self.state:
             return False
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        zero = bool(grads) and not any(bool(g.any()) for g in grads)
+        all_zero = bool(grads) and not any(bool(g.any()) for g in grads)
         for group in self.param_groups:
             active = [p for p in group["params"] if p.grad is not None]
             layout = self._group_partition(group, active)
             if layout is not None:
-                return zero_lars.on_every_rank(zero, layout)
-        return zero
+                return zero.on_every_rank(all_zero, layout)
+        return all_zero
 
     def _group_partition(
         self, group: dict[str, Any], active: list[Tensor]
-    ) -> zero_lars.PartitionLayout | None:
+    ) -> zero.PartitionLayout | None:
         """The layout of an adapted group (its tensors with a gradient: ``active``) that
         DeepSpeed (ZeRO-1/2) turned into one flat partition; None for an ordinary group."""
         if group["adapt"] and len(active) == 1 and id(active[0]) not in self._lp_ids:
@@ -324,14 +294,14 @@ class LARS(Optimizer):
             or len(cached[0]) != len(active)
             or any(a is not b for a, b in zip(cached[0], active, strict=True))
         ):
-            cached = self._plans[key] = (active, _plan(active, self._compile, self._kernel))
+            cached = self._plans[key] = (active, plan_buckets(active, self._compile, self._kernel))
         momentum = group["momentum"]
         for bucket in cached[1]:
             params = active if len(cached[1]) == 1 else [active[i] for i in bucket.indices]
             grads = [p.grad for p in params if p.grad is not None]  # all of them: active
             bufs = self._momentum_buffers(params) if momentum != 0 else []
             if bucket.kernel:
-                kernel = _kernel_module()
+                kernel = kernel_module()
                 assert kernel is not None  # the plan has kernel buckets only once it loaded
                 skipped = kernel.lars_step(
                     params,
@@ -354,22 +324,22 @@ class LARS(Optimizer):
                 bufs = [bufs[i] for i in skipped] if bufs else []
             self._step_eager(params, grads, bufs, group, bucket)
 
-    def _partition_layout(self, flat: Tensor) -> zero_lars.PartitionLayout | None:
+    def _partition_layout(self, flat: Tensor) -> zero.PartitionLayout | None:
         """The ZeRO-1/2 layout of a group's only tensor when it is none of the parameters LARS
         was built with; None when it is a whole-parameter copy (bf16 stage 0 keeps one fp32
         master per parameter), which the ordinary path handles."""
         cached = self._layouts.get(id(flat))
         if cached is not None and cached.flat is flat:
             return cached
-        layout = zero_lars.checked_layout(flat, self._lp_groups, self._lp_excluded)
+        layout = zero.checked_layout(flat, self._lp_groups, self._lp_excluded)
         if layout is None:
             return None
         self._layouts[id(flat)] = layout
         return layout
 
-    def _step_partition(self, layout: zero_lars.PartitionLayout, group: dict[str, Any]) -> None:
+    def _step_partition(self, layout: zero.PartitionLayout, group: dict[str, Any]) -> None:
         """An adapted group that DeepSpeed (ZeRO-1/2) turned into one flat partition: trust
-        ratios from whole-parameter norms over all ranks (zero_lars.py)."""
+        ratios from whole-parameter norms over all ranks (zero.py)."""
         flat = layout.flat
         grad = flat.grad
         if grad is None:  # never: _step_group passes only a partition that has a gradient
@@ -378,8 +348,8 @@ class LARS(Optimizer):
         # the fused kernel only for a CPU partition (CPU training, or ZeRO-Offload's CPU copy
         # on a GPU machine): loading it for a GPU partition would compile it for nothing
         on_cpu = flat.device.type == "cpu"
-        kernel = _kernel_module() if self._kernel and on_cpu else None
-        zero_lars.step_partition(layout, grad, buf, group, kernel)
+        kernel = kernel_module() if self._kernel and on_cpu else None
+        zero.step_partition(layout, grad, buf, group, kernel)
 
     def _step_eager(
         self,
@@ -387,19 +357,19 @@ class LARS(Optimizer):
         grads: list[Tensor],
         bufs: list[Tensor],
         group: dict[str, Any],
-        bucket: _Bucket,
+        bucket: Bucket,
     ) -> None:
         """The PyTorch implementation, for one bucket (or the tensors the kernel skipped)."""
         if group["adapt"] and bucket.compiled and self._run_compiled(params, grads, bufs, group):
             return
         # PyTorch's fused SGD kernel on CPU assumes that all its tensors share one layout
-        fused = bucket.fused and _same_strides(params, grads, bufs)
+        fused = bucket.fused and same_strides(params, grads, bufs)
         if not group["adapt"]:
             momentum_sgd(params, grads, bufs, group, group["weight_decay"], fused)
         elif bucket.large and fused and all(p.is_contiguous() for p in params):
-            _lars_large_cpu(params, grads, bufs, group)
+            lars_large_cpu(params, grads, bufs, group)
         else:
-            _lars_foreach(params, grads, bufs, group, fused)
+            lars_foreach(params, grads, bufs, group, fused)
 
     def _momentum_buffers(self, params: list[Tensor]) -> list[Tensor]:
         # A zero buffer makes the first step b = m * 0 + d = d exactly, as in torch SGD / timm.
@@ -421,7 +391,7 @@ class LARS(Optimizer):
         if not self._compile:
             return False
         try:
-            _lars_compiled(params, grads, bufs, group)
+            lars_compiled(params, grads, bufs, group)
         except Exception as exc:  # any compiler failure means: run eagerly
             self._compile = False
             warnings.warn(

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import checkpoint, dist
+from .. import dist
+from . import checkpoint
 from .metrics import MetricsLog
 from .monitor_events import MonitorEvents
 
@@ -49,7 +50,7 @@ class NullSink:
 
 class RankZeroSink:
     """Rank 0's sink: ``metrics.jsonl``, ``config.json`` and DeepSpeed's monitor. A failed
-    write stops the run with one line (:func:`ds_twophase.checkpoint.stop_on_write_error`).
+    write stops the run with one line (:func:`ds_twophase.trainer.checkpoint.stop_on_write_error`).
 
     Args:
         log: the run's ``metrics.jsonl``.

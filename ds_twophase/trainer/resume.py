@@ -14,32 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config.free_keys import TRAINING_FREE_KEYS, training_leaves
+from ..errors import ConfigError
 from . import checkpoint
-from .config.free_keys import TRAINING_FREE_KEYS as RESUME_FREE_KEYS  # one list, see there
-from .errors import ConfigError
 from .metrics import MetricsLog
 
 Choice = tuple[int, str, dict[str, Any]]
-"""``(epoch, checkpoint directory, saved state with its tensors under "tensors")``."""
+"""``(epoch, checkpoint directory, saved state with its tensors under "tensors")``
+(:func:`ds_twophase.trainer.checkpoint.read`)."""
 
 
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` for every leaf of a nested config."""
-    if isinstance(cfg, dict) and cfg:
-        out: dict[str, Any] = {}
-        for key, value in cfg.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): cfg}
+RESUME_FREE_KEYS = TRAINING_FREE_KEYS
+"""The keys a resumed run may change: the one list of keys that leave training unchanged."""
 
 
 def resume_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
     """The config leaves that must not change when a run is resumed."""
-    return {
-        key: value
-        for key, value in flatten(resolved).items()
-        if not any(key == free or key.startswith(free + ".") for free in RESUME_FREE_KEYS)
-    }
+    return training_leaves(resolved)
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -68,28 +59,25 @@ def choose_checkpoint(
     ``ckpt_dir``; ``None`` when there is none yet), checked against the current config
     ``resolved``. Raises :class:`ConfigError` for a missing, incomplete or mismatched one."""
     if target == "auto":
-        skipped: list[str] = []
-
-        def note(line: str) -> None:
-            skipped.append(line)
-            warn(line)
-
-        found = checkpoint.newest_complete(ckpt_dir, warn=note, verify=True)
-        if found is None:
-            if checkpoint.checkpoint_dirs(ckpt_dir):
-                newest = skipped[0].split("; using an older one")[0] if skipped else ""
-                damaged = any("is unreadable" in line for line in skipped)
+        found = checkpoint.scan(ckpt_dir, verify=True)
+        for skipped in found.skipped:
+            warn(skipped.line())
+        if found.newest is None:
+            if found.skipped:
+                newest = found.skipped[0]
+                damaged = any(skipped.damaged for skipped in found.skipped)
                 fix = "restore the damaged file, or " if damaged else ""
                 raise ConfigError(
                     f"--resume: no complete checkpoint in {ckpt_dir} reads back intact (the "
-                    f"newest: {newest}); {fix}remove the directory to start over"
+                    f"newest: checkpoint {newest.path} {newest.problem}); {fix}remove the "
+                    "directory to start over"
                 )
             done = len(metrics.read())
             dropped = f" (the {done} epoch(s) in metrics.jsonl are trained again)" if done else ""
             log(f"resume: no checkpoint in {ckpt_dir}; starting from scratch{dropped}")
             return None
-        epoch, path = found
-        state = checkpoint.read_state(path)
+        epoch, path = found.newest
+        state = checkpoint.read(path)
     else:
         path = Path(target)
         if not checkpoint.is_complete(path):
@@ -102,9 +90,8 @@ def choose_checkpoint(
                 f"--resume: checkpoint {path} is unreadable ({problem}); resume from an older "
                 "checkpoint with --resume PATH or --resume auto"
             )
-        state = checkpoint.read_state(path)
+        state = checkpoint.read(path)
         epoch = state["epoch"]
-    state["tensors"] = checkpoint.read_tensors(path, state.get("tensors", []))
     changes = config_changes(state.get("config", {}), resume_fingerprint(resolved))
     if changes:
         more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from . import dist
+from .. import dist
 from .epoch import to_engine
 
 

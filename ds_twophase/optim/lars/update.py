@@ -1,7 +1,7 @@
 """The PyTorch implementation of the LARS update (accelerators, and the CPU fallback of the
-fused kernel); the design is described in ``lars.py`` and ``docs/lars.md``.
+fused kernel); the design is described in ``optimizer.py`` and ``docs/lars.md``.
 
-Parameters are split into buckets (``_plan``); each bucket is updated on lists of tensors and
+Parameters are split into buckets (``plan_buckets``); each bucket is updated on lists of tensors and
 ends in PyTorch's fused SGD kernel: one multi-tensor pass per group on accelerators,
 cache-sized buckets and slices on CPU, or a ``torch.compile``-d loop with ``compile=True``.
 """
@@ -14,22 +14,22 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from .lars_kernel import _KERNEL_DTYPES, _kernel_module
+from .kernel import KERNEL_DTYPES, kernel_module
 
 # CPU tuning, measured with bench/lars.py. Weights + grads of one bucket stay in the last-level
 # cache between the norm pass and the update pass.
 _CPU_BUCKET_BYTES = 4 << 20
 # Tensors this large take the per-tensor CPU path: its per-call overhead is small against
 # their memory traffic.
-_CPU_LARGE_NUMEL = 1 << 16
+CPU_LARGE_NUMEL = 1 << 16
 # Slice length of that path: ``d`` of one slice (2 MiB in fp32) is still in cache when the fused
 # kernel reads it back.
 _CPU_SLICE_NUMEL = 1 << 19
 
-_FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
+FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
-def _lars_large_cpu(
+def lars_large_cpu(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
@@ -69,7 +69,7 @@ def lars_slice_cpu(
     momentum_sgd([param], [d], bufs, group, group["weight_decay"] * ratio, fused=True)
 
 
-def _lars_compiled(
+def lars_compiled(
     params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: dict[str, Any]
 ) -> None:
     """Update through the compiled loop (``LARS(compile=True)``); raises if it cannot compile."""
@@ -133,7 +133,7 @@ def _lars_loop(
         p.sub_(d * lr)
 
 
-class _Bucket:
+class Bucket:
     """Indices (into a group's parameters that have grads) updated together, and how."""
 
     __slots__ = ("indices", "large", "fused", "compiled", "kernel")
@@ -153,7 +153,7 @@ class _Bucket:
         self.kernel = kernel
 
 
-def _plan(params: list[Tensor], compile: bool = False, kernel: bool = False) -> list[_Bucket]:
+def plan_buckets(params: list[Tensor], compile: bool = False, kernel: bool = False) -> list[Bucket]:
     """Split parameters into buckets of one device and dtype (see the module docstring).
 
     With ``kernel`` (and the fused CPU kernel available) the float32/float64 CPU tensors of a
@@ -171,36 +171,36 @@ def _plan(params: list[Tensor], compile: bool = False, kernel: bool = False) -> 
         by_kind.setdefault((p.device, p.dtype, grad.dtype), []).append(i)
     buckets = []
     for (device, dtype, grad_dtype), indices in by_kind.items():
-        fused = device.type in _FUSED_DEVICES and dtype == grad_dtype and dtype.is_floating_point
+        fused = device.type in FUSED_DEVICES and dtype == grad_dtype and dtype.is_floating_point
         if device.type != "cpu":
-            buckets.append(_Bucket(indices, large=False, fused=fused))
+            buckets.append(Bucket(indices, large=False, fused=fused))
             continue
         # the kernel is built (or found unavailable) here, at the first step that needs it
         if (
             kernel
             and dtype == grad_dtype
-            and dtype in _KERNEL_DTYPES
-            and _kernel_module() is not None
+            and dtype in KERNEL_DTYPES
+            and kernel_module() is not None
         ):
-            buckets.append(_Bucket(indices, large=False, fused=fused, kernel=True))
+            buckets.append(Bucket(indices, large=False, fused=fused, kernel=True))
             continue
         # (members, bytes) of the open small and large bucket
         open_buckets: dict[bool, tuple[list[int], int]] = {False: ([], 0), True: ([], 0)}
         for i in indices:
-            large = params[i].numel() >= _CPU_LARGE_NUMEL
+            large = params[i].numel() >= CPU_LARGE_NUMEL
             nbytes = 2 * params[i].numel() * params[i].element_size()
             members, size = open_buckets[large]
             if members and size + nbytes > _CPU_BUCKET_BYTES and (large or not compile):
-                buckets.append(_Bucket(members, large, fused, compile and not large))
+                buckets.append(Bucket(members, large, fused, compile and not large))
                 members, size = [], 0
             open_buckets[large] = (members + [i], size + nbytes)
         for large, (members, _) in open_buckets.items():
             if members:
-                buckets.append(_Bucket(members, large, fused, compile and not large))
+                buckets.append(Bucket(members, large, fused, compile and not large))
     return buckets
 
 
-def _same_strides(params: list[Tensor], *others: list[Tensor]) -> bool:
+def same_strides(params: list[Tensor], *others: list[Tensor]) -> bool:
     """True when every tensor in ``others`` (lists parallel to params, or empty) has its
     parameter's strides."""
     strides = [p.stride() for p in params]
@@ -215,7 +215,7 @@ def _trust_ratios(params: list[Tensor], grads: list[Tensor], group: dict[str, An
 
 def trust_ratios_from_norms(w_norm: Tensor, g_norm: Tensor, group: dict[str, Any]) -> Tensor:
     """LARS trust ratios from weight and gradient norms (1-D tensors, one entry per tensor or
-    per whole parameter under ZeRO, ``zero_lars.py``)."""
+    per whole parameter under ZeRO, ``zero.py``)."""
     # timm's order of operations, so that float rounding agrees as far as possible
     ratio = (
         group["trust_coefficient"]
@@ -230,7 +230,7 @@ def trust_ratios_from_norms(w_norm: Tensor, g_norm: Tensor, group: dict[str, Any
     return ratio
 
 
-def _lars_foreach(
+def lars_foreach(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
@@ -262,7 +262,7 @@ def momentum_sgd(
 ) -> None:
     """SGD with momentum, no dampening, on lists; ``bufs`` is empty when momentum is 0.
 
-    ``fused``: PyTorch's fused kernel (one memory pass; needs a device in ``_FUSED_DEVICES``).
+    ``fused``: PyTorch's fused kernel (one memory pass; needs a device in ``FUSED_DEVICES``).
     """
     m, lr, nesterov = group["momentum"], group["lr"], group["nesterov"]
     if fused:
