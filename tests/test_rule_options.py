@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ds_twophase.schedulers import Reading, TwoPhaseLR
+from ds_twophase.schedulers.two_phase import DEFAULT_MIN_LR_RATIO
 
 TRACE = Path(__file__).parent / "data" / "paper_rule_trace.json"
 
@@ -48,6 +49,7 @@ def drive(losses, readings=None, loss_se=None, peaks=(1.0,), sched=None, start=1
         kw.setdefault("total_epochs", len(losses))
         for k, v in QUICK_SWITCH.items():
             kw.setdefault(k, v)
+        kw.setdefault("min_lr_ratio", 0.0)  # the rule alone; a floor test sets its floor
         sched = TwoPhaseLR(optimizer(peaks), **kw)
     script = Script(readings or [None] * len(losses))
     records = []
@@ -73,14 +75,8 @@ def trace_cases():
     return json.loads(TRACE.read_text())["cases"]
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [{}, {"min_lr_ratio": 0.0, "rise": "paper"}, {"rise": "significant", "rise_z": 0.0}],
-    ids=["defaults", "explicit", "significant_z0"],
-)
-@pytest.mark.parametrize("case", trace_cases(), ids=lambda c: c["name"])
-def test_default_options_replay_the_recorded_paper_decisions_bit_for_bit(case, extra):
-    # The trace was recorded with the rule before these options existed (see the file).
+def replay(case, extra):
+    """``[decision, LRs, hmax]`` per epoch of a recorded trace under ``extra`` options."""
     kw = case["kwargs"]
     sched = TwoPhaseLR(optimizer((0.8, 0.1)), **kw, **extra)
     losses = [math.nan if f is None else f for f in case["losses"]]
@@ -99,7 +95,45 @@ def test_default_options_replay_the_recorded_paper_decisions_bit_for_bit(case, e
 
             r = sched.end_epoch(f, probe)
             got.append([r.decision, sched.get_last_lr(), r.hmax])
-    assert got == case["expected"]
+    return got
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"min_lr_ratio": 0.0}, {"min_lr_ratio": 0.0, "rise": "paper"},
+     {"min_lr_ratio": 0.0, "rise": "significant", "rise_z": 0.0}],
+    ids=["defaults", "explicit", "significant_z0"],
+)  # fmt: skip
+@pytest.mark.parametrize("case", trace_cases(), ids=lambda c: c["name"])
+def test_default_options_replay_the_recorded_paper_decisions_bit_for_bit(case, extra):
+    # The trace was recorded with the rule before these options existed (see the file); with
+    # min_lr_ratio 0 every other default is the paper's rule.
+    assert replay(case, extra) == case["expected"]
+
+
+@pytest.mark.parametrize("case", trace_cases(), ids=lambda c: c["name"])
+def test_the_default_floor_changes_only_decays_below_a_tenth_of_the_peak(case):
+    """The defaults (floor DEFAULT_MIN_LR_RATIO = 0.1) make the paper's decisions, each LR held
+    at a tenth of its peak once decayed there, until the first decay the floor refuses
+    (``floor``, a keep); from then on the LRs stay at the floor and nothing decays (a failed
+    probe is still ``skipped``)."""
+    assert DEFAULT_MIN_LR_RATIO == 0.1
+    min_lr = case["kwargs"].get("min_lr", 0.0)  # with an absolute floor the larger one wins
+    floors = [max(min_lr, 0.1 * peak) for peak in (0.8, 0.1)]
+    got, paper = replay(case, {}), case["expected"]
+    assert [g[2] for g in got] == [e[2] for e in paper]  # the same readings
+    first = next((i for i, g in enumerate(got) if g[0] == "floor"), len(got))
+    decayed = False
+    for g, e in zip(got[:first], paper[:first], strict=True):
+        decayed = decayed or e[0] == "decay"
+        assert g[0] == e[0]
+        lrs = [max(lr, f) for lr, f in zip(e[1], floors, strict=True)] if decayed else e[1]
+        assert g[1] == pytest.approx(lrs, rel=1e-12)
+    if first < len(got):
+        assert paper[first][0] == "decay"
+        assert all(g[0] in ("keep", "floor", "skipped") for g in got[first:])
+        assert all(g[1] == pytest.approx(floors, rel=1e-12) for g in got[first:])
+    assert any(g[0] == "floor" for g in got) == (min(e[1][0] for e in paper[5:]) < floors[0])
 
 
 # -- the floor -----------------------------------------------------------------------------
@@ -311,7 +345,9 @@ def test_resume_mid_convergence_replays_identical_decisions(options):
     first, sched, _ = drive(losses[:30], readings, loss_se, total_epochs=n, **options)
     assert sched.phase == "convergence"
     state = json.loads(json.dumps(sched.state_dict()))  # as a checkpoint stores it
-    fresh = TwoPhaseLR(optimizer(), total_epochs=n, **{**QUICK_SWITCH, **options})
+    fresh = TwoPhaseLR(
+        optimizer(), total_epochs=n, **{**QUICK_SWITCH, "min_lr_ratio": 0.0, **options}
+    )
     fresh.load_state_dict(state)
     rest, _, _ = drive(losses, readings, loss_se, sched=fresh, start=31)
     assert [r.to_dict() for r in first + rest] == [r.to_dict() for r in full]
