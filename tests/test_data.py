@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ds_twophase import config_tools
+from ds_twophase.config import tools as config_tools
 from ds_twophase.data import (
     DATASETS,
     DatasetConfig,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from ds_twophase import config_tools
+from ds_twophase.config import tools as config_tools
 from ds_twophase.errors import ConfigError
 from ds_twophase.models import MODELS, ModelConfig, build_model, check_model
 from ds_twophase.models.cifar_resnet import BasicBlock, resnet20
