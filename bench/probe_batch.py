@@ -140,7 +140,7 @@ def probe_batches(trainer: Any, sizes: list[int], micro: int) -> tuple[dict[int,
     probe-batch rule: the first ``size`` of one seeded permutation, so the subsets are nested),
     on the engine's device; and whether the run's own probe batch is among them."""
     from ds_twophase.probe import select_probe_indices
-    from ds_twophase.trainer.epoch import to_engine
+    from ds_twophase.trainer import to_engine
 
     dataset, cfg = trainer.splits.train, trainer.probe.config
     out = {}
@@ -155,7 +155,7 @@ def probe_batches(trainer: Any, sizes: list[int], micro: int) -> tuple[dict[int,
 def measure(model: Any, batches: list[Any], layer: Any, seed: int) -> Measurement:
     """hmax of one probe batch, converged as far as ``MAX_ITERS`` / ``TOL`` allow."""
     from ds_twophase.probe import principal_eigenvalue
-    from ds_twophase.trainer.epoch import cross_entropy
+    from ds_twophase.trainer import cross_entropy
 
     c0 = cpu_seconds()
     res = principal_eigenvalue(

@@ -24,7 +24,7 @@ import numpy as np
 from common import ROOT, trainer_command, trainer_env
 
 from ds_twophase.config import load_config
-from ds_twophase.trainer.resume import config_changes, resume_fingerprint
+from ds_twophase.trainer import config_changes, resume_fingerprint
 
 
 class StaleRun(RuntimeError):

@@ -186,8 +186,7 @@ def build_loops(
     from torch.utils.data import DistributedSampler
 
     from ds_twophase.models import build_model
-    from ds_twophase.trainer import Trainer
-    from ds_twophase.trainer.epoch import make_loader
+    from ds_twophase.trainer import Trainer, make_loader
 
     run = setting_config(config, setting, tmp)
     trainer = Trainer(run)  # seeds torch with trainer.seed before building its model

@@ -219,7 +219,7 @@ def test_bad_kwarg_value_is_a_config_error():
         ),
         (
             {"name": "wrn_16_8", "kwargs": {"dropuot": 0.5}},
-            "kwargs: unknown option 'dropuot' for model 'wrn_16_8' (did you mean 'dropout'?); allowed: dropout",
+            "kwargs.dropuot: unknown key for model 'wrn_16_8' (did you mean 'dropout'?); allowed: dropout",
         ),
         (
             {"name": "resnet20", "kwargs": {"num_classes": 100}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, did_you_mean, unknown_keys
 from .registry import MODELS
 from .timm_models import check_timm_name, timm_name
 
@@ -53,13 +53,9 @@ class ModelConfig:
                 raise ConfigError(
                     key="kwargs", problem=f"'{key}' is set from the dataset; remove it"
                 )
-            if key not in options:
-                allowed = ", ".join(options) if options else "none"
-                raise ConfigError(
-                    key="kwargs",
-                    problem=f"unknown option '{key}' for model '{self.name}'"
-                    f"{did_you_mean(key, options)}; allowed: {allowed}",
-                )
+        unknown = unknown_keys(self.kwargs, options, owner=f"model '{self.name}'")
+        if unknown:
+            raise ConfigError([u.under("kwargs.") for u in unknown])
 
     @property
     def timm_name(self) -> str | None:

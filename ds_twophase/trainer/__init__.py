@@ -3,7 +3,9 @@
 Public surface (what the CLI and the benches use): :class:`Trainer` (``Trainer(run).fit()``;
 its ``train_epoch``, ``resume``, and the read-only ``config``, ``engine``, ``probe``,
 ``splits`` and ``checkpoint_parts``), :class:`RunResult`, :class:`TrainingStopped`,
-:class:`Preempted` with :data:`EXIT_RESUMABLE`, :class:`StopFlag` and :class:`WriteFailed`.
+:class:`Preempted` with :data:`EXIT_RESUMABLE`, :class:`StopFlag` and :class:`WriteFailed`;
+the epoch's pieces a bench times on their own (``make_loader``, ``to_engine``,
+``cross_entropy``) and the resume check's (``resume_fingerprint``, ``config_changes``).
 
 Modules, one job each: ``trainer`` (build, fit), ``epoch`` (one training epoch), ``decide`` (the
 epoch-end decision as metrics columns), ``evaluate``,
@@ -20,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .checkpoint import WriteFailed
-    from .epoch import TrainingStopped
+    from .epoch import TrainingStopped, cross_entropy, make_loader, to_engine
     from .preempt import EXIT_RESUMABLE, Preempted, StopFlag
+    from .resume import config_changes, resume_fingerprint
     from .trainer import RunResult, Trainer
 
 # Loaded on first use: the own-loop checkpoints (ds_twophase.save_checkpoint) read and write
@@ -34,6 +37,11 @@ _LAZY = {
     "Trainer": ".trainer",
     "TrainingStopped": ".epoch",
     "WriteFailed": ".checkpoint",
+    "config_changes": ".resume",
+    "cross_entropy": ".epoch",
+    "make_loader": ".epoch",
+    "resume_fingerprint": ".resume",
+    "to_engine": ".epoch",
 }
 
 __all__ = [
@@ -44,6 +52,11 @@ __all__ = [
     "Trainer",
     "TrainingStopped",
     "WriteFailed",
+    "config_changes",
+    "cross_entropy",
+    "make_loader",
+    "resume_fingerprint",
+    "to_engine",
 ]
 
 
