@@ -15,8 +15,6 @@ from test_data import write_cifar, write_image_folders, write_svhn
 from ds_twophase.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-#: Shipped configs that use a scheduler option not merged yet (``scheduler.params.convergence``,
-#: another branch): they join the check once the option lands.
 CONFIGS = sorted((REPO / "configs").rglob("*.json"))
 #: Configs whose micro batch was chosen for fewer ranks (their results in docs/ depend on it):
 #: at 8 ranks they need this micro batch, which keeps the global batch.
@@ -30,6 +28,8 @@ MICRO_AT_8 = {
     "mnist1d_hard/two_phase_lars.json": 128,
     "mnist1d_hard/two_phase_lars_late_step.json": 128,
     "mnist1d_hard/two_phase_lars_loss_only.json": 128,
+    "mnist1d_hard/tpl_significant.json": 128,
+    "mnist1d_hard/tpl_significant_probe_loss.json": 128,
 }
 #: The testbed of issue 20, also checked for the one process its study runs with.
 HARD = [p for p in CONFIGS if p.parent.name == "mnist1d_hard"]
@@ -88,7 +88,8 @@ def test_mnist1d_hard_configs_share_the_regime():
     rows = {
         p.stem: json.loads(p.read_text()) for p in (REPO / "configs/mnist1d_hard").glob("*.json")
     }
-    assert len(rows) == 7
+    spec = json.loads((REPO / "bench/studies/mnist1d_hard.json").read_text())
+    assert set(rows) == {r["name"] for r in spec["rows"]}  # one file per row of the study
     for name, cfg in rows.items():
         tc = cfg["trainer"]
         assert tc["dataset"] == rows["small_batch"]["trainer"]["dataset"], name
@@ -103,6 +104,32 @@ def test_mnist1d_hard_configs_share_the_regime():
     ds = rows["small_batch"]["trainer"]["dataset"]
     assert ds["val_size"] >= 8000 and ds["test_size"] >= 8000
     assert (ds["train_size"] - ds["val_size"]) % 1024 == 0  # every sample used each epoch
+
+
+def test_mnist1d_hard_configs_carry_the_studys_chosen_points():
+    """Each row's file holds the point the study chose on validation (its kept records,
+    bench/studies/records/mnist1d_hard), rise_z included for issue 21's rows."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import accuracy
+    from study_spec import load_spec
+
+    spec = load_spec(REPO / "bench/studies/mnist1d_hard.json")
+    records = REPO / "bench/studies/records/mnist1d_hard"
+    states = accuracy.states(spec, records, [r.name for r in spec.rows])
+    for row in spec.rows:
+        chosen = states[row.name].chosen
+        assert chosen is not None, row.name
+        cfg = json.loads((REPO / "configs/mnist1d_hard" / f"{row.name}.json").read_text())
+        params = {
+            "optimizer.params.lr": cfg["optimizer"]["params"]["lr"],
+            "optimizer.params.trust_coefficient": cfg["optimizer"]["params"].get(
+                "trust_coefficient"
+            ),
+            "scheduler.params.rise_z": cfg["scheduler"]["params"].get("rise_z"),
+        }
+        assert {k: params[k] for k in chosen} == chosen, row.name
 
 
 def test_paper_config_without_its_data_is_one_error_line(capsys, monkeypatch, tmp_path):
