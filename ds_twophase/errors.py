@@ -83,15 +83,13 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 
 def unknown_keys(keys: Iterable[str], allowed: Iterable[str], *, owner: str = "") -> list[Problem]:
     """The one key check: a :class:`Problem` keyed by each of ``keys`` not in ``allowed``,
-    ``unknown key[ for <owner>] (did you mean 'x'?); allowed: ...`` (put it under its section
-    with :meth:`Problem.under`)."""
+    ``unknown key[ for <owner>] (did you mean 'x'?); allowed: ...`` (``none`` when nothing is)
+    (put it under its section with :meth:`Problem.under`)."""
     allowed = list(allowed)
     whose = f" for {owner}" if owner else ""
+    names = ", ".join(sorted(allowed)) or "none"
     return [
-        Problem(
-            key,
-            f"unknown key{whose}{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
-        )
+        Problem(key, f"unknown key{whose}{did_you_mean(key, allowed)}; allowed: {names}")
         for key in keys
         if key not in allowed
     ]

@@ -267,3 +267,14 @@ def test_steps_per_epoch_match_real_samplers_and_loaders(pad, drop_last):
             batch.require_steps(
                 first - 1, pad=pad, drop_last=drop_last, key="trainer.dataset.train_size"
             )
+
+
+def test_the_key_checker_names_what_is_allowed_even_nothing():
+    from ds_twophase.errors import unknown_keys
+
+    found = [str(p) for p in unknown_keys(["wdith", "size"], ["width"], owner="model 'm'")]
+    assert found == [
+        "wdith: unknown key for model 'm' (did you mean 'width'?); allowed: width",
+        "size: unknown key for model 'm'; allowed: width",
+    ]
+    assert [str(p) for p in unknown_keys(["x"], [])] == ["x: unknown key; allowed: none"]
