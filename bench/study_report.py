@@ -177,10 +177,7 @@ def paired(spec: StudySpec, finals: dict[str, list[dict]]) -> list[str]:
         "| row | against | seeds | differences | mean [95 % interval] |",
         "|---|---|---|---|---|",
     ]
-    acc = {
-        name: {r["config"]["trainer"]["seed"]: r["test_accuracy"] for r in runs}
-        for name, runs in finals.items()
-    }
+    acc = {name: _by_seed(runs, "test_accuracy") for name, runs in finals.items()}
     pairs = [(r.name, spec.reference) for r in spec.rows if r.name != spec.reference]
     for a, b in pairs + [p for p in spec.pairs if p not in pairs]:
         seeds = sorted(set(acc[a]) & set(acc[b]))
@@ -189,10 +186,7 @@ def paired(spec: StudySpec, finals: dict[str, list[dict]]) -> list[str]:
             continue
         d = paired_difference([acc[a][s] for s in seeds], [acc[b][s] for s in seeds])
         per = ", ".join(f"{100 * (acc[a][s] - acc[b][s]):+.2f}" for s in seeds)
-        out.append(
-            f"| `{a}` | `{b}` | {seeds} | {per} | {100 * d['mean']:+.2f} "
-            f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] |"
-        )
+        out.append(f"| `{a}` | `{b}` | {seeds} | {per} | {_mean_interval(d)} |")
     return out
 
 
@@ -307,10 +301,18 @@ def _mean_pct(runs: list[dict], key: str) -> str:
 
 def _paired(runs: list[dict], base: list[dict], key: str) -> str:
     """Mean paired difference (points) of ``key`` on the seeds both finished, and its interval."""
-    a = {r["config"]["trainer"]["seed"]: r[key] for r in runs}
-    b = {r["config"]["trainer"]["seed"]: r[key] for r in base}
+    a, b = _by_seed(runs, key), _by_seed(base, key)
     seeds = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None)
     if len(seeds) < 2:
         return "-"
-    d = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+    return _mean_interval(paired_difference([a[s] for s in seeds], [b[s] for s in seeds]))
+
+
+def _by_seed(runs: list[dict], key: str) -> dict[int, Any]:
+    """``key`` of each run by its seed."""
+    return {r["config"]["trainer"]["seed"]: r[key] for r in runs}
+
+
+def _mean_interval(d: dict[str, float]) -> str:
+    """A paired difference's mean and interval in points, ``+0.12 [-0.03, +0.27]``."""
     return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
